@@ -1,0 +1,37 @@
+@0xb393fab1dc09739c;
+# The agent's configuration. Every field has an embedded default; the optional
+# config file is JSON with any subset of these fields (capnp JSON names).
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("nodeagent::config");
+
+struct Config {
+  stateDir @0 :Text = "/var/lib/nodeagent";
+  listen @1 :List(Text) = ["unix:/run/nodeagent.sock"];
+  tls @2 :Tls;
+  cgroupRoot @3 :Text = "nodeagent";    # below each cgroup mount
+  uidBase @4 :UInt32 = 200000000;       # first host uid given to sandboxes
+  uidRangeSize @5 :UInt32 = 65536;      # uids per sandbox
+  maxSandboxes @6 :UInt32 = 1000;
+  maxMessageBytes @7 :UInt64 = 8388608; # RPC message limit, both ends
+  logLevel @8 :Text = "info";           # debug, info, warn, error
+  initPath @9 :Text;                    # the sandbox init binary; default: beside nodeagent
+  templates @10 :List(Template);        # empty = the built-in templates
+  maxFileBytes @11 :UInt64 = 4294967296;
+
+  struct Tls {
+    certFile @0 :Text;
+    keyFile @1 :Text;
+    caFile @2 :Text;        # gateways' client certificates must chain to it
+  }
+}
+
+struct Template {
+  name @0 :Text;
+  usrDir @1 :Text = "/usr";
+  memoryBytes @2 :UInt64 = 536870912;
+  cpuMillis @3 :UInt32 = 1000;
+  pidsMax @4 :UInt32 = 256;
+  diskBytes @5 :UInt64 = 1073741824;
+  timeoutSeconds @6 :UInt32 = 300;
+}

@@ -1,0 +1,166 @@
+@0xf8d5b07eb826605a;
+# The gateway API: what a control-plane gateway calls on a node.
+#
+# Errors: every failure is a Cap'n Proto exception whose description starts
+# with "nodeagent.<code>: " where <code> is one of ErrorCode's names (e.g.
+# "nodeagent.notFound: sandbox sbx-1234 does not exist"). Clients parse the
+# code with nodeagent/api_error.h; the rest of the text is for people.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("nodeagent::api");
+
+enum ErrorCode {
+  internal @0;         # a bug or an unexpected host failure
+  invalidArgument @1;  # malformed or out-of-range request field
+  unknownTemplate @2;
+  notFound @3;         # no such sandbox, process or file
+  invalidPath @4;      # path escapes the sandbox root, or is not what the call needs
+  limitExceeded @5;    # a size, count or resource limit would be exceeded
+  alreadyExists @6;
+  notRunning @7;       # the sandbox or process has ended
+  unavailable @8;      # the node is draining or overloaded
+}
+
+struct KeyValue {
+  key @0 :Text;
+  value @1 :Text;
+}
+
+enum NetworkMode {
+  off @0;          # loopback only
+  restricted @1;   # allowlist (not yet served)
+  open @2;         # everything but the always-denied set (not yet served)
+}
+
+struct SandboxSpec {
+  # Zero / empty fields take the template's defaults.
+  tenant @0 :Text;
+  template @1 :Text;
+  memoryBytes @2 :UInt64;
+  cpuMillis @3 :UInt32;       # CPU limit in thousandths of a core (1000 = one vCPU)
+  pidsMax @4 :UInt32;
+  diskBytes @5 :UInt64;       # size of the writable layer
+  network @6 :NetworkMode;
+  timeoutSeconds @7 :UInt32;  # sandbox lifetime; the agent kills it at expiry
+  env @8 :List(KeyValue);     # default environment of every exec
+  metadata @9 :List(KeyValue);
+}
+
+enum SandboxState {
+  creating @0;
+  running @1;
+  paused @2;
+  stopped @3;
+}
+
+struct SandboxInfo {
+  id @0 :Text;
+  spec @1 :SandboxSpec;       # with defaults filled in
+  state @2 :SandboxState;
+  createdAtNs @3 :Int64;      # unix time
+  expiresAtNs @4 :Int64;
+  endedAtNs @5 :Int64;        # 0 while alive
+  endReason @6 :Text;         # "killed", "timeout", "init-exited", ...
+}
+
+struct Usage {
+  cpuUserNs @0 :UInt64;
+  cpuSystemNs @1 :UInt64;
+  wallRunningNs @2 :UInt64;
+  memoryCurrentBytes @3 :UInt64;
+  memoryPeakBytes @4 :UInt64;
+  pidsCurrent @5 :UInt32;
+  rpcRequests @6 :UInt64;
+  execs @7 :UInt64;
+}
+
+struct NodeInfo {
+  hostname @0 :Text;
+  version @1 :Text;
+  sandboxes @2 :UInt32;
+  templates @3 :List(Text);
+  cgroupMode @4 :Text;        # "v2" or "hybrid"
+  maxMessageBytes @5 :UInt64;
+}
+
+interface Node {
+  create @0 (spec :SandboxSpec) -> (sandbox :Sandbox, id :Text);
+  open @1 (id :Text) -> (sandbox :Sandbox);   # reattach by id
+  list @2 (tenant :Text) -> (sandboxes :List(SandboxInfo));  # empty tenant = all
+  info @3 () -> (info :NodeInfo);
+}
+
+struct ExecRequest {
+  argv @0 :List(Text);
+  env @1 :List(KeyValue);     # added to the sandbox's env
+  cwd @2 :Text;               # default "/"
+  stdin @3 :Bool;             # keep stdin open for Process.writeStdin; else /dev/null
+  timeoutSeconds @4 :UInt32;  # 0 = none beyond the sandbox's own
+}
+
+enum ExitReason {
+  exited @0;
+  signaled @1;
+  oom @2;
+  timeout @3;
+  killed @4;       # the sandbox was killed under it
+}
+
+struct ExitStatus {
+  reason @0 :ExitReason;
+  code @1 :Int32;             # exit code when exited
+  signal @2 :Int32;           # signal number when signaled / killed
+}
+
+interface OutputSink {
+  # Output of a process, in order, per stream. The server waits for each call
+  # to return before sending more (flow control).
+  stdout @0 (data :Data) -> stream;
+  stderr @1 (data :Data) -> stream;
+}
+
+interface Process {
+  wait @0 () -> (status :ExitStatus);  # resolves after all output was delivered
+  signal @1 (signal :Int32);
+  writeStdin @2 (data :Data) -> stream;
+  closeStdin @3 ();
+  pid @4 () -> (pid :UInt32);          # pid inside the sandbox
+}
+
+struct FileInfo {
+  name @0 :Text;
+  type @1 :Type;
+  size @2 :UInt64;
+  mode @3 :UInt32;            # permission bits
+  mtimeNs @4 :Int64;
+  enum Type {
+    file @0;
+    directory @1;
+    symlink @2;
+    other @3;
+  }
+}
+
+interface ByteSink {
+  write @0 (data :Data) -> stream;
+  done @1 ();                 # all data written; commit
+}
+
+interface Files {
+  # Paths are resolved inside the sandbox root; nothing can escape it.
+  write @0 (path :Text, mode :UInt32) -> (sink :ByteSink);  # replaces the file at done()
+  read @1 (path :Text, sink :ByteSink) -> (size :UInt64);   # streams the file into sink
+  list @2 (path :Text) -> (entries :List(FileInfo));
+  stat @3 (path :Text) -> (info :FileInfo);
+  mkdir @4 (path :Text, parents :Bool);
+  remove @5 (path :Text, recursive :Bool);
+}
+
+interface Sandbox {
+  exec @0 (request :ExecRequest, output :OutputSink) -> (process :Process);
+  files @1 () -> (files :Files);
+  kill @2 ();
+  setTimeout @3 (seconds :UInt32);    # from now
+  info @4 () -> (info :SandboxInfo);
+  usage @5 () -> (usage :Usage);
+}

@@ -1,0 +1,30 @@
+@0xf7a071699e42967b;
+# Records the agent keeps in LMDB.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("nodeagent::state");
+
+using Api = import "gateway.capnp";
+
+struct SandboxRecord {
+  id @0 :Text;
+  spec @1 :Api.SandboxSpec;
+  state @2 :Api.SandboxState;
+  createdAtNs @3 :Int64;
+  expiresAtNs @4 :Int64;
+  endedAtNs @5 :Int64;
+  endReason @6 :Text;
+  initPid @7 :Int32;        # host pid of the sandbox's init
+  uidBase @8 :UInt32;       # first host uid of the sandbox's range
+  cgroupPath @9 :Text;      # relative to the agent's cgroup root
+}
+
+struct AuditEntry {
+  seq @0 :UInt64;
+  timeNs @1 :Int64;
+  actor @2 :Text;           # who asked: "unix:uid=0", "tls:CN=gw-1", "agent"
+  action @3 :Text;          # "create", "kill", "timeout", "config", ...
+  sandboxId @4 :Text;
+  tenant @5 :Text;
+  detail @6 :Text;
+}
