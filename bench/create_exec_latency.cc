@@ -1,0 +1,184 @@
+// End-to-end latency harness: create a sandbox -> run `true` -> its exit ->
+// kill, through the real agent, side by side with bubblewrap and runc running
+// the same command, in the same run. Prints one JSON object.
+//
+//   build/bin/bench-create-exec [--iterations N] [--agent-bin DIR]
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <kj/debug.h>
+
+#include "loop/io_context.h"
+#include "nodeagent/config.h"
+#include "nodeagent/rpc_endpoint.h"
+
+extern char** environ;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int spawnAndWait(const std::vector<std::string>& argv, bool quiet = true) {
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (quiet) {
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  }
+  pid_t pid;
+  int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) return -1;
+  int status;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+struct Stats {
+  double p50Us, p99Us, meanUs;
+  size_t n;
+};
+
+Stats summarize(std::vector<double> us) {
+  std::sort(us.begin(), us.end());
+  double sum = 0;
+  for (double v : us) sum += v;
+  auto pct = [&](double p) { return us[std::min(us.size() - 1, size_t(p * (us.size() - 1) + 0.5))]; };
+  return Stats{pct(0.5), pct(0.99), sum / us.size(), us.size()};
+}
+
+template <typename F>
+std::vector<double> timeIt(int iterations, F&& fn) {
+  std::vector<double> us;
+  fn();  // warm-up
+  for (int i = 0; i < iterations; ++i) {
+    auto start = Clock::now();
+    fn();
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+  }
+  return us;
+}
+
+class NullOutput final : public nodeagent::api::OutputSink::Server {
+  kj::Promise<void> stdout(StdoutContext) override { return kj::READY_NOW; }
+  kj::Promise<void> stderr(StderrContext) override { return kj::READY_NOW; }
+};
+
+std::string json(const char* name, const Stats& s) {
+  char buf[256];
+  snprintf(buf, sizeof(buf), "\"%s\": {\"p50_us\": %.1f, \"p99_us\": %.1f, \"mean_us\": %.1f, \"n\": %zu}",
+           name, s.p50Us, s.p99Us, s.meanUs, s.n);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int iterations = 50;
+  std::string binDir;
+  {
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    self[n > 0 ? n : 0] = '\0';
+    binDir = self;
+    binDir = binDir.substr(0, binDir.rfind('/'));
+  }
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--iterations" && i + 1 < argc) iterations = atoi(argv[++i]);
+    if (a == "--agent-bin" && i + 1 < argc) binDir = argv[++i];
+  }
+  if (geteuid() != 0) {
+    fprintf(stderr, "bench-create-exec needs root\n");
+    return 1;
+  }
+
+  char tmpl[] = "/tmp/nodeagent-bench-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  std::string sock = dir + "/agent.sock";
+
+  // --- bubblewrap: the design brief's reference command.
+  std::vector<std::string> bwrap = {"bwrap", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib",
+                                    "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink",
+                                    "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev",
+                                    "--unshare-all", "--die-with-parent", "/bin/true"};
+  bool haveBwrap = spawnAndWait(bwrap) == 0;
+  Stats bwrapStats{};
+  if (haveBwrap) bwrapStats = summarize(timeIt(iterations, [&]() { spawnAndWait(bwrap); }));
+
+  // --- runc: a busybox rootfs, process /bin/true.
+  std::string bundle = dir + "/bundle";
+  std::string setup = "set -e; mkdir -p " + bundle + "/rootfs/bin && cp /bin/busybox " + bundle +
+                      "/rootfs/bin/busybox && ln -s busybox " + bundle +
+                      "/rootfs/bin/true && cd " + bundle +
+                      " && runc spec && sed -i 's/\"terminal\": true/\"terminal\": false/; "
+                      "s/\"sh\"/\"\\/bin\\/true\"/' config.json";
+  bool haveRunc = spawnAndWait({"/bin/sh", "-c", setup}) == 0 &&
+                  spawnAndWait({"runc", "run", "--bundle", bundle, "bench-warm"}) == 0;
+  Stats runcStats{};
+  int counter = 0;
+  if (haveRunc) {
+    runcStats = summarize(timeIt(iterations, [&]() {
+      spawnAndWait({"runc", "run", "--bundle", bundle, "bench-" + std::to_string(counter++)});
+    }));
+  }
+
+  // --- nodeagent.
+  pid_t agent;
+  {
+    std::vector<std::string> a = {binDir + "/nodeagent", "--state-dir", dir + "/state",
+                                  "--listen", "unix:" + sock, "--log-level", "warn"};
+    std::vector<char*> args;
+    for (auto& s : a) args.push_back(const_cast<char*>(s.c_str()));
+    args.push_back(nullptr);
+    posix_spawn(&agent, args[0], nullptr, nullptr, args.data(), environ);
+  }
+  for (int i = 0; i < 400 && access(sock.c_str(), F_OK) != 0; ++i) usleep(10000);
+
+  Stats oursStats{};
+  {
+    nodeagent::loop::IoContext io;
+    auto conn = nodeagent::connectToNode(io.port, nodeagent::parseListenAddress("unix:" + sock),
+                                         nullptr, 8 << 20)
+                    .wait(io.waitScope);
+    auto node = conn->bootstrap().castAs<nodeagent::api::Node>();
+    auto once = [&]() {
+      auto create = node.createRequest();
+      create.initSpec().setTemplate("python");
+      create.getSpec().setTenant("bench");
+      auto sandbox = create.send().getSandbox();
+      auto exec = sandbox.execRequest();
+      exec.initRequest().initArgv(1).set(0, "true");
+      exec.setOutput(kj::heap<NullOutput>());
+      auto status = exec.send().getProcess().waitRequest().send().wait(io.waitScope);
+      KJ_ASSERT(status.getStatus().getCode() == 0);
+      sandbox.killRequest().send().wait(io.waitScope);
+    };
+    oursStats = summarize(timeIt(iterations, once));
+  }
+  kill(agent, SIGTERM);
+  waitpid(agent, nullptr, 0);
+  spawnAndWait({"rm", "-rf", dir});
+
+  printf("{\n  \"benchmark\": \"create_exec_true_kill\",\n  \"iterations\": %d,\n", iterations);
+  printf("  %s,\n", json("nodeagent", oursStats).c_str());
+  if (haveBwrap) printf("  %s,\n", json("bwrap", bwrapStats).c_str());
+  if (haveRunc) printf("  %s,\n", json("runc", runcStats).c_str());
+  printf("  \"ratio_p50_vs_bwrap\": %.2f,\n", haveBwrap ? oursStats.p50Us / bwrapStats.p50Us : 0.0);
+  printf("  \"ratio_p50_vs_runc\": %.2f\n}\n", haveRunc ? oursStats.p50Us / runcStats.p50Us : 0.0);
+  return 0;
+}

@@ -1,0 +1,185 @@
+#include "isolator/template.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <kj/debug.h>
+#include <kj/io.h>
+
+#include "isolator/file_util.h"
+
+namespace nodeagent::isolator {
+namespace {
+
+constexpr const char kPasswd[] =
+    "root:x:0:0:root:/root:/bin/bash\n"
+    "user:x:1000:1000:user:/home/user:/bin/bash\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+
+constexpr const char kGroup[] =
+    "root:x:0:\n"
+    "tty:x:5:\n"
+    "users:x:100:user\n"
+    "user:x:1000:\n"
+    "nogroup:x:65534:\n";
+
+// The sandbox's own name is appended by init at setup time.
+constexpr const char kHosts[] =
+    "127.0.0.1\tlocalhost\n"
+    "::1\tlocalhost ip6-localhost ip6-loopback\n";
+
+// A placeholder: with networking "off" nothing answers; the agent's DNS forwarder will.
+constexpr const char kResolvConf[] = "nameserver 127.0.0.1\n";
+
+constexpr const char kNsswitch[] =
+    "passwd:         files\n"
+    "group:          files\n"
+    "shadow:         files\n"
+    "hosts:          files dns\n"
+    "networks:       files\n"
+    "protocols:      files\n"
+    "services:       files\n"
+    "ethers:         files\n"
+    "rpc:            files\n";
+
+constexpr const char kHostCaBundle[] = "/etc/ssl/certs/ca-certificates.crt";
+
+void makeDir(const std::string& path, mode_t mode) {
+  KJ_SYSCALL(mkdir(path.c_str(), mode), path.c_str());
+  // Not subject to the umask: the sandbox sees exactly these modes.
+  KJ_SYSCALL(chmod(path.c_str(), mode), path.c_str());
+}
+
+void makeSymlink(const std::string& target, const std::string& path) {
+  KJ_SYSCALL(symlink(target.c_str(), path.c_str()), path.c_str(), target.c_str());
+}
+
+void writeNewFile(const std::string& path, const char* data, size_t size, mode_t mode) {
+  int fd;
+  KJ_SYSCALL(fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode), path.c_str());
+  kj::AutoCloseFd owned(fd);
+  KJ_SYSCALL(fchmod(fd, mode), path.c_str());
+  while (size > 0) {
+    ssize_t n;
+    KJ_SYSCALL(n = write(fd, data, size), path.c_str());
+    data += n;
+    size -= size_t(n);
+  }
+}
+
+void writeNewFile(const std::string& path, const std::string& content, mode_t mode = 0644) {
+  writeNewFile(path, content.data(), content.size(), mode);
+}
+
+// Copies a regular file's bytes (not its owner or mode).
+void copyFile(const char* from, const std::string& to) {
+  int in = open(from, O_RDONLY | O_CLOEXEC);
+  if (in < 0) {
+    if (errno == ENOENT) return;  // a host without CA certificates gets none
+    KJ_FAIL_SYSCALL("open", errno, from);
+  }
+  kj::AutoCloseFd owned(in);
+  std::string content;
+  char buf[65536];
+  for (;;) {
+    ssize_t n;
+    KJ_SYSCALL(n = read(in, buf, sizeof(buf)), from);
+    if (n == 0) break;
+    content.append(buf, size_t(n));
+  }
+  writeNewFile(to, content, 0644);
+}
+
+bool isDirectory(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// Debian's /etc/alternatives is part of how /usr works (/usr/bin/awk -> /etc/alternatives/awk
+// -> /usr/bin/mawk). Only its symlinks that point back into the OS image are copied.
+void copyAlternatives(const std::string& to) {
+  makeDir(to, 0755);
+  DIR* dir = opendir("/etc/alternatives");
+  if (dir == nullptr) return;
+  KJ_DEFER(closedir(dir));
+  while (struct dirent* entry = readdir(dir)) {
+    if (entry->d_type != DT_LNK) continue;
+    std::string link = std::string("/etc/alternatives/") + entry->d_name;
+    char target[4096];
+    ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
+    if (n <= 0) continue;
+    std::string t(target, size_t(n));
+    bool intoImage = t.rfind("/usr/", 0) == 0 || t.rfind("/bin/", 0) == 0 ||
+                     t.rfind("/sbin/", 0) == 0 || t.rfind("/lib", 0) == 0;
+    if (!intoImage || t.find("/../") != std::string::npos) continue;
+    makeSymlink(t, to + "/" + entry->d_name);
+  }
+}
+
+void buildSkeleton(const std::string& root, const std::string& usrDir) {
+  makeDir(root, 0755);
+  makeSymlink("usr/bin", root + "/bin");
+  makeSymlink("usr/sbin", root + "/sbin");
+  makeSymlink("usr/lib", root + "/lib");
+  makeSymlink("usr/lib64", root + "/lib64");
+  for (const char* optional : {"lib32", "libx32"}) {
+    if (isDirectory(usrDir + "/" + optional)) {
+      makeSymlink(std::string("usr/") + optional, root + "/" + optional);
+    }
+  }
+  // /root is 0755 here: the overlay reads lower directories with init's credentials.
+  // init makes the sandbox's /root 0700 in the upper layer.
+  for (const char* name : {"usr", "proc", "dev", "sys", "root", "home", "run", "var", "mnt", "opt",
+                           "srv", "etc", "etc/ssl", "etc/ssl/certs"}) {
+    makeDir(root + "/" + name, 0755);
+  }
+  makeDir(root + "/tmp", 01777);
+  makeDir(root + "/var/tmp", 01777);
+
+  std::string etc = root + "/etc";
+  writeNewFile(etc + "/passwd", kPasswd);
+  writeNewFile(etc + "/group", kGroup);
+  writeNewFile(etc + "/hosts", kHosts);
+  writeNewFile(etc + "/resolv.conf", kResolvConf);
+  writeNewFile(etc + "/nsswitch.conf", kNsswitch);
+  makeSymlink("../proc/self/mounts", etc + "/mtab");
+  makeSymlink("../usr/lib/os-release", etc + "/os-release");
+  copyFile(kHostCaBundle, etc + "/ssl/certs/ca-certificates.crt");
+  copyAlternatives(etc + "/alternatives");
+}
+
+}  // namespace
+
+void prepareSkeleton(const std::string& dir, const std::string& usrDir) {
+  KJ_REQUIRE(!dir.empty() && dir[0] == '/' && dir.back() != '/',
+             "skeleton dir must be an absolute path", dir.c_str());
+  struct stat st;
+  if (lstat(dir.c_str(), &st) == 0) {
+    KJ_REQUIRE(S_ISDIR(st.st_mode), "skeleton path exists and is not a directory", dir.c_str());
+    return;
+  }
+  makeDirectories(dir.substr(0, dir.rfind('/')), 0755);
+  std::string tmp = dir + ".tmp";
+  removeTree(tmp);  // left over by a crash mid-build
+  {
+    KJ_ON_SCOPE_FAILURE({
+      try {
+        removeTree(tmp);
+      } catch (const kj::Exception&) {
+      }
+    });
+    buildSkeleton(tmp, usrDir);
+  }
+  if (rename(tmp.c_str(), dir.c_str()) != 0) {
+    int err = errno;
+    removeTree(tmp);
+    // Someone else finished first; theirs is just as good.
+    if (err == EEXIST || err == ENOTEMPTY) return;
+    KJ_FAIL_SYSCALL("rename", err, tmp.c_str(), dir.c_str());
+  }
+}
+
+}  // namespace nodeagent::isolator

@@ -1,0 +1,106 @@
+#include "loop/fd_passing.h"
+
+#include <string.h>
+#include <sys/socket.h>
+
+#include <kj/debug.h>
+#include <kj/vector.h>
+
+namespace nodeagent::loop {
+namespace {
+
+// SCM_RIGHTS carries at most this many fds per message (SCM_MAX_FD).
+constexpr size_t kMaxFdsPerMessage = 253;
+
+// Receive buffers and the msghdr pointing at them; lives until the promise
+// resolves (the request itself receives into its own copy).
+struct Inbox {
+  Inbox(size_t maxBytes, size_t maxFds)
+      : bytes(kj::heapArray<kj::byte>(maxBytes)),
+        control(kj::heapArray<kj::byte>(maxFds > 0 ? CMSG_SPACE(maxFds * sizeof(int)) : 0)) {
+    iov.iov_base = bytes.begin();
+    iov.iov_len = bytes.size();
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.size() > 0 ? control.begin() : nullptr;
+    msg.msg_controllen = control.size();
+  }
+  KJ_DISALLOW_COPY(Inbox);
+
+  kj::Array<kj::byte> bytes;
+  kj::Array<kj::byte> control;
+  struct iovec iov;
+  struct msghdr msg;
+};
+
+kj::Array<kj::AutoCloseFd> takeFds(struct msghdr& msg) {
+  kj::Vector<kj::AutoCloseFd> fds;
+  if (msg.msg_control == nullptr) return fds.releaseAsArray();
+  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    const kj::byte* data = CMSG_DATA(cmsg);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      memcpy(&fd, data + i * sizeof(int), sizeof(int));
+      fds.add(kj::AutoCloseFd(fd));
+    }
+  }
+  return fds.releaseAsArray();
+}
+
+}  // namespace
+
+kj::Promise<ReceivedMessage> receiveWithFds(UringEventPort& port, int fd, size_t maxBytes,
+                                            size_t maxFds) {
+  KJ_REQUIRE(maxBytes > 0, "a zero-byte buffer cannot tell a message from EOF");
+  KJ_REQUIRE(maxFds <= kMaxFdsPerMessage, maxFds);
+  auto inbox = kj::heap<Inbox>(maxBytes, maxFds);
+  auto received = port.recvmsg(fd, &inbox->msg, MSG_CMSG_CLOEXEC);
+  return received.then([inbox = kj::mv(inbox), fd](size_t n) mutable {
+    // Own the fds first so every path below closes what we will not return.
+    auto fds = takeFds(inbox->msg);
+    if (inbox->msg.msg_flags & MSG_TRUNC) {
+      KJ_FAIL_REQUIRE("message larger than the receive buffer", fd, inbox->bytes.size());
+    }
+    if (inbox->msg.msg_flags & MSG_CTRUNC) {
+      KJ_FAIL_REQUIRE("message carried more fds than allowed", fd, fds.size());
+    }
+    auto bytes = kj::heapArray<kj::byte>(inbox->bytes.slice(0, n));
+    return ReceivedMessage{kj::mv(bytes), kj::mv(fds)};
+  });
+}
+
+kj::Promise<void> sendWithFds(UringEventPort& port, int fd, kj::ArrayPtr<const kj::byte> bytes,
+                              kj::ArrayPtr<const int> fds) {
+  return kj::evalNow([&]() {
+    KJ_REQUIRE(bytes.size() > 0, "an empty message reads as EOF on the other side");
+    KJ_REQUIRE(fds.size() <= kMaxFdsPerMessage, fds.size());
+    struct iovec iov;
+    iov.iov_base = const_cast<kj::byte*>(bytes.begin());
+    iov.iov_len = bytes.size();
+    auto control = kj::heapArray<kj::byte>(fds.size() > 0 ? CMSG_SPACE(fds.size() * sizeof(int)) : 0);
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (fds.size() > 0) {
+      memset(control.begin(), 0, control.size());
+      msg.msg_control = control.begin();
+      msg.msg_controllen = control.size();
+      cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+      cmsg->cmsg_level = SOL_SOCKET;
+      cmsg->cmsg_type = SCM_RIGHTS;
+      cmsg->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
+      memcpy(CMSG_DATA(cmsg), fds.begin(), fds.size() * sizeof(int));
+    }
+    // The request copies msg, so the locals above may go away now.
+    size_t expected = bytes.size();
+    return port.sendmsg(fd, &msg, MSG_NOSIGNAL).then([fd, expected](size_t sent) {
+      KJ_REQUIRE(sent == expected, "message sent in part", fd, sent, expected);
+    });
+  });
+}
+
+}  // namespace nodeagent::loop

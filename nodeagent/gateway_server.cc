@@ -1,0 +1,324 @@
+#include "nodeagent/gateway_server.h"
+
+#include <unistd.h>
+
+#include <capnp/message.h>
+#include <kj/debug.h>
+
+#include "loop/fd_streams.h"
+#include "nodeagent/api_error.h"
+#include "nodeagent/version.h"
+
+namespace nodeagent {
+namespace {
+
+constexpr size_t kFileChunkBytes = 256 * 1024;
+
+void fillInfo(api::SandboxInfo::Builder info, state::SandboxRecord::Reader rec) {
+  info.setId(rec.getId());
+  info.setSpec(rec.getSpec());
+  info.setState(rec.getState());
+  info.setCreatedAtNs(rec.getCreatedAtNs());
+  info.setExpiresAtNs(rec.getExpiresAtNs());
+  info.setEndedAtNs(rec.getEndedAtNs());
+  info.setEndReason(rec.getEndReason());
+}
+
+void fillFileInfo(api::FileInfo::Builder out, const FileEntry& e) {
+  out.setName(e.name);
+  switch (e.type) {
+    case FileEntry::Type::kFile: out.setType(api::FileInfo::Type::FILE); break;
+    case FileEntry::Type::kDirectory: out.setType(api::FileInfo::Type::DIRECTORY); break;
+    case FileEntry::Type::kSymlink: out.setType(api::FileInfo::Type::SYMLINK); break;
+    case FileEntry::Type::kOther: out.setType(api::FileInfo::Type::OTHER); break;
+  }
+  out.setSize(e.size);
+  out.setMode(e.mode);
+  out.setMtimeNs(e.mtimeNs);
+}
+
+class ProcessImpl final : public api::Process::Server {
+ public:
+  explicit ProcessImpl(kj::Own<ExecProcess> process) : process_(kj::mv(process)) {}
+
+  kj::Promise<void> wait(WaitContext context) override {
+    return process_->wait().then([context](ExitInfo info) mutable {
+      auto status = context.getResults().initStatus();
+      status.setReason(info.reason);
+      status.setCode(info.code);
+      status.setSignal(info.signal);
+    });
+  }
+
+  kj::Promise<void> signal(SignalContext context) override {
+    process_->signal(context.getParams().getSignal());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> writeStdin(WriteStdinContext context) override {
+    auto data = context.getParams().getData();
+    return process_->writeStdin(data).attach(kj::mv(context));
+  }
+
+  kj::Promise<void> closeStdin(CloseStdinContext) override {
+    process_->closeStdin();
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> pid(PidContext context) override {
+    context.getResults().setPid(uint32_t(process_->pid()));
+    return kj::READY_NOW;
+  }
+
+ private:
+  kj::Own<ExecProcess> process_;
+};
+
+// Receives an upload; the file appears under its name only at done().
+class UploadSink final : public api::ByteSink::Server {
+ public:
+  UploadSink(loop::UringEventPort& port, kj::Own<PendingUpload> upload, uint64_t maxBytes)
+      : port_(port), upload_(kj::mv(upload)), maxBytes_(maxBytes) {}
+
+  kj::Promise<void> write(WriteContext context) override {
+    auto data = context.getParams().getData();
+    if (done_) throwApiError(api::ErrorCode::INVALID_ARGUMENT, "write after done()");
+    if (offset_ + data.size() > maxBytes_) {
+      throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
+                    kj::str("file larger than this node's limit of ", maxBytes_, " bytes"));
+    }
+    uint64_t at = offset_;
+    offset_ += data.size();
+    return writeAll(data, at).attach(kj::mv(context));
+  }
+
+  kj::Promise<void> done(DoneContext) override {
+    done_ = true;
+    upload_->commit();
+    return kj::READY_NOW;
+  }
+
+ private:
+  kj::Promise<void> writeAll(kj::ArrayPtr<const kj::byte> data, uint64_t at) {
+    if (data.size() == 0) return kj::READY_NOW;
+    return port_.write(upload_->fd(), data, at).then([this, data, at](size_t n) {
+      if (n == 0) throwApiError(api::ErrorCode::LIMIT_EXCEEDED, "the sandbox's disk is full");
+      return writeAll(data.slice(n, data.size()), at + n);
+    });
+  }
+
+  loop::UringEventPort& port_;
+  kj::Own<PendingUpload> upload_;
+  uint64_t maxBytes_;
+  uint64_t offset_ = 0;
+  bool done_ = false;
+};
+
+class FilesImpl final : public api::Files::Server {
+ public:
+  FilesImpl(ServerContext& ctx, kj::Own<SandboxRuntime> sandbox)
+      : ctx_(ctx), sandbox_(kj::mv(sandbox)) {}
+
+  kj::Promise<void> write(WriteContext context) override {
+    sandbox_->countRequest();
+    auto params = context.getParams();
+    uint32_t mode = params.getMode() == 0 ? 0644 : params.getMode();
+    auto upload = sandbox_->files().beginUpload(params.getPath(), mode);
+    context.getResults().setSink(kj::heap<UploadSink>(ctx_.port, kj::mv(upload),
+                                                      ctx_.maxFileBytes));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> read(ReadContext context) override {
+    sandbox_->countRequest();
+    auto params = context.getParams();
+    auto input = loop::wrapInputFd(ctx_.port, sandbox_->files().openForRead(params.getPath()));
+    auto sink = params.getSink();
+    auto buffer = kj::heapArray<kj::byte>(kFileChunkBytes);
+    auto promise = pump(*input, sink, buffer, 0);
+    return promise
+        .then([context, sink](uint64_t total) mutable {
+          context.getResults().setSize(total);
+          return sink.doneRequest().send().ignoreResult();
+        })
+        .attach(kj::mv(input), kj::mv(buffer), kj::addRef(*sandbox_));
+  }
+
+  kj::Promise<void> list(ListContext context) override {
+    sandbox_->countRequest();
+    auto entries = sandbox_->files().list(context.getParams().getPath());
+    auto out = context.getResults().initEntries(entries.size());
+    for (size_t i = 0; i < entries.size(); ++i) fillFileInfo(out[i], entries[i]);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> stat(StatContext context) override {
+    sandbox_->countRequest();
+    fillFileInfo(context.getResults().initInfo(),
+                 sandbox_->files().stat(context.getParams().getPath()));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> mkdir(MkdirContext context) override {
+    sandbox_->countRequest();
+    auto params = context.getParams();
+    sandbox_->files().mkdir(params.getPath(), params.getParents());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> remove(RemoveContext context) override {
+    sandbox_->countRequest();
+    auto params = context.getParams();
+    sandbox_->files().remove(params.getPath(), params.getRecursive());
+    return kj::READY_NOW;
+  }
+
+ private:
+  static kj::Promise<uint64_t> pump(kj::AsyncInputStream& in, api::ByteSink::Client& sink,
+                                    kj::ArrayPtr<kj::byte> buffer, uint64_t total) {
+    return in.tryRead(buffer.begin(), 1, buffer.size())
+        .then([&in, &sink, buffer, total](size_t n) -> kj::Promise<uint64_t> {
+          if (n == 0) return total;
+          auto request = sink.writeRequest();
+          request.setData(buffer.slice(0, n));
+          // send() resolves once flow control allows more; the data was copied
+          // into the request, so the buffer can be reused right away.
+          return request.send().then(
+              [&in, &sink, buffer, total, n]() { return pump(in, sink, buffer, total + n); });
+        });
+  }
+
+  ServerContext& ctx_;
+  kj::Own<SandboxRuntime> sandbox_;
+};
+
+class SandboxImpl final : public api::Sandbox::Server {
+ public:
+  SandboxImpl(ServerContext& ctx, kj::Own<SandboxRuntime> sandbox, kj::StringPtr actor)
+      : ctx_(ctx), sandbox_(kj::mv(sandbox)), actor_(kj::str(actor)) {}
+
+  kj::Promise<void> exec(ExecContext context) override {
+    sandbox_->countRequest();
+    auto params = context.getParams();
+    return sandbox_->exec(params.getRequest(), params.getOutput())
+        .then([context](kj::Own<ExecProcess> process) mutable {
+          context.getResults().setProcess(kj::heap<ProcessImpl>(kj::mv(process)));
+        });
+  }
+
+  kj::Promise<void> files(FilesContext context) override {
+    sandbox_->countRequest();
+    context.getResults().setFiles(kj::heap<FilesImpl>(ctx_, kj::addRef(*sandbox_)));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> kill(KillContext) override {
+    sandbox_->countRequest();
+    return ctx_.supervisor.kill(*sandbox_, actor_);
+  }
+
+  kj::Promise<void> setTimeout(SetTimeoutContext context) override {
+    sandbox_->countRequest();
+    uint32_t seconds = context.getParams().getSeconds();
+    if (seconds == 0 || seconds > 7 * 24 * 3600) {
+      throwApiError(api::ErrorCode::INVALID_ARGUMENT, "timeout must be 1 s to 7 days");
+    }
+    sandbox_->setTimeout(seconds);
+    ctx_.supervisor.audit(actor_, "set-timeout", sandbox_->id(),
+                          sandbox_->record().getSpec().getTenant(), kj::str("seconds=", seconds));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> info(InfoContext context) override {
+    sandbox_->countRequest();
+    fillInfo(context.getResults().initInfo(), sandbox_->record());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> usage(UsageContext context) override {
+    sandbox_->countRequest();
+    sandbox_->fillUsage(context.getResults().initUsage());
+    return kj::READY_NOW;
+  }
+
+ private:
+  ServerContext& ctx_;
+  kj::Own<SandboxRuntime> sandbox_;
+  kj::String actor_;
+};
+
+class NodeImpl final : public api::Node::Server {
+ public:
+  NodeImpl(ServerContext& ctx, kj::String actor) : ctx_(ctx), actor_(kj::mv(actor)) {}
+
+  kj::Promise<void> create(CreateContext context) override {
+    auto sandbox = ctx_.supervisor.create(context.getParams().getSpec(), actor_);
+    auto results = context.getResults();
+    results.setId(sandbox->id());
+    results.setSandbox(kj::heap<SandboxImpl>(ctx_, kj::mv(sandbox), actor_));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> open(OpenContext context) override {
+    kj::StringPtr id = context.getParams().getId();
+    KJ_IF_MAYBE(sandbox, ctx_.supervisor.find(id)) {
+      context.getResults().setSandbox(kj::heap<SandboxImpl>(ctx_, kj::mv(*sandbox), actor_));
+      return kj::READY_NOW;
+    }
+    kj::Vector<kj::Own<StoredSandbox>> records;
+    ctx_.supervisor.list("", records);
+    for (auto& r : records) {
+      auto rec = r->get();
+      if (rec.getId() == id) {
+        throwApiError(api::ErrorCode::NOT_RUNNING,
+                      kj::str("sandbox ", id, " has ended (", rec.getEndReason(), ")"));
+      }
+    }
+    throwApiError(api::ErrorCode::NOT_FOUND, kj::str("no sandbox ", id, " on this node"));
+  }
+
+  kj::Promise<void> list(ListContext context) override {
+    kj::Vector<kj::Own<StoredSandbox>> records;
+    ctx_.supervisor.list(context.getParams().getTenant(), records);
+    auto out = context.getResults().initSandboxes(records.size());
+    for (size_t i = 0; i < records.size(); ++i) {
+      auto rec = records[i]->get();
+      // A live sandbox's record in memory is the freshest (timeouts change).
+      KJ_IF_MAYBE(live, ctx_.supervisor.find(rec.getId())) {
+        fillInfo(out[i], (*live)->record());
+      }
+      else {
+        fillInfo(out[i], rec);
+      }
+    }
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> info(InfoContext context) override {
+    auto info = context.getResults().initInfo();
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    info.setHostname(host);
+    info.setVersion(kVersion);
+    info.setSandboxes(uint32_t(ctx_.supervisor.liveCount()));
+    auto names = ctx_.supervisor.templateNames();
+    auto templates = info.initTemplates(names.size());
+    for (size_t i = 0; i < names.size(); ++i) templates.set(i, names[i]);
+    info.setCgroupMode(ctx_.supervisor.cgroupMode() == isolator::CgroupMode::kV2 ? "v2"
+                                                                                 : "hybrid");
+    info.setMaxMessageBytes(ctx_.maxMessageBytes);
+    return kj::READY_NOW;
+  }
+
+ private:
+  ServerContext& ctx_;
+  kj::String actor_;
+};
+
+}  // namespace
+
+api::Node::Client newNodeServer(ServerContext& context, kj::String actor) {
+  return kj::heap<NodeImpl>(context, kj::mv(actor));
+}
+
+}  // namespace nodeagent

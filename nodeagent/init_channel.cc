@@ -1,0 +1,142 @@
+#include "nodeagent/init_channel.h"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/debug.h>
+
+#include "isolator/init_protocol.h"
+#include "loop/fd_passing.h"
+#include "nodeagent/api_error.h"
+#include "schema/init.capnp.h"
+
+namespace nodeagent {
+
+InitChannel::InitChannel(loop::UringEventPort& port, kj::AutoCloseFd control)
+    : port_(port), control_(kj::mv(control)), disconnected_(nullptr) {
+  disconnected_ = readLoop()
+                      .catch_([this](kj::Exception&& e) { failAll(e); })
+                      .eagerlyEvaluate(nullptr)
+                      .fork();
+}
+
+InitChannel::~InitChannel() noexcept(false) {}
+
+kj::Promise<SpawnedProcess> InitChannel::spawn(const SpawnRequest& request) {
+  KJ_IF_MAYBE(e, broken_) {
+    throwApiError(api::ErrorCode::NOT_RUNNING,
+                  kj::str("sandbox init is gone: ", e->getDescription()));
+  }
+  capnp::MallocMessageBuilder message;
+  auto req = message.initRoot<initproto::Request>();
+  uint64_t tag = nextTag_++;
+  req.setTag(tag);
+  auto spawn = req.initSpawn();
+  auto argv = spawn.initArgv(request.argv.size());
+  for (size_t i = 0; i < request.argv.size(); ++i) argv.set(i, request.argv[i]);
+  auto env = spawn.initEnv(request.env.size());
+  for (size_t i = 0; i < request.env.size(); ++i) env.set(i, request.env[i]);
+  spawn.setCwd(request.cwd);
+  spawn.setStdinOpen(request.stdinOpen);
+
+  auto bytes = isolator::encodeMessage(message);
+  if (bytes.size() > isolator::kMaxInitMessageBytes) {
+    throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
+                  kj::str("argv and environment take ", bytes.size(), " bytes; the limit is ",
+                          isolator::kMaxInitMessageBytes));
+  }
+  auto paf = kj::newPromiseAndFulfiller<SpawnedProcess>();
+  pendingSpawns_.emplace(tag, kj::mv(paf.fulfiller));
+  auto sent = loop::sendWithFds(port_, control_, bytes.asPtr(), nullptr);
+  return sent.attach(kj::mv(bytes)).then([promise = kj::mv(paf.promise)]() mutable {
+    return kj::mv(promise);
+  });
+}
+
+kj::Promise<int> InitChannel::exitStatus(int pid) {
+  ExitSlot& slot = exits_[pid];
+  KJ_IF_MAYBE(status, slot.status) {
+    int s = *status;
+    exits_.erase(pid);
+    return s;
+  }
+  KJ_IF_MAYBE(e, broken_) {
+    exits_.erase(pid);
+    return kj::cp(*e);
+  }
+  auto paf = kj::newPromiseAndFulfiller<int>();
+  slot.waiter = kj::mv(paf.fulfiller);
+  return kj::mv(paf.promise);
+}
+
+kj::Promise<void> InitChannel::readLoop() {
+  return loop::receiveWithFds(port_, control_, isolator::kMaxInitMessageBytes, 4)
+      .then([this](loop::ReceivedMessage&& received) -> kj::Promise<void> {
+        if (received.bytes.size() == 0) {
+          failAll(KJ_EXCEPTION(DISCONNECTED, "sandbox init closed its control socket"));
+          return kj::READY_NOW;
+        }
+        auto reader = isolator::decodeMessage(received.bytes);
+        auto event = reader->getRoot<initproto::Event>();
+        switch (event.which()) {
+          case initproto::Event::SPAWNED: {
+            auto it = pendingSpawns_.find(event.getTag());
+            KJ_REQUIRE(it != pendingSpawns_.end(), "init answered an unknown spawn",
+                       event.getTag());
+            auto fds = kj::mv(received.fds);
+            // fds: [stdin (if requested)], stdout, stderr, pidfd.
+            KJ_REQUIRE(fds.size() == 3 || fds.size() == 4, "spawned without its fds",
+                       fds.size());
+            SpawnedProcess p;
+            p.pid = event.getSpawned().getPid();
+            size_t i = 0;
+            if (fds.size() == 4) p.stdinFd = kj::mv(fds[i++]);
+            p.stdoutFd = kj::mv(fds[i++]);
+            p.stderrFd = kj::mv(fds[i++]);
+            p.pidfd = kj::mv(fds[i++]);
+            it->second->fulfill(kj::mv(p));
+            pendingSpawns_.erase(it);
+            break;
+          }
+          case initproto::Event::SPAWN_FAILED: {
+            auto it = pendingSpawns_.find(event.getTag());
+            KJ_REQUIRE(it != pendingSpawns_.end(), "init answered an unknown spawn",
+                       event.getTag());
+            it->second->reject(makeApiError(api::ErrorCode::INVALID_ARGUMENT,
+                                            event.getSpawnFailed()));
+            pendingSpawns_.erase(it);
+            break;
+          }
+          case initproto::Event::EXITED: {
+            auto exited = event.getExited();
+            ExitSlot& slot = exits_[exited.getPid()];
+            KJ_IF_MAYBE(waiter, slot.waiter) {
+              (*waiter)->fulfill(exited.getWaitStatus());
+              exits_.erase(exited.getPid());
+            }
+            else {
+              slot.status = exited.getWaitStatus();
+            }
+            break;
+          }
+          default:
+            // ready/setupFailed belong to launch; signalResult is unused here.
+            break;
+        }
+        return readLoop();
+      });
+}
+
+void InitChannel::failAll(const kj::Exception& e) {
+  if (broken_ != nullptr) return;
+  broken_ = kj::cp(e);
+  for (auto& entry : pendingSpawns_) entry.second->reject(kj::cp(e));
+  pendingSpawns_.clear();
+  for (auto& entry : exits_) {
+    KJ_IF_MAYBE(waiter, entry.second.waiter) { (*waiter)->reject(kj::cp(e)); }
+  }
+  for (auto it = exits_.begin(); it != exits_.end();) {
+    it = it->second.waiter != nullptr ? exits_.erase(it) : std::next(it);
+  }
+}
+
+}  // namespace nodeagent

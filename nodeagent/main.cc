@@ -1,0 +1,108 @@
+// nodeagent: the per-host daemon.
+//
+//   nodeagent [--config FILE] [--state-dir DIR] [--listen unix:PATH|tcp:HOST:PORT]...
+//
+// Flags override the config file; the file overrides the embedded defaults.
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <kj/debug.h>
+#include <kj/vector.h>
+
+#include "loop/io_context.h"
+#include "nodeagent/config.h"
+#include "nodeagent/gateway_listener.h"
+#include "nodeagent/rpc_endpoint.h"
+#include "nodeagent/store.h"
+#include "nodeagent/supervisor.h"
+#include "nodeagent/version.h"
+#include "util/log.h"
+
+namespace nodeagent {
+namespace {
+
+// SIGTERM and SIGINT arrive through a signalfd read on the ring.
+kj::Promise<int> nextStopSignal(loop::UringEventPort& port, int signalFd) {
+  auto info = kj::heap<signalfd_siginfo>();
+  auto bytes = kj::arrayPtr(reinterpret_cast<kj::byte*>(info.get()), sizeof(*info));
+  return port.read(signalFd, bytes).then([info = kj::mv(info)](size_t) {
+    return int(info->ssi_signo);
+  });
+}
+
+int run(int argc, char** argv) {
+  LoadedConfig config = loadConfigFromArgs(argc, argv);
+  auto cfg = config.get();
+  log::Level level;
+  if (log::parseLevel(cfg.getLogLevel().cStr(), &level)) log::setLevel(level);
+
+  sigset_t stopSignals;
+  sigemptyset(&stopSignals);
+  sigaddset(&stopSignals, SIGTERM);
+  sigaddset(&stopSignals, SIGINT);
+  KJ_SYSCALL(sigprocmask(SIG_BLOCK, &stopSignals, nullptr));
+  signal(SIGPIPE, SIG_IGN);
+  int sfd;
+  KJ_SYSCALL(sfd = signalfd(-1, &stopSignals, SFD_CLOEXEC));
+  kj::AutoCloseFd signalFd(sfd);
+
+  loop::IoContext io;
+  StoreOptions storeOptions;
+  // A process crash loses nothing; after a power loss the store is still
+  // consistent but may miss the last commit, which re-adoption reconciles.
+  storeOptions.durability = Durability::kNoMetaSync;
+  auto store = Store::open(cfg.getStateDir(), storeOptions);
+  Supervisor supervisor(io.port, cfg, *store);
+  supervisor.start();
+
+  ServerContext context{supervisor, io.port, cfg.getMaxFileBytes(), cfg.getMaxMessageBytes()};
+  kj::Maybe<kj::Own<kj::TlsContext>> tls;
+  auto tlsConfig = cfg.getTls();
+  if (tlsConfig.getCertFile().size() > 0) {
+    tls = newMutualTlsContext(TlsFiles{kj::str(tlsConfig.getCertFile()),
+                                       kj::str(tlsConfig.getKeyFile()),
+                                       kj::str(tlsConfig.getCaFile())});
+  }
+
+  kj::Vector<kj::Own<GatewayListener>> listeners;
+  kj::Vector<kj::Promise<void>> serving;
+  for (auto text : cfg.getListen()) {
+    ListenAddress address = parseListenAddress(text);
+    kj::Maybe<kj::TlsContext&> tlsRef;
+    KJ_IF_MAYBE(t, tls) { tlsRef = **t; }
+    auto listener = kj::heap<GatewayListener>(context, address, tlsRef);
+    serving.add(listener->run());
+    listeners.add(kj::mv(listener));
+  }
+  supervisor.audit("agent", "start", "", "", kj::str("version=", kVersion));
+  log::info("agent.started", {{"version", kVersion}, {"state_dir", cfg.getStateDir().cStr()}});
+
+  auto stop = nextStopSignal(io.port, signalFd).then([](int signo) {
+    log::info("agent.stopping", {{"signal", signo}});
+  });
+  kj::joinPromises(serving.releaseAsArray()).exclusiveJoin(kj::mv(stop)).wait(io.waitScope);
+
+  // Sandboxes outlive the agent: nothing is killed on the way out.
+  supervisor.audit("agent", "stop", "", "", "");
+  for (auto& l : listeners) (void)l;
+  for (auto text : cfg.getListen()) {
+    ListenAddress address = parseListenAddress(text);
+    if (address.kind == ListenAddress::Kind::kUnix) unlink(address.path.cStr());
+  }
+  log::info("agent.stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace nodeagent
+
+int main(int argc, char** argv) {
+  try {
+    return nodeagent::run(argc, argv);
+  } catch (kj::Exception& e) {
+    nodeagent::log::error("agent.fatal", {{"error", e.getDescription().cStr()}});
+    fprintf(stderr, "nodeagent: %s\n", e.getDescription().cStr());
+    return 1;
+  }
+}

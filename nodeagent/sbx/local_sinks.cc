@@ -1,0 +1,55 @@
+#include "nodeagent/sbx/local_sinks.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <kj/debug.h>
+
+namespace nodeagent::sbx {
+
+kj::Promise<void> writeFully(loop::UringEventPort& port, int fd, kj::ArrayPtr<const kj::byte> data,
+                             uint64_t offset) {
+  if (data.size() == 0) return kj::READY_NOW;
+  return port.write(fd, data, offset).then([&port, fd, data, offset](size_t n) {
+    KJ_REQUIRE(n > 0, "short write of zero bytes");
+    uint64_t next = offset == uint64_t(-1) ? offset : offset + n;
+    return writeFully(port, fd, data.slice(n, data.size()), next);
+  });
+}
+
+kj::Promise<void> TerminalOutput::stdout(StdoutContext context) {
+  auto data = context.getParams().getData();
+  return writeFully(port_, STDOUT_FILENO, data, uint64_t(-1)).attach(kj::mv(context));
+}
+
+kj::Promise<void> TerminalOutput::stderr(StderrContext context) {
+  auto data = context.getParams().getData();
+  return writeFully(port_, STDERR_FILENO, data, uint64_t(-1)).attach(kj::mv(context));
+}
+
+LocalFileSink::LocalFileSink(loop::UringEventPort& port, kj::StringPtr path)
+    : port_(port), path_(kj::str(path)), partialPath_(kj::str(path, ".sbx-partial")) {
+  int fd = open(partialPath_.cStr(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) KJ_FAIL_SYSCALL("open", errno, partialPath_);
+  fd_ = kj::AutoCloseFd(fd);
+}
+
+LocalFileSink::~LocalFileSink() noexcept(false) {
+  if (!done_) unlink(partialPath_.cStr());
+}
+
+kj::Promise<void> LocalFileSink::write(WriteContext context) {
+  auto data = context.getParams().getData();
+  uint64_t at = offset_;
+  offset_ += data.size();
+  return writeFully(port_, fd_, data, at).attach(kj::mv(context));
+}
+
+kj::Promise<void> LocalFileSink::done(DoneContext) {
+  KJ_SYSCALL(fsync(fd_));
+  KJ_SYSCALL(rename(partialPath_.cStr(), path_.cStr()), path_);
+  done_ = true;
+  return kj::READY_NOW;
+}
+
+}  // namespace nodeagent::sbx

@@ -1,0 +1,350 @@
+// sbx: the command-line client of a node's gateway API.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include <kj/debug.h>
+#include <kj/vector.h>
+
+#include "loop/fd_streams.h"
+#include "loop/io_context.h"
+#include "nodeagent/api_error.h"
+#include "nodeagent/config.h"
+#include "nodeagent/rpc_endpoint.h"
+#include "nodeagent/sbx/args.h"
+#include "nodeagent/sbx/local_sinks.h"
+#include "nodeagent/sbx/render.h"
+
+namespace nodeagent::sbx {
+namespace {
+
+constexpr kj::StringPtr kDefaultSocket = "unix:/run/nodeagent.sock"_kj;
+constexpr uint64_t kMaxMessageBytes = 8 << 20;
+constexpr size_t kUploadChunkBytes = 256 * 1024;
+constexpr int kCliErrorExit = 125;  // sbx's own failure, as opposed to the command's exit code
+
+const kj::StringPtr kValueFlags[] = {
+    "--connect", "--tls-cert", "--tls-key", "--tls-ca", "--template", "--tenant", "--memory",
+    "--cpus",    "--pids",     "--disk",    "--timeout", "--network", "--env",    "--meta",
+    "--cwd",     "--exec-timeout"};
+
+const char kUsage[] =
+    "usage: sbx [--connect unix:PATH|tcp:HOST:PORT] COMMAND ...\n"
+    "  create --template T [--tenant T] [--memory 512M] [--cpus 1] [--pids N] [--disk 1G]\n"
+    "         [--timeout SECONDS] [--network off] [--env K=V]... [--meta K=V]...\n"
+    "  exec ID [-i] [--env K=V]... [--cwd DIR] [--exec-timeout S] -- CMD...\n"
+    "  run --template T [create options] [-i] -- CMD...\n"
+    "  ls [--tenant T] [--json]       info ID [--json]       usage ID [--json]\n"
+    "  cp LOCAL ID:PATH               cp ID:PATH LOCAL       kill ID\n";
+
+struct Session {
+  loop::IoContext io;
+  kj::Maybe<kj::Own<kj::TlsContext>> tls;
+  kj::Own<RpcConnection> connection;
+  api::Node::Client node = nullptr;
+};
+
+kj::Own<Session> connect(const Args& args) {
+  auto session = kj::heap<Session>();
+  kj::StringPtr target = kDefaultSocket;
+  if (const char* env = getenv("SBX_CONNECT")) target = env;
+  KJ_IF_MAYBE(flag, args.value("--connect")) { target = *flag; }
+  ListenAddress address = parseListenAddress(target);
+  KJ_IF_MAYBE(cert, args.value("--tls-cert")) {
+    session->tls = newMutualTlsContext(TlsFiles{kj::str(*cert),
+                                                kj::str(args.value("--tls-key").orDefault("")),
+                                                kj::str(args.value("--tls-ca").orDefault(""))});
+  }
+  kj::Maybe<kj::TlsContext&> tlsRef;
+  KJ_IF_MAYBE(t, session->tls) { tlsRef = **t; }
+  if (address.kind == ListenAddress::Kind::kTcp && tlsRef == nullptr) {
+    usageError(kj::str("tcp endpoints need --tls-cert, --tls-key and --tls-ca"));
+  }
+  session->connection =
+      connectToNode(session->io.port, address, tlsRef, kMaxMessageBytes).wait(session->io.waitScope);
+  session->node = session->connection->bootstrap().castAs<api::Node>();
+  return session;
+}
+
+void setKeyValues(capnp::List<api::KeyValue>::Builder out, kj::ArrayPtr<const kj::StringPtr> in) {
+  for (size_t i = 0; i < in.size(); ++i) {
+    KJ_IF_MAYBE(eq, in[i].findFirst('=')) {
+      out[i].setKey(in[i].slice(0, *eq));
+      out[i].setValue(in[i].slice(*eq + 1));
+    }
+    else {
+      usageError(kj::str("expected KEY=VALUE, got '", in[i], "'"));
+    }
+  }
+}
+
+void fillSpec(const Args& args, api::SandboxSpec::Builder spec) {
+  KJ_IF_MAYBE(t, args.value("--template")) { spec.setTemplate(*t); }
+  else {
+    usageError(kj::str("--template is required"));
+  }
+  spec.setTenant(args.value("--tenant").orDefault("default"));
+  KJ_IF_MAYBE(v, args.value("--memory")) { spec.setMemoryBytes(parseBytes(*v)); }
+  KJ_IF_MAYBE(v, args.value("--cpus")) { spec.setCpuMillis(parseCpuMillis(*v)); }
+  KJ_IF_MAYBE(v, args.value("--pids")) { spec.setPidsMax(parseUint(*v, "--pids")); }
+  KJ_IF_MAYBE(v, args.value("--disk")) { spec.setDiskBytes(parseBytes(*v)); }
+  KJ_IF_MAYBE(v, args.value("--timeout")) { spec.setTimeoutSeconds(parseUint(*v, "--timeout")); }
+  KJ_IF_MAYBE(v, args.value("--network")) {
+    if (*v == "off") {
+      spec.setNetwork(api::NetworkMode::OFF);
+    } else if (*v == "restricted") {
+      spec.setNetwork(api::NetworkMode::RESTRICTED);
+    } else if (*v == "open") {
+      spec.setNetwork(api::NetworkMode::OPEN);
+    } else {
+      usageError(kj::str("--network must be off, restricted or open"));
+    }
+  }
+  auto env = args.values("--env");
+  setKeyValues(spec.initEnv(env.size()), env);
+  auto meta = args.values("--meta");
+  setKeyValues(spec.initMetadata(meta.size()), meta);
+}
+
+// Forwards our stdin to the process until EOF, then closes its stdin.
+kj::Promise<void> forwardStdin(loop::UringEventPort& port, api::Process::Client process,
+                               kj::AsyncInputStream& in, kj::ArrayPtr<kj::byte> buffer) {
+  return in.tryRead(buffer.begin(), 1, buffer.size())
+      .then([&port, process, &in, buffer](size_t n) mutable -> kj::Promise<void> {
+        if (n == 0) return process.closeStdinRequest().send().ignoreResult();
+        auto request = process.writeStdinRequest();
+        request.setData(buffer.slice(0, n));
+        return request.send().then([&port, process, &in, buffer]() mutable {
+          return forwardStdin(port, kj::mv(process), in, buffer);
+        });
+      });
+}
+
+int exitCodeOf(api::ExitStatus::Reader status) {
+  if (status.getReason() == api::ExitReason::EXITED) return status.getCode();
+  return 128 + status.getSignal();
+}
+
+// Runs a command in `sandbox` and returns its exit code.
+int execIn(Session& s, api::Sandbox::Client sandbox, const Args& args) {
+  auto argv = args.command();
+  if (argv.size() == 0) usageError(kj::str("no command given after --"));
+  bool forward = args.has("-i") || !isatty(STDIN_FILENO);
+  auto request = sandbox.execRequest();
+  auto exec = request.initRequest();
+  auto outArgv = exec.initArgv(argv.size());
+  for (size_t i = 0; i < argv.size(); ++i) outArgv.set(i, argv[i]);
+  auto env = args.values("--env");
+  setKeyValues(exec.initEnv(env.size()), env);
+  exec.setCwd(args.value("--cwd").orDefault("/"));
+  exec.setStdin(forward);
+  KJ_IF_MAYBE(v, args.value("--exec-timeout")) {
+    exec.setTimeoutSeconds(parseUint(*v, "--exec-timeout"));
+  }
+  request.setOutput(kj::heap<TerminalOutput>(s.io.port));
+  // Pipelined: wait() goes out before exec()'s answer comes back.
+  auto process = request.send().getProcess();
+  kj::Promise<void> input = kj::READY_NOW;
+  kj::Own<kj::AsyncInputStream> stdinStream;
+  auto buffer = kj::heapArray<kj::byte>(64 * 1024);
+  if (forward) {
+    int fd = dup(STDIN_FILENO);
+    if (fd >= 0) {
+      stdinStream = loop::wrapInputFd(s.io.port, kj::AutoCloseFd(fd));
+      input = forwardStdin(s.io.port, process, *stdinStream, buffer)
+                  .catch_([](kj::Exception&&) {});  // the process may exit before reading stdin
+    } else {
+      input = process.closeStdinRequest().send().ignoreResult();
+    }
+  }
+  auto waited = process.waitRequest().send();
+  auto inputTask = input.eagerlyEvaluate(nullptr);
+  auto response = waited.wait(s.io.waitScope);
+  return exitCodeOf(response.getStatus());
+}
+
+int cmdCreate(Session& s, const Args& args) {
+  auto request = s.node.createRequest();
+  fillSpec(args, request.initSpec());
+  auto response = request.send().wait(s.io.waitScope);
+  printf("%s\n", response.getId().cStr());
+  return 0;
+}
+
+api::Sandbox::Client openSandbox(Session& s, kj::StringPtr id) {
+  auto request = s.node.openRequest();
+  request.setId(id);
+  return request.send().getSandbox();
+}
+
+kj::StringPtr requireId(const Args& args, size_t index = 0) {
+  if (args.positional().size() <= index) usageError(kj::str("missing sandbox id"));
+  return args.positional()[index];
+}
+
+int cmdExec(Session& s, const Args& args) { return execIn(s, openSandbox(s, requireId(args)), args); }
+
+int cmdRun(Session& s, const Args& args) {
+  auto request = s.node.createRequest();
+  fillSpec(args, request.initSpec());
+  auto created = request.send();
+  api::Sandbox::Client sandbox = created.getSandbox();  // pipelined: exec rides along
+  int code = kCliErrorExit;
+  kj::Maybe<kj::Exception> failure =
+      kj::runCatchingExceptions([&]() { code = execIn(s, sandbox, args); });
+  // The sandbox goes whatever happened to the command.
+  sandbox.killRequest().send().ignoreResult().catch_([](kj::Exception&&) {}).wait(s.io.waitScope);
+  KJ_IF_MAYBE(e, failure) { kj::throwFatalException(kj::mv(*e)); }
+  return code;
+}
+
+int cmdLs(Session& s, const Args& args) {
+  auto request = s.node.listRequest();
+  request.setTenant(args.value("--tenant").orDefault(""));
+  auto response = request.send().wait(s.io.waitScope);
+  kj::String out = args.has("--json") ? renderListJson(response.getSandboxes())
+                                      : renderListTable(response.getSandboxes());
+  fputs(out.cStr(), stdout);
+  return 0;
+}
+
+int cmdInfo(Session& s, const Args& args) {
+  kj::StringPtr id = requireId(args);
+  auto response = openSandbox(s, id).infoRequest().send().wait(s.io.waitScope);
+  auto info = response.getInfo();
+  kj::String out = args.has("--json") ? renderInfoJson(info) : renderInfoText(info);
+  fputs(out.cStr(), stdout);
+  return 0;
+}
+
+int cmdUsage(Session& s, const Args& args) {
+  auto response = openSandbox(s, requireId(args)).usageRequest().send().wait(s.io.waitScope);
+  kj::String out = args.has("--json") ? renderUsageJson(response.getUsage())
+                                      : renderUsageText(response.getUsage());
+  fputs(out.cStr(), stdout);
+  return 0;
+}
+
+int cmdKill(Session& s, const Args& args) {
+  openSandbox(s, requireId(args)).killRequest().send().wait(s.io.waitScope);
+  return 0;
+}
+
+// "ID:PATH" -> {ID, PATH}; anything without a colon is a local path.
+bool splitRemote(kj::StringPtr text, kj::String* id, kj::String* path) {
+  KJ_IF_MAYBE(colon, text.findFirst(':')) {
+    *id = kj::str(text.slice(0, *colon));
+    *path = kj::str(text.slice(*colon + 1));
+    return id->size() > 0;
+  }
+  return false;
+}
+
+kj::Promise<void> upload(Session& s, int fd, api::ByteSink::Client sink,
+                         kj::ArrayPtr<kj::byte> buffer, uint64_t offset) {
+  return s.io.port.read(fd, buffer, offset).then([&s, fd, sink, buffer, offset](size_t n) mutable
+                                                 -> kj::Promise<void> {
+    if (n == 0) return sink.doneRequest().send().ignoreResult();
+    auto request = sink.writeRequest();
+    request.setData(buffer.slice(0, n));
+    return request.send().then([&s, fd, sink, buffer, offset, n]() mutable {
+      return upload(s, fd, kj::mv(sink), buffer, offset + n);
+    });
+  });
+}
+
+int cmdCp(Session& s, const Args& args) {
+  if (args.positional().size() != 2) usageError(kj::str("cp takes a source and a destination"));
+  kj::String id, path;
+  if (splitRemote(args.positional()[1], &id, &path)) {
+    kj::StringPtr local = args.positional()[0];
+    int fd = open(local.cStr(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) usageError(kj::str("cannot open ", local, ": ", strerror(errno)));
+    kj::AutoCloseFd file(fd);
+    struct stat st;
+    KJ_SYSCALL(fstat(file, &st));
+    auto files = openSandbox(s, id).filesRequest().send().getFiles();
+    auto request = files.writeRequest();
+    request.setPath(path);
+    request.setMode(st.st_mode & 0777);
+    auto sink = request.send().getSink();
+    auto buffer = kj::heapArray<kj::byte>(kUploadChunkBytes);
+    upload(s, file, sink, buffer, 0).wait(s.io.waitScope);
+    return 0;
+  }
+  if (splitRemote(args.positional()[0], &id, &path)) {
+    auto files = openSandbox(s, id).filesRequest().send().getFiles();
+    auto request = files.readRequest();
+    request.setPath(path);
+    request.setSink(kj::heap<LocalFileSink>(s.io.port, args.positional()[1]));
+    request.send().wait(s.io.waitScope);
+    return 0;
+  }
+  usageError(kj::str("one side of cp must be ID:PATH"));
+}
+
+int dispatch(int argc, char** argv) {
+  if (argc < 2 || kj::StringPtr(argv[1]) == "--help" || kj::StringPtr(argv[1]) == "help") {
+    fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  // Global options may come before the command word.
+  kj::Vector<kj::StringPtr> words;
+  kj::Maybe<kj::StringPtr> command;
+  for (int i = 1; i < argc; ++i) {
+    kj::StringPtr w = argv[i];
+    if (command == nullptr && !w.startsWith("-")) {
+      command = w;
+      continue;
+    }
+    if (command == nullptr && (w == "--connect" || w.startsWith("--tls-")) && i + 1 < argc) {
+      words.add(w);
+      words.add(argv[++i]);
+      continue;
+    }
+    words.add(w);
+  }
+  kj::StringPtr name = KJ_UNWRAP_OR(command, { usageError(kj::str("no command")); });
+  Args args(words, kj::arrayPtr(kValueFlags, kj::size(kValueFlags)));
+  using Handler = int (*)(Session&, const Args&);
+  struct Entry {
+    kj::StringPtr name;
+    Handler handler;
+  };
+  const Entry table[] = {{"create", cmdCreate}, {"exec", cmdExec}, {"run", cmdRun},
+                         {"ls", cmdLs},         {"info", cmdInfo}, {"usage", cmdUsage},
+                         {"kill", cmdKill},     {"cp", cmdCp}};
+  for (auto& e : table) {
+    if (e.name == name) {
+      auto session = connect(args);
+      return e.handler(*session, args);
+    }
+  }
+  usageError(kj::str("unknown command '", name, "'"));
+}
+
+}  // namespace
+}  // namespace nodeagent::sbx
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  try {
+    return nodeagent::sbx::dispatch(argc, argv);
+  } catch (kj::Exception& e) {
+    kj::StringPtr text = e.getDescription();
+    KJ_IF_MAYBE(code, nodeagent::apiErrorCode(e)) {
+      fprintf(stderr, "sbx: %s: %s\n", nodeagent::errorCodeName(*code).cStr(),
+              nodeagent::apiErrorMessage(e).cStr());
+    }
+    else if (text.startsWith("usage: ")) {
+      fprintf(stderr, "sbx: %s\n", text.cStr());
+    }
+    else {
+      fprintf(stderr, "sbx: %s\n", nodeagent::apiErrorMessage(e).cStr());
+    }
+    return kCliErrorExit;
+  }
+}

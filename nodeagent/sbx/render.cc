@@ -1,0 +1,119 @@
+#include "nodeagent/sbx/render.h"
+
+#include <capnp/compat/json.h>
+#include <time.h>
+
+#include <string>
+
+#include "util/log.h"
+
+namespace nodeagent::sbx {
+namespace {
+
+kj::StringPtr stateName(api::SandboxState state) {
+  switch (state) {
+    case api::SandboxState::CREATING: return "creating";
+    case api::SandboxState::RUNNING: return "running";
+    case api::SandboxState::PAUSED: return "paused";
+    case api::SandboxState::STOPPED: return "stopped";
+  }
+  return "unknown";
+}
+
+kj::String formatTime(int64_t unixNs) {
+  if (unixNs <= 0) return kj::str("-");
+  time_t seconds = unixNs / 1000000000;
+  tm utc;
+  gmtime_r(&seconds, &utc);
+  char buf[32];
+  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return kj::str(buf);
+}
+
+kj::String formatBytes(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = double(bytes);
+  size_t u = 0;
+  while (v >= 1024 && u + 1 < kj::size(units)) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return kj::str(buf);
+}
+
+kj::String formatSeconds(uint64_t ns) {
+  char buf[32];
+  snprintf(buf, sizeof(buf), "%.3f s", double(ns) / 1e9);
+  return kj::str(buf);
+}
+
+// JSON through Cap'n Proto's own codec, so field names match the schema.
+template <typename Reader>
+kj::String toJson(Reader reader) {
+  capnp::JsonCodec codec;
+  codec.setPrettyPrint(true);
+  return kj::str(codec.encode(reader), "\n");
+}
+
+}  // namespace
+
+kj::String renderListTable(capnp::List<api::SandboxInfo>::Reader sandboxes) {
+  std::string out;
+  char line[256];
+  snprintf(line, sizeof(line), "%-22s %-12s %-10s %-9s %-20s %s\n", "ID", "TENANT", "TEMPLATE",
+           "STATE", "CREATED", "ENDED");
+  out += line;
+  for (auto s : sandboxes) {
+    kj::String state = s.getState() == api::SandboxState::STOPPED
+                           ? kj::str(stateName(s.getState()), "(", s.getEndReason(), ")")
+                           : kj::str(stateName(s.getState()));
+    snprintf(line, sizeof(line), "%-22s %-12s %-10s %-9s %-20s %s\n", s.getId().cStr(),
+             s.getSpec().getTenant().cStr(), s.getSpec().getTemplate().cStr(), state.cStr(),
+             formatTime(s.getCreatedAtNs()).cStr(), formatTime(s.getEndedAtNs()).cStr());
+    out += line;
+  }
+  return kj::str(out.c_str());
+}
+
+kj::String renderListJson(capnp::List<api::SandboxInfo>::Reader sandboxes) {
+  capnp::JsonCodec codec;
+  codec.setPrettyPrint(true);
+  return kj::str(codec.encode(sandboxes), "\n");
+}
+
+kj::String renderInfoText(api::SandboxInfo::Reader info) {
+  auto spec = info.getSpec();
+  return kj::str("id:        ", info.getId(), "\n",
+                 "tenant:    ", spec.getTenant(), "\n",
+                 "template:  ", spec.getTemplate(), "\n",
+                 "state:     ", stateName(info.getState()), "\n",
+                 "memory:    ", formatBytes(spec.getMemoryBytes()), "\n",
+                 "cpus:      ", spec.getCpuMillis() / 1000.0, "\n",
+                 "pids:      ", spec.getPidsMax(), "\n",
+                 "disk:      ", formatBytes(spec.getDiskBytes()), "\n",
+                 "created:   ", formatTime(info.getCreatedAtNs()), "\n",
+                 "expires:   ", formatTime(info.getExpiresAtNs()), "\n",
+                 info.getEndedAtNs() > 0
+                     ? kj::str("ended:     ", formatTime(info.getEndedAtNs()), " (",
+                               info.getEndReason(), ")\n")
+                     : kj::str());
+}
+
+kj::String renderInfoJson(api::SandboxInfo::Reader info) { return toJson(info); }
+
+kj::String renderUsageText(api::Usage::Reader u) {
+  return kj::str("cpu user:     ", formatSeconds(u.getCpuUserNs()), "\n",
+                 "cpu system:   ", formatSeconds(u.getCpuSystemNs()), "\n",
+                 "wall running: ", formatSeconds(u.getWallRunningNs()), "\n",
+                 "memory now:   ", formatBytes(u.getMemoryCurrentBytes()), "\n",
+                 "memory peak:  ", formatBytes(u.getMemoryPeakBytes()), "\n",
+                 "processes:    ", u.getPidsCurrent(), "\n",
+                 "execs:        ", u.getExecs(), "\n",
+                 "rpc requests: ", u.getRpcRequests(), "\n");
+}
+
+kj::String renderUsageJson(api::Usage::Reader usage) { return toJson(usage); }
+
+}  // namespace nodeagent::sbx

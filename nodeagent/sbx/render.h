@@ -1,0 +1,17 @@
+// How sbx prints API results: aligned text for people, JSON for programs.
+#pragma once
+
+#include <kj/string.h>
+
+#include "schema/gateway.capnp.h"
+
+namespace nodeagent::sbx {
+
+kj::String renderListTable(capnp::List<api::SandboxInfo>::Reader sandboxes);
+kj::String renderListJson(capnp::List<api::SandboxInfo>::Reader sandboxes);
+kj::String renderInfoText(api::SandboxInfo::Reader info);
+kj::String renderInfoJson(api::SandboxInfo::Reader info);
+kj::String renderUsageText(api::Usage::Reader usage);
+kj::String renderUsageJson(api::Usage::Reader usage);
+
+}  // namespace nodeagent::sbx

@@ -1,0 +1,346 @@
+#include "nodeagent/supervisor.h"
+
+#include <fcntl.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <capnp/serialize.h>
+#include <kj/debug.h>
+
+#include "isolator/launcher.h"
+#include "isolator/template.h"
+#include "nodeagent/api_error.h"
+#include "nodeagent/config.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+namespace nodeagent {
+namespace {
+
+constexpr uint64_t kMinMemoryBytes = 16ull << 20;
+constexpr uint64_t kMinDiskBytes = 1ull << 20;
+constexpr uint32_t kMaxTimeoutSeconds = 7 * 24 * 3600;
+
+bool validName(kj::StringPtr name, size_t maxLength) {
+  if (name.size() == 0 || name.size() > maxLength) return false;
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+kj::String newSandboxId() {
+  uint8_t bytes[8];
+  KJ_SYSCALL(getrandom(bytes, sizeof(bytes), 0));
+  return kj::str("sbx-", kj::encodeHex(bytes));
+}
+
+kj::String defaultInitPath() {
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  KJ_REQUIRE(n > 0, "cannot read /proc/self/exe");
+  self[n] = '\0';
+  kj::StringPtr path = self;
+  KJ_IF_MAYBE(slash, path.findLast('/')) {
+    return kj::str(path.slice(0, *slash), "/nodeagent-init");
+  }
+  return kj::str("nodeagent-init");
+}
+
+void makeDir(kj::StringPtr path, mode_t mode) {
+  if (mkdir(path.cStr(), mode) < 0 && errno != EEXIST) KJ_FAIL_SYSCALL("mkdir", errno, path);
+}
+
+}  // namespace
+
+void Supervisor::ErrorLogger::taskFailed(kj::Exception&& e) {
+  log::error("supervisor.task_failed", {{"error", e.getDescription().cStr()}});
+}
+
+Supervisor::Supervisor(loop::UringEventPort& port, config::Config::Reader config, Store& store)
+    : port_(port),
+      config_(config),
+      store_(store),
+      cgroupMode_(isolator::detectCgroupMode()),
+      tasks_(errorLogger_) {}
+
+Supervisor::~Supervisor() noexcept(false) {}
+
+void Supervisor::start() {
+  kj::StringPtr stateDir = config_.getStateDir();
+  makeDir(stateDir, 0700);
+  makeDir(kj::str(stateDir, "/templates"), 0755);
+  makeDir(kj::str(stateDir, "/sandboxes"), 0711);
+  for (auto t : effectiveTemplates(config_)) {
+    TemplateInfo info{kj::str(t.getName()),
+                      kj::str(t.getUsrDir()),
+                      kj::str(stateDir, "/templates/", t.getName()),
+                      t.getMemoryBytes(),
+                      t.getCpuMillis(),
+                      t.getPidsMax(),
+                      t.getDiskBytes(),
+                      t.getTimeoutSeconds()};
+    isolator::prepareSkeleton(info.skeletonDir);
+    templates_.add(kj::mv(info));
+  }
+  cgroupTree_ = kj::heap<isolator::CgroupTree>(config_.getCgroupRoot());
+  endStaleRecords();
+}
+
+void Supervisor::endStaleRecords() {
+  // Until re-adoption exists, a sandbox a previous agent left running cannot
+  // be served; end it cleanly so nothing leaks, and say so in the record.
+  for (auto& message : store_.listSandboxes()) {
+    auto rec = message->get();
+    if (rec.getState() == api::SandboxState::STOPPED) continue;
+    KJ_IF_MAYBE(tree, cgroupTree_) {
+      try {
+        auto cgroup = isolator::SandboxCgroup::adopt(**tree, rec.getSpec().getTenant(),
+                                                     rec.getId());
+        cgroup->killAll();
+        cgroup->remove();
+      } catch (kj::Exception& e) {
+        log::warn("sandbox.stale_cleanup", {{"id", rec.getId().cStr()},
+                                            {"error", e.getDescription().cStr()}});
+      }
+    }
+    rmdir(kj::str(config_.getStateDir(), "/sandboxes/", rec.getId()).cStr());
+    capnp::MallocMessageBuilder copy;
+    copy.setRoot(rec);
+    auto updated = copy.getRoot<state::SandboxRecord>();
+    updated.setState(api::SandboxState::STOPPED);
+    updated.setEndedAtNs(unixNowNs());
+    updated.setEndReason("agent-restarted");
+    capnp::MallocMessageBuilder m;
+    auto entry = m.initRoot<state::AuditEntry>();
+    entry.setTimeNs(updated.getEndedAtNs());
+    entry.setActor("agent");
+    entry.setAction("end");
+    entry.setSandboxId(rec.getId());
+    entry.setTenant(rec.getSpec().getTenant());
+    entry.setDetail("reason=agent-restarted");
+    store_.update([&](Store::WriteTxn& txn) {
+      txn.putSandbox(updated.asReader());
+      txn.appendAudit(entry.asReader());
+    });
+    log::warn("sandbox.ended_on_start", {{"id", rec.getId().cStr()}});
+  }
+}
+
+const Supervisor::TemplateInfo& Supervisor::requireTemplate(kj::StringPtr name) {
+  for (auto& t : templates_) {
+    if (t.name == name) return t;
+  }
+  throwApiError(api::ErrorCode::UNKNOWN_TEMPLATE,
+                kj::str("no template named '", name, "' on this node"));
+}
+
+kj::Array<kj::String> Supervisor::templateNames() {
+  return KJ_MAP(t, templates_) { return kj::str(t.name); };
+}
+
+uint32_t Supervisor::allocateUidSlot() {
+  uint32_t slots = config_.getMaxSandboxes();
+  for (uint32_t slot = 0; slot < slots; ++slot) {
+    if (uidSlots_.find(slot) == uidSlots_.end()) return slot;
+  }
+  throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
+                kj::str("this node runs its maximum of ", slots, " sandboxes"));
+}
+
+kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::StringPtr actor) {
+  if (!validName(spec.getTenant(), 64)) {
+    throwApiError(api::ErrorCode::INVALID_ARGUMENT,
+                  "tenant must be 1-64 characters of [A-Za-z0-9_-]");
+  }
+  const TemplateInfo& tmpl = requireTemplate(spec.getTemplate());
+  if (spec.getNetwork() != api::NetworkMode::OFF) {
+    throwApiError(api::ErrorCode::INVALID_ARGUMENT,
+                  "network modes other than 'off' are not served by this node yet");
+  }
+  if (live_.size() >= config_.getMaxSandboxes()) {
+    throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
+                  kj::str("this node runs its maximum of ", config_.getMaxSandboxes(),
+                          " sandboxes"));
+  }
+
+  auto record = kj::heap<capnp::MallocMessageBuilder>();
+  auto rec = record->initRoot<state::SandboxRecord>();
+  kj::String id = newSandboxId();
+  rec.setId(id);
+  rec.setSpec(spec);
+  auto filled = rec.getSpec();
+  if (filled.getMemoryBytes() == 0) filled.setMemoryBytes(tmpl.memoryBytes);
+  if (filled.getCpuMillis() == 0) filled.setCpuMillis(tmpl.cpuMillis);
+  if (filled.getPidsMax() == 0) filled.setPidsMax(tmpl.pidsMax);
+  if (filled.getDiskBytes() == 0) filled.setDiskBytes(tmpl.diskBytes);
+  if (filled.getTimeoutSeconds() == 0) filled.setTimeoutSeconds(tmpl.timeoutSeconds);
+  if (filled.getMemoryBytes() < kMinMemoryBytes) {
+    throwApiError(api::ErrorCode::INVALID_ARGUMENT, "memory must be at least 16 MiB");
+  }
+  if (filled.getDiskBytes() < kMinDiskBytes) {
+    throwApiError(api::ErrorCode::INVALID_ARGUMENT, "disk must be at least 1 MiB");
+  }
+  if (filled.getTimeoutSeconds() > kMaxTimeoutSeconds) {
+    throwApiError(api::ErrorCode::INVALID_ARGUMENT, "timeout must be at most 7 days");
+  }
+  uint32_t hostCpuMillis = uint32_t(sysconf(_SC_NPROCESSORS_ONLN)) * 1000;
+  if (filled.getCpuMillis() > hostCpuMillis) {
+    throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
+                  kj::str("cpu ", filled.getCpuMillis(), "m exceeds this node's ",
+                          hostCpuMillis, "m"));
+  }
+
+  uint32_t slot = allocateUidSlot();
+  uint32_t uidBase = config_.getUidBase() + slot * config_.getUidRangeSize();
+  int64_t now = unixNowNs();
+  rec.setState(api::SandboxState::RUNNING);
+  rec.setCreatedAtNs(now);
+  rec.setExpiresAtNs(now + int64_t(filled.getTimeoutSeconds()) * 1000000000);
+  rec.setUidBase(uidBase);
+
+  isolator::CgroupLimits limits;
+  limits.memoryBytes = filled.getMemoryBytes();
+  limits.pidsMax = filled.getPidsMax();
+  limits.cpuPeriodUs = 100000;
+  limits.cpuQuotaUs = uint64_t(filled.getCpuMillis()) * limits.cpuPeriodUs / 1000;
+  auto cgroup = isolator::SandboxCgroup::create(*KJ_ASSERT_NONNULL(cgroupTree_),
+                                                filled.getTenant(), id, limits);
+  rec.setCgroupPath(cgroup->relativePath());
+
+  kj::String workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
+  makeDir(workDir, 0700);
+  KJ_ON_SCOPE_FAILURE({
+    cgroup->killAll();
+    cgroup->remove();
+    rmdir(workDir.cStr());
+  });
+
+  isolator::LaunchSpec launchSpec;
+  launchSpec.sandboxId = kj::str(id);
+  launchSpec.hostname = kj::str(id);
+  launchSpec.uidBase = uidBase;
+  launchSpec.uidCount = config_.getUidRangeSize();
+  launchSpec.initPath = config_.getInitPath().size() > 0 ? kj::str(config_.getInitPath())
+                                                         : defaultInitPath();
+  launchSpec.skeletonDir = kj::str(tmpl.skeletonDir);
+  launchSpec.usrDir = kj::str(tmpl.usrDir);
+  launchSpec.workDir = kj::str(workDir);
+  launchSpec.diskBytes = filled.getDiskBytes();
+  launchSpec.cgroup = cgroup.get();
+  isolator::LaunchedSandbox launched = isolator::launch(launchSpec);
+  rec.setInitPid(launched.pid);
+
+  int rootFd = open(kj::str("/proc/", launched.pid, "/root").cStr(),
+                    O_PATH | O_DIRECTORY | O_CLOEXEC);
+  KJ_SYSCALL(rootFd, "open sandbox root", launched.pid);
+
+  store_.update([&](Store::WriteTxn& txn) {
+    txn.putSandbox(rec.asReader());
+    capnp::MallocMessageBuilder m;
+    auto entry = m.initRoot<state::AuditEntry>();
+    entry.setTimeNs(now);
+    entry.setActor(actor);
+    entry.setAction("create");
+    entry.setSandboxId(id);
+    entry.setTenant(filled.getTenant());
+    entry.setDetail(kj::str("template=", filled.getTemplate(),
+                            " memory=", filled.getMemoryBytes(),
+                            " cpuMillis=", filled.getCpuMillis()));
+    txn.appendAudit(entry.asReader());
+  });
+
+  SandboxRuntime::Parts parts;
+  parts.record = kj::mv(record);
+  parts.cgroup = kj::mv(cgroup);
+  parts.initPid = launched.pid;
+  parts.initPidfd = kj::mv(launched.pidfd);
+  parts.control = kj::mv(launched.control);
+  parts.rootDir = kj::AutoCloseFd(rootFd);
+  parts.workDir = kj::mv(workDir);
+  auto runtime = kj::refcounted<SandboxRuntime>(
+      port_, kj::mv(parts), [this](SandboxRuntime& s) { onEnded(s); });
+  uidSlots_.emplace(slot, kj::str(id));
+  live_.emplace(kj::str(id), kj::addRef(*runtime));
+  log::info("sandbox.created", {{"id", id.cStr()},
+                                {"tenant", filled.getTenant().cStr()},
+                                {"template", filled.getTemplate().cStr()},
+                                {"actor", actor.cStr()}});
+  return runtime;
+}
+
+kj::Maybe<kj::Own<SandboxRuntime>> Supervisor::find(kj::StringPtr id) {
+  auto it = live_.find(id);
+  if (it == live_.end()) return nullptr;
+  return kj::addRef(*it->second);
+}
+
+void Supervisor::list(kj::StringPtr tenant, kj::Vector<kj::Own<StoredSandbox>>& out) {
+  for (auto& message : store_.listSandboxes()) {
+    auto rec = message->get();
+    if (tenant.size() > 0 && rec.getSpec().getTenant() != tenant) continue;
+    out.add(kj::mv(message));
+  }
+}
+
+kj::Promise<void> Supervisor::kill(SandboxRuntime& sandbox, kj::StringPtr actor) {
+  if (sandbox.running()) {
+    audit(actor, "kill", sandbox.id(), sandbox.record().getSpec().getTenant(), "");
+    sandbox.kill("killed");
+  }
+  return sandbox.whenEnded();
+}
+
+kj::Promise<void> Supervisor::killAll(kj::StringPtr reason) {
+  kj::Vector<kj::Promise<void>> waits;
+  kj::Vector<kj::Own<SandboxRuntime>> refs;
+  for (auto& entry : live_) refs.add(kj::addRef(*entry.second));
+  for (auto& s : refs) {
+    s->kill(reason);
+    waits.add(s->whenEnded());
+  }
+  return kj::joinPromises(waits.releaseAsArray()).attach(kj::mv(refs));
+}
+
+void Supervisor::audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr sandboxId,
+                       kj::StringPtr tenant, kj::StringPtr detail) {
+  capnp::MallocMessageBuilder m;
+  auto entry = m.initRoot<state::AuditEntry>();
+  entry.setTimeNs(unixNowNs());
+  entry.setActor(actor);
+  entry.setAction(action);
+  entry.setSandboxId(sandboxId);
+  entry.setTenant(tenant);
+  entry.setDetail(detail);
+  store_.appendAudit(entry.asReader());
+}
+
+void Supervisor::onEnded(SandboxRuntime& sandbox) {
+  auto rec = sandbox.record();
+  store_.update([&](Store::WriteTxn& txn) {
+    txn.putSandbox(rec);
+    capnp::MallocMessageBuilder m;
+    auto entry = m.initRoot<state::AuditEntry>();
+    entry.setTimeNs(rec.getEndedAtNs());
+    entry.setActor("agent");
+    entry.setAction("end");
+    entry.setSandboxId(rec.getId());
+    entry.setTenant(rec.getSpec().getTenant());
+    entry.setDetail(kj::str("reason=", rec.getEndReason()));
+    txn.appendAudit(entry.asReader());
+  });
+  for (auto it = uidSlots_.begin(); it != uidSlots_.end(); ++it) {
+    if (it->second == sandbox.id()) {
+      uidSlots_.erase(it);
+      break;
+    }
+  }
+  // Drop the registry's reference once the current event has finished with it.
+  kj::String id = kj::str(sandbox.id());
+  tasks_.add(kj::evalLater([this, id = kj::mv(id)]() { live_.erase(id); }));
+}
+
+}  // namespace nodeagent

@@ -1,0 +1,75 @@
+// Creates, finds and ends sandboxes; keeps their records in the store.
+#pragma once
+
+#include <map>
+
+#include <kj/async.h>
+#include <kj/string.h>
+#include <kj/vector.h>
+
+#include "isolator/cgroup.h"
+#include "loop/uring_event_port.h"
+#include "nodeagent/sandbox_runtime.h"
+#include "nodeagent/store.h"
+#include "schema/config.capnp.h"
+#include "schema/gateway.capnp.h"
+
+namespace nodeagent {
+
+class Supervisor {
+ public:
+  Supervisor(loop::UringEventPort& port, config::Config::Reader config, Store& store);
+  ~Supervisor() noexcept(false);
+  KJ_DISALLOW_COPY(Supervisor);
+
+  // Prepares template skeletons and the cgroup tree, and ends sandboxes a
+  // previous agent left in the store.
+  void start();
+
+  kj::Own<SandboxRuntime> create(api::SandboxSpec::Reader spec, kj::StringPtr actor);
+  // A live or recently ended sandbox; null if the id is unknown.
+  kj::Maybe<kj::Own<SandboxRuntime>> find(kj::StringPtr id);
+  // Records (live and ended) of one tenant, or of all when tenant is empty.
+  void list(kj::StringPtr tenant, kj::Vector<kj::Own<StoredSandbox>>& out);
+  kj::Promise<void> kill(SandboxRuntime& sandbox, kj::StringPtr actor);
+  void audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr sandboxId,
+             kj::StringPtr tenant, kj::StringPtr detail);
+
+  size_t liveCount() const { return live_.size(); }
+  kj::Array<kj::String> templateNames();
+  isolator::CgroupMode cgroupMode() const { return cgroupMode_; }
+  // Kills every live sandbox and waits for them (for tests and `--kill-on-exit`).
+  kj::Promise<void> killAll(kj::StringPtr reason);
+
+ private:
+  struct TemplateInfo {
+    kj::String name;
+    kj::String usrDir;
+    kj::String skeletonDir;
+    uint64_t memoryBytes;
+    uint32_t cpuMillis;
+    uint32_t pidsMax;
+    uint64_t diskBytes;
+    uint32_t timeoutSeconds;
+  };
+
+  const TemplateInfo& requireTemplate(kj::StringPtr name);
+  uint32_t allocateUidSlot();
+  void onEnded(SandboxRuntime& sandbox);
+  void endStaleRecords();
+
+  loop::UringEventPort& port_;
+  config::Config::Reader config_;
+  Store& store_;
+  kj::Vector<TemplateInfo> templates_;
+  isolator::CgroupMode cgroupMode_;
+  kj::Maybe<kj::Own<isolator::CgroupTree>> cgroupTree_;
+  std::map<kj::String, kj::Own<SandboxRuntime>> live_;
+  std::map<uint32_t, kj::String> uidSlots_;  // slot -> sandbox id
+  struct ErrorLogger : public kj::TaskSet::ErrorHandler {
+    void taskFailed(kj::Exception&& e) override;
+  } errorLogger_;
+  kj::TaskSet tasks_;
+};
+
+}  // namespace nodeagent

@@ -1,0 +1,225 @@
+// Runs the real nodeagent binary on a temporary state dir and socket, and the
+// real sbx CLI against it.
+#pragma once
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+extern char** environ;
+
+namespace nodeagent::testing {
+
+inline std::string binDir() {
+  const char* dir = getenv("NODEAGENT_BIN_DIR");
+  return dir ? dir : "build/bin";
+}
+
+struct CommandResult {
+  int exitCode = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs argv with `input` on stdin; collects stdout and stderr separately.
+inline CommandResult runCommand(const std::vector<std::string>& argv,
+                                const std::string& input = "",
+                                const std::vector<std::string>& extraEnv = {}) {
+  int inPipe[2], outPipe[2], errPipe[2];
+  EXPECT_EQ(pipe2(inPipe, O_CLOEXEC), 0);
+  EXPECT_EQ(pipe2(outPipe, O_CLOEXEC), 0);
+  EXPECT_EQ(pipe2(errPipe, O_CLOEXEC), 0);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0);
+  posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2);
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  std::vector<std::string> envStrings;
+  for (char** e = environ; *e; ++e) envStrings.push_back(*e);
+  for (auto& e : extraEnv) envStrings.push_back(e);
+  std::vector<char*> env;
+  for (auto& e : envStrings) env.push_back(const_cast<char*>(e.c_str()));
+  env.push_back(nullptr);
+  pid_t pid;
+  int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  close(inPipe[0]);
+  close(outPipe[1]);
+  close(errPipe[1]);
+  CommandResult result;
+  if (rc != 0) {
+    close(inPipe[1]);
+    close(outPipe[0]);
+    close(errPipe[0]);
+    result.err = "spawn failed";
+    return result;
+  }
+  size_t written = 0;
+  int inFd = inPipe[1];
+  if (input.empty()) {
+    close(inFd);
+    inFd = -1;
+  } else {
+    fcntl(inFd, F_SETFL, O_NONBLOCK);
+  }
+  int fds[2] = {outPipe[0], errPipe[0]};
+  std::string* sinks[2] = {&result.out, &result.err};
+  bool open[2] = {true, true};
+  char buf[65536];
+  while (open[0] || open[1]) {
+    struct pollfd pfds[3];
+    int n = 0;
+    int map[3];
+    for (int i = 0; i < 2; ++i) {
+      if (open[i]) {
+        pfds[n] = {fds[i], POLLIN, 0};
+        map[n++] = i;
+      }
+    }
+    if (inFd >= 0) {
+      pfds[n] = {inFd, POLLOUT, 0};
+      map[n++] = 2;
+    }
+    poll(pfds, n, -1);
+    for (int k = 0; k < n; ++k) {
+      if (!pfds[k].revents) continue;
+      int i = map[k];
+      if (i == 2) {
+        ssize_t w = write(inFd, input.data() + written, input.size() - written);
+        if (w > 0) written += size_t(w);
+        if (w < 0 || written == input.size()) {
+          close(inFd);
+          inFd = -1;
+        }
+        continue;
+      }
+      ssize_t r = read(fds[i], buf, sizeof(buf));
+      if (r <= 0) {
+        open[i] = false;
+        close(fds[i]);
+      } else {
+        sinks[i]->append(buf, size_t(r));
+      }
+    }
+  }
+  if (inFd >= 0) close(inFd);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  result.exitCode = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return result;
+}
+
+// One agent process for a test suite.
+class AgentProcess {
+ public:
+  explicit AgentProcess(std::vector<std::string> extraArgs = {}, bool unixListen = true) {
+    char tmpl[] = "/tmp/nodeagent-e2e-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    socket_ = dir_ + "/agent.sock";
+    std::vector<std::string> argv = {binDir() + "/nodeagent", "--state-dir", dir_ + "/state"};
+    if (unixListen) {
+      argv.push_back("--listen");
+      argv.push_back("unix:" + socket_);
+    }
+    for (auto& a : extraArgs) argv.push_back(a);
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    logPath_ = dir_ + "/agent.log";
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 2, logPath_.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0600);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+  }
+
+  // Waits until the agent accepts connections (`sbx ls` works).
+  bool waitReady(const std::string& connect = "") {
+    for (int i = 0; i < 200; ++i) {
+      auto r = runCommand({binDir() + "/sbx", "--connect", connect.empty() ? target() : connect,
+                           "ls"});
+      if (r.exitCode == 0) return true;
+      int status;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    return false;
+  }
+
+  ~AgentProcess() {
+    if (pid_ > 0) {
+      // Kill what the tests left running, then stop the agent.
+      auto list = sbx({"ls"});
+      size_t pos = 0;
+      while ((pos = list.out.find("sbx-", pos)) != std::string::npos) {
+        std::string id = list.out.substr(pos, list.out.find(' ', pos) - pos);
+        if (list.out.find("running", pos) < list.out.find('\n', pos)) sbx({"kill", id});
+        pos += id.size();
+      }
+      kill(pid_, SIGTERM);
+      int status;
+      waitpid(pid_, &status, 0);
+    }
+    std::string cmd = "rm -rf '" + dir_ + "'";
+    if (system(cmd.c_str()) != 0) perror("rm");
+  }
+
+  std::string target() const { return "unix:" + socket_; }
+  const std::string& dir() const { return dir_; }
+  const std::string& socketPath() const { return socket_; }
+  pid_t pid() const { return pid_; }
+  std::string log() const {
+    std::string out;
+    FILE* f = fopen(logPath_.c_str(), "r");
+    if (!f) return out;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+    fclose(f);
+    return out;
+  }
+
+  CommandResult sbx(std::vector<std::string> args, const std::string& input = "") {
+    std::vector<std::string> argv = {binDir() + "/sbx", "--connect", target()};
+    for (auto& a : args) argv.push_back(a);
+    return runCommand(argv, input);
+  }
+
+  // Creates a python sandbox and returns its id ("" on failure).
+  std::string create(std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"create", "--template", "python", "--tenant", "e2e"};
+    for (auto& a : extra) args.push_back(a);
+    auto r = sbx(args);
+    EXPECT_EQ(r.exitCode, 0) << r.err;
+    while (!r.out.empty() && r.out.back() == '\n') r.out.pop_back();
+    return r.out;
+  }
+
+ private:
+  std::string dir_;
+  std::string socket_;
+  std::string logPath_;
+  pid_t pid_ = -1;
+};
+
+}  // namespace nodeagent::testing

@@ -1,0 +1,252 @@
+// The gateway API through a C++ client against the real agent (needs root):
+// concurrency, pipelining, limits and misbehaving clients.
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <kj/debug.h>
+
+#include "e2e/agent_harness.h"
+#include "loop/io_context.h"
+#include "nodeagent/api_error.h"
+#include "nodeagent/config.h"
+#include "nodeagent/rpc_endpoint.h"
+#include "support/privileged.h"
+
+namespace nodeagent::testing {
+namespace {
+
+// Collects a process's output.
+class Collector final : public api::OutputSink::Server {
+ public:
+  explicit Collector(std::string* out, std::string* err) : out_(out), err_(err) {}
+  kj::Promise<void> stdout(StdoutContext c) override {
+    auto d = c.getParams().getData();
+    out_->append(reinterpret_cast<const char*>(d.begin()), d.size());
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> stderr(StderrContext c) override {
+    auto d = c.getParams().getData();
+    err_->append(reinterpret_cast<const char*>(d.begin()), d.size());
+    return kj::READY_NOW;
+  }
+
+ private:
+  std::string* out_;
+  std::string* err_;
+};
+
+class ApiTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (geteuid() != 0) return;
+    agent_ = new AgentProcess();
+    ready_ = agent_->waitReady();
+  }
+  static void TearDownTestSuite() {
+    delete agent_;
+    agent_ = nullptr;
+  }
+  void SetUp() override {
+    NODEAGENT_REQUIRE_ROOT();
+    ASSERT_TRUE(ready_) << agent_->log();
+  }
+
+  kj::Own<RpcConnection> connect(loop::IoContext& io, uint64_t maxMessage = 8 << 20) {
+    return connectToNode(io.port, parseListenAddress(agent_->target()), nullptr, maxMessage)
+        .wait(io.waitScope);
+  }
+
+  static api::Sandbox::Client create(api::Node::Client node, kj::WaitScope& ws) {
+    auto req = node.createRequest();
+    req.initSpec().setTemplate("python");
+    req.getSpec().setTenant("api");
+    return req.send().wait(ws).getSandbox();
+  }
+
+  static AgentProcess* agent_;
+  static bool ready_;
+};
+
+AgentProcess* ApiTest::agent_ = nullptr;
+bool ApiTest::ready_ = false;
+
+TEST_F(ApiTest, CreateAndExecPipelinedInOneRoundTrip) {
+  loop::IoContext io;
+  auto conn = connect(io);
+  auto node = conn->bootstrap().castAs<api::Node>();
+  auto createReq = node.createRequest();
+  createReq.initSpec().setTemplate("python");
+  createReq.getSpec().setTenant("api");
+  auto created = createReq.send();
+  std::string out, err;
+  auto exec = created.getSandbox().execRequest();
+  auto argv = exec.initRequest().initArgv(3);
+  argv.set(0, "python3");
+  argv.set(1, "-c");
+  argv.set(2, "print('pipelined')");
+  exec.setOutput(kj::heap<Collector>(&out, &err));
+  auto status = exec.send().getProcess().waitRequest().send().wait(io.waitScope).getStatus();
+  EXPECT_EQ(status.getReason(), api::ExitReason::EXITED);
+  EXPECT_EQ(status.getCode(), 0);
+  EXPECT_EQ(out, "pipelined\n");
+  created.getSandbox().killRequest().send().wait(io.waitScope);
+}
+
+TEST_F(ApiTest, ThirtyTwoConcurrentExecs) {
+  loop::IoContext io;
+  auto conn = connect(io);
+  auto node = conn->bootstrap().castAs<api::Node>();
+  auto sandbox = create(node, io.waitScope);
+  constexpr int kCount = 32;
+  std::vector<std::string> outs(kCount), errs(kCount);
+  kj::Vector<kj::Promise<void>> all;
+  std::vector<int> codes(kCount, -1);
+  for (int i = 0; i < kCount; ++i) {
+    auto req = sandbox.execRequest();
+    auto argv = req.initRequest().initArgv(3);
+    argv.set(0, "python3");
+    argv.set(1, "-c");
+    argv.set(2, kj::str("import sys; print(", i, "); print(", i, "*2, file=sys.stderr); sys.exit(",
+                        i % 7, ")"));
+    req.setOutput(kj::heap<Collector>(&outs[i], &errs[i]));
+    all.add(req.send().getProcess().waitRequest().send().then(
+        [&codes, i](auto&& r) { codes[i] = r.getStatus().getCode(); }));
+  }
+  kj::joinPromises(all.releaseAsArray()).wait(io.waitScope);
+  for (int i = 0; i < kCount; ++i) {
+    EXPECT_EQ(outs[i], std::to_string(i) + "\n");
+    EXPECT_EQ(errs[i], std::to_string(i * 2) + "\n");
+    EXPECT_EQ(codes[i], i % 7);
+  }
+  sandbox.killRequest().send().wait(io.waitScope);
+}
+
+TEST_F(ApiTest, OversizedMessageClosesOnlyThatConnection) {
+  loop::IoContext io;
+  auto conn = connect(io);
+  auto node = conn->bootstrap().castAs<api::Node>();
+  auto sandbox = create(node, io.waitScope);
+  auto files = sandbox.filesRequest().send().getFiles();
+  auto writeReq = files.writeRequest();
+  writeReq.setPath("/tmp/huge");
+  auto sink = writeReq.send().getSink();
+  auto big = sink.writeRequest();
+  big.initData(12 << 20);  // over the agent's 8 MiB message limit
+  auto result = big.send().then([]() { return true; }, [](kj::Exception&&) { return false; });
+  auto done = sink.doneRequest().send().then([]() { return true; },
+                                             [](kj::Exception&&) { return false; });
+  EXPECT_FALSE(result.wait(io.waitScope) && done.wait(io.waitScope));
+
+  // A new connection is served, and the sandbox is intact without the file.
+  auto conn2 = connect(io);
+  auto node2 = conn2->bootstrap().castAs<api::Node>();
+  auto list = node2.listRequest().send().wait(io.waitScope);
+  EXPECT_GE(list.getSandboxes().size(), 1u);
+  auto info = node2.infoRequest().send().wait(io.waitScope);
+  EXPECT_EQ(info.getInfo().getMaxMessageBytes(), 8u << 20);
+}
+
+TEST_F(ApiTest, ClientThatDisconnectsMidUploadLeavesNoFile) {
+  kj::String id;
+  {
+    loop::IoContext io;
+    auto conn = connect(io);
+    auto node = conn->bootstrap().castAs<api::Node>();
+    auto req = node.createRequest();
+    req.initSpec().setTemplate("python");
+    req.getSpec().setTenant("api");
+    auto created = req.send().wait(io.waitScope);
+    id = kj::str(created.getId());
+    auto files = created.getSandbox().filesRequest().send().getFiles();
+    auto w = files.writeRequest();
+    w.setPath("/tmp/partial");
+    auto sink = w.send().getSink();
+    for (int i = 0; i < 4; ++i) {
+      auto chunk = sink.writeRequest();
+      chunk.initData(64 << 10);
+      chunk.send().wait(io.waitScope);
+    }
+    // Drop the connection without done().
+  }
+  {
+    loop::IoContext io;
+    auto conn = connect(io);
+    auto node = conn->bootstrap().castAs<api::Node>();
+    auto open = node.openRequest();
+    open.setId(id);
+    auto sandbox = open.send().getSandbox();
+    auto files = sandbox.filesRequest().send().getFiles();
+    auto list = files.listRequest();
+    list.setPath("/tmp");
+    // The upload's temporary goes away once the agent notices the disconnect.
+    bool clean = false;
+    for (int attempt = 0; attempt < 50 && !clean; ++attempt) {
+      auto entries = list.send().wait(io.waitScope).getEntries();
+      clean = entries.size() == 0;
+      if (!clean) io.port.timer().afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
+    }
+    EXPECT_TRUE(clean);
+    auto stat = files.statRequest();
+    stat.setPath("/tmp/partial");
+    auto failed = stat.send().then([](auto&&) -> kj::Maybe<kj::Exception> { return nullptr; },
+                                   [](kj::Exception&& e) -> kj::Maybe<kj::Exception> {
+                                     return kj::mv(e);
+                                   });
+    KJ_IF_MAYBE(e, failed.wait(io.waitScope)) {
+      EXPECT_EQ(apiErrorCode(*e), api::ErrorCode::NOT_FOUND) << e->getDescription().cStr();
+    }
+    else {
+      ADD_FAILURE() << "a half-uploaded file appeared";
+    }
+    sandbox.killRequest().send().wait(io.waitScope);
+  }
+}
+
+TEST_F(ApiTest, ClientThatDisconnectsMidOutputDoesNotHurtTheAgent) {
+  kj::String id;
+  {
+    loop::IoContext io;
+    auto conn = connect(io);
+    auto node = conn->bootstrap().castAs<api::Node>();
+    auto req = node.createRequest();
+    req.initSpec().setTemplate("python");
+    req.getSpec().setTenant("api");
+    auto created = req.send().wait(io.waitScope);
+    id = kj::str(created.getId());
+    std::string out, err;
+    auto exec = created.getSandbox().execRequest();
+    auto argv = exec.initRequest().initArgv(1);
+    argv.set(0, "yes");
+    exec.setOutput(kj::heap<Collector>(&out, &err));
+    auto process = exec.send().wait(io.waitScope).getProcess();
+    io.port.timer().afterDelay(100 * kj::MILLISECONDS).wait(io.waitScope);
+    EXPECT_GT(out.size(), 0u);
+  }
+  auto r = agent_->sbx({"exec", id.cStr(), "--", "echo", "still here"});
+  EXPECT_EQ(r.out, "still here\n");
+  agent_->sbx({"kill", id.cStr()});
+}
+
+TEST_F(ApiTest, GarbageOnTheSocketIsRefused) {
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  strcpy(addr.sun_path, agent_->socketPath().c_str());
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  // A segment table claiming a 2 GiB message, then junk.
+  uint32_t header[2] = {0, 0x10000000};
+  ASSERT_EQ(write(fd, header, sizeof(header)), ssize_t(sizeof(header)));
+  char junk[4096];
+  memset(junk, 0xAB, sizeof(junk));
+  (void)!write(fd, junk, sizeof(junk));
+  char buf[256];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) {
+  }
+  EXPECT_EQ(n, 0) << "the agent closes the connection";
+  close(fd);
+  EXPECT_EQ(agent_->sbx({"ls"}).exitCode, 0);
+}
+
+}  // namespace
+}  // namespace nodeagent::testing

@@ -1,0 +1,290 @@
+// End to end through the real agent and the real sbx CLI (needs root).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <memory>
+#include <random>
+#include <sstream>
+
+#include "e2e/agent_harness.h"
+#include "support/privileged.h"
+
+namespace nodeagent::testing {
+namespace {
+
+class CliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (geteuid() != 0) return;
+    agent_ = new AgentProcess();
+    ready_ = agent_->waitReady();
+  }
+  static void TearDownTestSuite() {
+    delete agent_;
+    agent_ = nullptr;
+  }
+  void SetUp() override {
+    NODEAGENT_REQUIRE_ROOT();
+    ASSERT_TRUE(ready_) << "agent did not start:\n" << agent_->log();
+  }
+  AgentProcess& agent() { return *agent_; }
+
+  static AgentProcess* agent_;
+  static bool ready_;
+};
+
+AgentProcess* CliTest::agent_ = nullptr;
+bool CliTest::ready_ = false;
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+TEST_F(CliTest, ExitCodesAndSeparateStreams) {
+  std::string id = agent().create();
+  ASSERT_FALSE(id.empty());
+  auto r = agent().sbx({"exec", id, "--", "sh", "-c", "echo out; echo err >&2; exit 3"});
+  EXPECT_EQ(r.exitCode, 3);
+  EXPECT_EQ(r.out, "out\n");
+  EXPECT_EQ(r.err, "err\n");
+  r = agent().sbx({"exec", id, "--", "true"});
+  EXPECT_EQ(r.exitCode, 0);
+  r = agent().sbx({"exec", id, "--", "sh", "-c", "kill -TERM $$"});
+  EXPECT_EQ(r.exitCode, 128 + 15);
+  EXPECT_EQ(agent().sbx({"kill", id}).exitCode, 0);
+}
+
+TEST_F(CliTest, PythonAndNodeRun) {
+  std::string id = agent().create();
+  auto r = agent().sbx({"exec", id, "--", "python3", "-c", "print(sum(range(10)))"});
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  EXPECT_EQ(r.out, "45\n");
+  r = agent().sbx({"exec", id, "--", "node", "-e", "console.log(6*7)"});
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  EXPECT_EQ(r.out, "42\n");
+  agent().sbx({"kill", id});
+}
+
+TEST_F(CliTest, StdinIsForwarded) {
+  std::string id = agent().create();
+  std::string input;
+  for (int i = 0; i < 20000; ++i) input += "line " + std::to_string(i) + "\n";
+  auto r = agent().sbx({"exec", id, "-i", "--", "python3", "-c",
+                        "import sys,hashlib; d=sys.stdin.buffer.read(); "
+                        "print(len(d), hashlib.sha256(d).hexdigest())"},
+                       input);
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  auto local = runCommand({"/bin/sh", "-c", "sha256sum | cut -d' ' -f1"}, input);
+  EXPECT_EQ(r.out, std::to_string(input.size()) + " " + local.out);
+  agent().sbx({"kill", id});
+}
+
+TEST_F(CliTest, RunCreatesExecsAndKills) {
+  auto before = agent().sbx({"ls"});
+  auto r = agent().sbx({"run", "--template", "python", "--tenant", "e2e-run", "--", "python3",
+                        "-c", "import os; print(os.getpid())"});
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  EXPECT_EQ(r.out, "2\n");  // init is 1; the command is its first child
+  auto list = agent().sbx({"ls", "--tenant", "e2e-run"});
+  EXPECT_EQ(list.out.find("running"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("stopped(killed)"), std::string::npos) << list.out;
+}
+
+TEST_F(CliTest, SandboxSeesItsOwnWorld) {
+  std::string id = agent().create();
+  auto r = agent().sbx({"exec", id, "--", "sh", "-c",
+                        "hostname; ls /proc | grep -c '^[0-9]'; cat /etc/passwd | cut -d: -f1; "
+                        "ls -A /home /root | wc -l; id -u"});
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::string hostname, processes;
+  std::getline(lines, hostname);
+  std::getline(lines, processes);
+  EXPECT_EQ(hostname, id);
+  // init, sh, ls, grep (and possibly cut) — never the host's hundreds.
+  EXPECT_LE(std::stoi(processes), 6);
+  EXPECT_EQ(r.out.find("systemd"), std::string::npos);
+  EXPECT_NE(r.out.find("root\n"), std::string::npos);
+  EXPECT_EQ(trim(r.out).substr(trim(r.out).size() - 1), "0");  // uid 0 inside
+  agent().sbx({"kill", id});
+}
+
+TEST_F(CliTest, FileRoundTripOf100MiB) {
+  std::string id = agent().create({"--disk", "512M"});
+  std::string local = agent().dir() + "/big.bin";
+  {
+    std::ofstream out(local, std::ios::binary);
+    std::mt19937_64 rng(42);
+    std::vector<uint64_t> chunk(1 << 17);
+    for (int i = 0; i < 100; ++i) {  // 100 x 1 MiB
+      for (auto& w : chunk) w = rng();
+      out.write(reinterpret_cast<const char*>(chunk.data()), chunk.size() * 8);
+    }
+  }
+  auto localSum = runCommand({"/bin/sh", "-c", "sha256sum " + local + " | cut -d' ' -f1"});
+  auto up = agent().sbx({"cp", local, id + ":/tmp/big.bin"});
+  ASSERT_EQ(up.exitCode, 0) << up.err;
+  auto inside = agent().sbx({"exec", id, "--", "sh", "-c", "sha256sum /tmp/big.bin | cut -d' ' -f1"});
+  EXPECT_EQ(inside.out, localSum.out);
+  std::string back = agent().dir() + "/back.bin";
+  auto down = agent().sbx({"cp", id + ":/tmp/big.bin", back});
+  ASSERT_EQ(down.exitCode, 0) << down.err;
+  auto backSum = runCommand({"/bin/sh", "-c", "sha256sum " + back + " | cut -d' ' -f1"});
+  EXPECT_EQ(backSum.out, localSum.out);
+  struct stat st;
+  ASSERT_EQ(stat(back.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 100 << 20);
+  unlink(local.c_str());
+  unlink(back.c_str());
+  agent().sbx({"kill", id});
+}
+
+TEST_F(CliTest, UploadedFileBelongsToTheTenant) {
+  std::string id = agent().create();
+  std::string local = agent().dir() + "/small.txt";
+  { std::ofstream(local) << "hello sandbox\n"; }
+  ASSERT_EQ(agent().sbx({"cp", local, id + ":/root/hello.txt"}).exitCode, 0);
+  auto r = agent().sbx({"exec", id, "--", "sh", "-c",
+                        "stat -c '%u %a' /root/hello.txt; cat /root/hello.txt; "
+                        "echo more >> /root/hello.txt && echo appended"});
+  EXPECT_EQ(r.out, "0 644\nhello sandbox\nappended\n") << r.err;
+  agent().sbx({"kill", id});
+}
+
+TEST_F(CliTest, TimeoutKillsTheSandbox) {
+  std::string id = agent().create({"--timeout", "2"});
+  auto r = agent().sbx({"exec", id, "--", "sleep", "30"});
+  EXPECT_EQ(r.exitCode, 128 + 9);
+  auto info = agent().sbx({"info", id, "--json"});
+  EXPECT_NE(info.out.find("\"endReason\": \"timeout\""), std::string::npos)
+      << info.out << info.err;
+  auto after = agent().sbx({"exec", id, "--", "true"});
+  EXPECT_NE(after.exitCode, 0);
+  EXPECT_NE(after.err.find("notRunning"), std::string::npos) << after.err;
+}
+
+std::vector<pid_t> cgroupPids(const std::string& id) {
+  std::vector<pid_t> pids;
+  for (const char* root : {"/sys/fs/cgroup/pids", "/sys/fs/cgroup"}) {
+    std::ifstream in(std::string(root) + "/nodeagent/sandboxes/e2e/" + id + "/cgroup.procs");
+    pid_t p;
+    while (in >> p) pids.push_back(p);
+    if (!pids.empty()) break;
+  }
+  return pids;
+}
+
+TEST_F(CliTest, KilledSandboxLeavesNoProcess) {
+  std::string id = agent().create();
+  // Background processes that outlive the exec, one of them double-forked.
+  auto r = agent().sbx({"exec", id, "--", "sh", "-c",
+                        "sleep 1000 >/dev/null 2>&1 & (setsid sleep 1001 >/dev/null 2>&1 &) ; "
+                        "echo started"});
+  EXPECT_EQ(r.out, "started\n");
+  std::vector<pid_t> pids = cgroupPids(id);
+  ASSERT_GE(pids.size(), 3u) << "init and two sleeps expected";
+  ASSERT_EQ(agent().sbx({"kill", id}).exitCode, 0);
+  for (pid_t p : pids) {
+    EXPECT_NE(access(("/proc/" + std::to_string(p)).c_str(), F_OK), 0) << "pid " << p << " lives";
+  }
+  EXPECT_NE(access(("/sys/fs/cgroup/pids/nodeagent/sandboxes/e2e/" + id).c_str(), F_OK), 0);
+  EXPECT_NE(access(("/sys/fs/cgroup/unified/nodeagent/sandboxes/e2e/" + id).c_str(), F_OK), 0);
+}
+
+TEST_F(CliTest, ListInfoUsageAsJson) {
+  std::string id = agent().create({"--memory", "256M", "--cpus", "0.5"});
+  agent().sbx({"exec", id, "--", "python3", "-c", "sum(range(3000000))"});
+  auto info = agent().sbx({"info", id, "--json"});
+  EXPECT_EQ(info.exitCode, 0);
+  EXPECT_NE(info.out.find("\"memoryBytes\": \"268435456\""), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("\"cpuMillis\": 500"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("\"state\": \"running\""), std::string::npos) << info.out;
+  auto usage = agent().sbx({"usage", id, "--json"});
+  EXPECT_EQ(usage.exitCode, 0);
+  EXPECT_NE(usage.out.find("\"cpuUserNs\""), std::string::npos) << usage.out;
+  EXPECT_EQ(usage.out.find("\"cpuUserNs\": \"0\""), std::string::npos) << usage.out;
+  auto ls = agent().sbx({"ls", "--json"});
+  EXPECT_NE(ls.out.find(id), std::string::npos);
+  agent().sbx({"kill", id});
+}
+
+TEST_F(CliTest, BadInputGetsTypedErrors) {
+  auto r = agent().sbx({"create", "--template", "cobol"});
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_NE(r.err.find("unknownTemplate"), std::string::npos) << r.err;
+  r = agent().sbx({"exec", "sbx-doesnotexist", "--", "true"});
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_NE(r.err.find("notFound"), std::string::npos) << r.err;
+  r = agent().sbx({"create", "--template", "python", "--tenant", "../evil"});
+  EXPECT_NE(r.err.find("invalidArgument"), std::string::npos) << r.err;
+  r = agent().sbx({"create", "--template", "python", "--memory", "lots"});
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_NE(r.err.find("not a size"), std::string::npos) << r.err;
+
+  std::string id = agent().create();
+  r = agent().sbx({"exec", id, "--", "/no/such/binary"});
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_NE(r.err.find("/no/such/binary"), std::string::npos) << r.err;
+  // The agent is still serving.
+  EXPECT_EQ(agent().sbx({"exec", id, "--", "true"}).exitCode, 0);
+  agent().sbx({"kill", id});
+}
+
+TEST_F(CliTest, PathsNeverEscapeTheSandbox) {
+  // A file on the host that a tenant would love to read.
+  std::string secret = agent().dir() + "/host-secret";
+  { std::ofstream(secret) << "HOST SECRET\n"; }
+  std::string id = agent().create();
+  std::string out = agent().dir() + "/escaped";
+
+  auto r = agent().sbx({"cp", id + ":../../../../" + secret, out});
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_NE(r.err.find("invalidPath"), std::string::npos) << r.err;
+
+  // Absolute paths are the sandbox's own: the host file is not there.
+  r = agent().sbx({"cp", id + ":" + secret, out});
+  EXPECT_NE(r.err.find("notFound"), std::string::npos) << r.err;
+
+  // A symlink planted inside the sandbox, pointing at the host file, and one
+  // climbing out with "..": both resolve inside the sandbox root.
+  agent().sbx({"exec", id, "--", "sh", "-c",
+               "ln -s " + secret + " /tmp/abs && ln -s ../../../../../" + secret +
+                   " /tmp/rel && ln -s /proc/1/root/etc/hostname /tmp/magic"});
+  for (const char* link : {"/tmp/abs", "/tmp/rel"}) {
+    r = agent().sbx({"cp", id + ":" + link, out});
+    EXPECT_NE(r.exitCode, 0) << link;
+    EXPECT_NE(r.err.find("notFound"), std::string::npos) << link << r.err;
+  }
+  r = agent().sbx({"cp", id + ":/tmp/magic", out});
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_NE(r.err.find("invalidPath"), std::string::npos) << r.err;
+  EXPECT_NE(access(out.c_str(), F_OK), 0) << "nothing may have been written";
+
+  // Uploading onto a planted symlink replaces the link, never the host file.
+  std::string payload = agent().dir() + "/payload";
+  { std::ofstream(payload) << "overwritten\n"; }
+  r = agent().sbx({"cp", payload, id + ":/tmp/abs"});
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  EXPECT_EQ(readFile(secret), "HOST SECRET\n");
+  r = agent().sbx({"exec", id, "--", "cat", "/tmp/abs"});
+  EXPECT_EQ(r.out, "overwritten\n");
+
+  // A fifo does not block the agent.
+  agent().sbx({"exec", id, "--", "mkfifo", "/tmp/fifo"});
+  r = agent().sbx({"cp", id + ":/tmp/fifo", out});
+  EXPECT_NE(r.err.find("invalidPath"), std::string::npos) << r.err;
+  agent().sbx({"kill", id});
+}
+
+}  // namespace
+}  // namespace nodeagent::testing

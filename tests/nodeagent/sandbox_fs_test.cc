@@ -1,0 +1,180 @@
+// SandboxFs against a plain directory standing in for a sandbox root.
+#include "nodeagent/sandbox_fs.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "nodeagent/api_error.h"
+
+namespace nodeagent {
+namespace {
+
+class SandboxFsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/sandbox-fs-test-XXXXXX";
+    base_ = mkdtemp(tmpl);
+    root_ = base_ + "/root";
+    mkdir(root_.c_str(), 0755);
+    mkdir((root_ + "/tmp").c_str(), 01777);
+    std::ofstream(base_ + "/outside") << "HOST\n";
+    std::ofstream(root_ + "/inside") << "SANDBOX\n";
+    int fd = open(root_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    fs_ = std::make_unique<SandboxFs>(kj::AutoCloseFd(fd), getuid(), getgid());
+  }
+  void TearDown() override { (void)!system(("rm -rf '" + base_ + "'").c_str()); }
+
+  std::string readVia(const std::string& path) {
+    kj::AutoCloseFd fd = fs_->openForRead(path.c_str());
+    char buf[256];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    return std::string(buf, n > 0 ? size_t(n) : 0);
+  }
+
+  api::ErrorCode codeOf(kj::Function<void()> fn) {
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { fn(); })) {
+      KJ_IF_MAYBE(code, apiErrorCode(*e)) { return *code; }
+      ADD_FAILURE() << "untyped error: " << e->getDescription().cStr();
+      return api::ErrorCode::INTERNAL;
+    }
+    ADD_FAILURE() << "no error";
+    return api::ErrorCode::INTERNAL;
+  }
+
+  std::string base_, root_;
+  std::unique_ptr<SandboxFs> fs_;
+};
+
+TEST(SandboxFsNormalize, CleansAndRejects) {
+  EXPECT_EQ(SandboxFs::normalize("/a//b/./c/"), "a/b/c");
+  EXPECT_EQ(SandboxFs::normalize("/"), "");
+  EXPECT_EQ(SandboxFs::normalize("rel/x"), "rel/x");
+  for (const char* bad : {"../x", "/a/../b", "..", "/a/.."}) {
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { SandboxFs::normalize(bad); })) {
+      EXPECT_EQ(apiErrorCode(*e), api::ErrorCode::INVALID_PATH) << bad;
+    }
+    else {
+      ADD_FAILURE() << bad << " accepted";
+    }
+  }
+  std::string nul("a\0b", 3);
+  EXPECT_TRUE(kj::runCatchingExceptions([&]() {
+                SandboxFs::normalize(kj::StringPtr(nul.data(), nul.size()));
+              }) != nullptr);
+  EXPECT_TRUE(kj::runCatchingExceptions([&]() {
+                SandboxFs::normalize(kj::str(kj::repeat('a', 5000)));
+              }) != nullptr);
+}
+
+TEST_F(SandboxFsTest, ReadsInsideTheRoot) { EXPECT_EQ(readVia("/inside"), "SANDBOX\n"); }
+
+TEST_F(SandboxFsTest, SymlinksResolveInsideTheRoot) {
+  ASSERT_EQ(symlink((base_ + "/outside").c_str(), (root_ + "/abs").c_str()), 0);
+  ASSERT_EQ(symlink("../../../../outside", (root_ + "/rel").c_str()), 0);
+  ASSERT_EQ(symlink("/inside", (root_ + "/good").c_str()), 0);
+  EXPECT_EQ(codeOf([&]() { readVia("/abs"); }), api::ErrorCode::NOT_FOUND);
+  // "../../../../outside" from the root clamps at the root: /outside does not exist there.
+  EXPECT_EQ(codeOf([&]() { readVia("/rel"); }), api::ErrorCode::NOT_FOUND);
+  EXPECT_EQ(readVia("/good"), "SANDBOX\n");
+}
+
+TEST_F(SandboxFsTest, MagicLinksAreRefused) {
+  ASSERT_EQ(symlink("/proc/self/root/etc/hostname", (root_ + "/magic").c_str()), 0);
+  mkdir((root_ + "/proc").c_str(), 0755);
+  // Even a real /proc bind inside the root would not help: magic links are off.
+  EXPECT_NE(codeOf([&]() { readVia("/magic"); }), api::ErrorCode::INTERNAL);
+}
+
+TEST_F(SandboxFsTest, FifosAndDirectoriesAreNotRead) {
+  ASSERT_EQ(mkfifo((root_ + "/fifo").c_str(), 0644), 0);
+  EXPECT_EQ(codeOf([&]() { readVia("/fifo"); }), api::ErrorCode::INVALID_PATH);
+  EXPECT_EQ(codeOf([&]() { readVia("/tmp"); }), api::ErrorCode::INVALID_PATH);
+}
+
+TEST_F(SandboxFsTest, UploadAppearsOnlyOnCommit) {
+  {
+    auto upload = fs_->beginUpload("/tmp/file", 0640);
+    ASSERT_EQ(write(upload->fd(), "abc", 3), 3);
+    EXPECT_NE(access((root_ + "/tmp/file").c_str(), F_OK), 0);
+    upload->commit();
+  }
+  std::ifstream in(root_ + "/tmp/file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EXPECT_EQ(ss.str(), "abc");
+  struct stat st;
+  ASSERT_EQ(stat((root_ + "/tmp/file").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0640u);
+  {
+    auto abandoned = fs_->beginUpload("/tmp/abandoned", 0644);
+    ASSERT_EQ(write(abandoned->fd(), "x", 1), 1);
+  }
+  EXPECT_EQ(fs_->list("/tmp").size(), 1u) << "the abandoned temporary is gone";
+}
+
+TEST_F(SandboxFsTest, UploadOntoSymlinkReplacesTheLink) {
+  ASSERT_EQ(symlink((base_ + "/outside").c_str(), (root_ + "/tmp/link").c_str()), 0);
+  auto upload = fs_->beginUpload("/tmp/link", 0644);
+  ASSERT_EQ(write(upload->fd(), "new", 3), 3);
+  upload->commit();
+  std::ifstream in(base_ + "/outside");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EXPECT_EQ(ss.str(), "HOST\n");
+  EXPECT_EQ(readVia("/tmp/link"), "new");
+}
+
+TEST_F(SandboxFsTest, UploadThroughSymlinkedDirectoryStaysInside) {
+  // /tmp/out -> the host's base dir: writing /tmp/out/x must land in the
+  // sandbox's own (nonexistent) path, i.e. fail, never in the host dir.
+  ASSERT_EQ(symlink(base_.c_str(), (root_ + "/tmp/out").c_str()), 0);
+  EXPECT_EQ(codeOf([&]() { fs_->beginUpload("/tmp/out/x", 0644); }), api::ErrorCode::NOT_FOUND);
+  EXPECT_NE(access((base_ + "/x").c_str(), F_OK), 0);
+}
+
+TEST_F(SandboxFsTest, MkdirListStatRemove) {
+  fs_->mkdir("/a/b/c", true);
+  EXPECT_EQ(codeOf([&]() { fs_->mkdir("/a", false); }), api::ErrorCode::ALREADY_EXISTS);
+  EXPECT_EQ(codeOf([&]() { fs_->mkdir("/x/y", false); }), api::ErrorCode::NOT_FOUND);
+  std::ofstream(root_ + "/a/b/file") << "12345";
+  ASSERT_EQ(symlink("/inside", (root_ + "/a/link").c_str()), 0);
+  auto entries = fs_->list("/a");
+  ASSERT_EQ(entries.size(), 2u);
+  auto st = fs_->stat("/a/b/file");
+  EXPECT_EQ(st.type, FileEntry::Type::kFile);
+  EXPECT_EQ(st.size, 5u);
+  EXPECT_EQ(fs_->stat("/a/link").type, FileEntry::Type::kSymlink);
+  EXPECT_EQ(fs_->stat("/a/b").type, FileEntry::Type::kDirectory);
+  EXPECT_EQ(codeOf([&]() { fs_->remove("/a", false); }), api::ErrorCode::INVALID_PATH);
+  fs_->remove("/a", true);
+  EXPECT_NE(access((root_ + "/a").c_str(), F_OK), 0);
+  EXPECT_EQ(access((root_ + "/inside").c_str(), F_OK), 0) << "symlink target untouched";
+  EXPECT_EQ(codeOf([&]() { fs_->remove("/", true); }), api::ErrorCode::INVALID_PATH);
+}
+
+TEST_F(SandboxFsTest, RecursiveRemoveDoesNotFollowSymlinks) {
+  fs_->mkdir("/d", false);
+  ASSERT_EQ(symlink(base_.c_str(), (root_ + "/d/escape").c_str()), 0);
+  fs_->remove("/d", true);
+  EXPECT_EQ(access((base_ + "/outside").c_str(), F_OK), 0);
+}
+
+TEST(ApiError, CodeSurvivesTheDescription) {
+  auto e = makeApiError(api::ErrorCode::UNKNOWN_TEMPLATE, "no template named 'x'");
+  EXPECT_EQ(apiErrorCode(e), api::ErrorCode::UNKNOWN_TEMPLATE);
+  EXPECT_EQ(kj::str(apiErrorMessage(e)), "no template named 'x'");
+  kj::Exception remote(kj::Exception::Type::FAILED, "x", 1,
+                       kj::str("remote exception: ", e.getDescription()));
+  EXPECT_EQ(apiErrorCode(remote), api::ErrorCode::UNKNOWN_TEMPLATE);
+  kj::Exception plain(kj::Exception::Type::FAILED, "x", 1, kj::str("nodeagent.bogus: y"));
+  EXPECT_EQ(apiErrorCode(plain), nullptr);
+}
+
+}  // namespace
+}  // namespace nodeagent
