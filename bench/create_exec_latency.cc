@@ -109,6 +109,7 @@ int main(int argc, char** argv) {
 
   char tmpl[] = "/tmp/nodeagent-bench-XXXXXX";
   std::string dir = mkdtemp(tmpl);
+  chmod(dir.c_str(), 0711);
   std::string sock = dir + "/agent.sock";
 
   // --- bubblewrap: the design brief's reference command.

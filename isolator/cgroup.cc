@@ -37,7 +37,7 @@ bool hasToken(const std::string& list, const char* token) {
 
 void makeCgroupDir(const std::string& path) {
   if (mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
-    KJ_FAIL_SYSCALL("mkdir", errno, path.c_str());
+    failSyscall("mkdir", errno, path);
   }
 }
 
@@ -90,7 +90,7 @@ void writeOptional(int dirfd, const char* name, const std::string& value, bool r
                    const std::string& where) {
   int err = tryWriteFileAt(dirfd, name, value);
   if (err == 0 || (err == ENOENT && !required)) return;
-  KJ_FAIL_SYSCALL("write", err, where.c_str(), name, value.c_str());
+  failSyscall("write", err, where + "/" + name + " (\"" + value + "\")");
 }
 
 void setV2Limits(const SandboxCgroup::Leaf& leaf, const CgroupLimits& limits) {
@@ -127,7 +127,7 @@ void setV1MemoryLimit(const SandboxCgroup::Leaf& leaf, uint64_t bytes) {
     writeFileAt(dir, "memory.memsw.limit_in_bytes", value, leaf.path);
     err = tryWriteFileAt(dir, "memory.limit_in_bytes", value);
   }
-  if (err != 0) KJ_FAIL_SYSCALL("write", err, leaf.path.c_str(), "memory.limit_in_bytes", value);
+  if (err != 0) failSyscall("write", err, leaf.path + "/memory.limit_in_bytes (" + value + ")");
   if (hasMemsw) writeFileAt(dir, "memory.memsw.limit_in_bytes", value, leaf.path);
 }
 
@@ -272,7 +272,7 @@ std::vector<std::pair<std::string, std::string>> CgroupTree::listSandboxes() con
     DIR* dir = opendir(path.c_str());
     if (dir == nullptr) {
       if (errno == ENOENT) return names;
-      KJ_FAIL_SYSCALL("opendir", errno, path.c_str());
+      failSyscall("opendir", errno, path);
     }
     KJ_DEFER(closedir(dir));
     while (struct dirent* entry = readdir(dir)) {
@@ -321,8 +321,8 @@ kj::Own<SandboxCgroup> SandboxCgroup::create(CgroupTree& tree, kj::StringPtr ten
             raced = true;
             break;
           }
-          KJ_REQUIRE(err != EEXIST, "sandbox cgroup already exists", path.c_str());
-          KJ_FAIL_SYSCALL("mkdir", err, path.c_str());
+          if (err == EEXIST) failSyscall("create sandbox cgroup (already exists)", err, path);
+          failSyscall("mkdir", err, path);
         }
         Leaf leaf;
         leaf.hierarchy = h;
@@ -352,7 +352,7 @@ kj::Own<SandboxCgroup> SandboxCgroup::adopt(CgroupTree& tree, kj::StringPtr tena
     leaf.hierarchy = h;
     leaf.path = tree.sandboxPath(h, tenant, sandboxId);
     leaf.dir = tryOpenDirectory(leaf.path);
-    KJ_REQUIRE(leaf.dir.get() >= 0, "sandbox cgroup does not exist", leaf.path.c_str());
+    if (leaf.dir.get() < 0) failSyscall("adopt sandbox cgroup", ENOENT, leaf.path);
     leaves.push_back(std::move(leaf));
   }
   return kj::heap<SandboxCgroup>(tree, std::string(tenant.cStr()),
@@ -367,14 +367,14 @@ const SandboxCgroup::Leaf* SandboxCgroup::findLeaf(bool CgroupHierarchy::*contro
 }
 
 void SandboxCgroup::addProcess(pid_t pid) {
-  KJ_REQUIRE(!removed_, "sandbox cgroup was removed", sandboxId_.c_str());
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
   for (const Leaf& leaf : leaves_) {
     writeFileAt(leaf.dir, "cgroup.procs", std::to_string(pid), leaf.path);
   }
 }
 
 void SandboxCgroup::setLimits(const CgroupLimits& limits) {
-  KJ_REQUIRE(!removed_, "sandbox cgroup was removed", sandboxId_.c_str());
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
   validateLimits(limits);
   if (tree_.mode() == CgroupMode::kV2) {
     setV2Limits(leaves_.front(), limits);
@@ -388,19 +388,19 @@ void SandboxCgroup::setLimits(const CgroupLimits& limits) {
 }
 
 std::vector<pid_t> SandboxCgroup::pids() const {
-  KJ_REQUIRE(!removed_, "sandbox cgroup was removed", sandboxId_.c_str());
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
   const Leaf& leaf = leaves_.front();
   return parsePids(readFileAt(leaf.dir, "cgroup.procs", leaf.path));
 }
 
 bool SandboxCgroup::populated() const {
-  KJ_REQUIRE(!removed_, "sandbox cgroup was removed", sandboxId_.c_str());
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
   const Leaf& leaf = leaves_.front();
   return readKeyed(leaf.dir, "cgroup.events", "populated", leaf.path) != 0;
 }
 
 void SandboxCgroup::killAll(KillMethod method) {
-  KJ_REQUIRE(!removed_, "sandbox cgroup was removed", sandboxId_.c_str());
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
   const Leaf& v2 = leaves_.front();
   bool hybrid = tree_.mode() == CgroupMode::kHybrid;
   if (method == KillMethod::kV1Freezer || (method == KillMethod::kAuto && hybrid)) {
@@ -410,7 +410,7 @@ void SandboxCgroup::killAll(KillMethod method) {
     if (method == KillMethod::kV1Freezer) return;
     // Backstop on the unified leaf; kernels before 5.14 have no cgroup.kill.
     int err = tryWriteFileAt(v2.dir, "cgroup.kill", "1");
-    if (err != 0 && err != ENOENT) KJ_FAIL_SYSCALL("write", err, v2.path.c_str(), "cgroup.kill");
+    if (err != 0 && err != ENOENT) failSyscall("write", err, v2.path + "/cgroup.kill");
     return;
   }
   writeFileAt(v2.dir, "cgroup.kill", "1", v2.path);
@@ -451,7 +451,7 @@ void SandboxCgroup::killWithFreezer(const Leaf& freezer) {
 }
 
 CgroupStats SandboxCgroup::stats() const {
-  KJ_REQUIRE(!removed_, "sandbox cgroup was removed", sandboxId_.c_str());
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
   CgroupStats s;
   if (tree_.mode() == CgroupMode::kV2) {
     const Leaf& leaf = leaves_.front();
@@ -478,7 +478,7 @@ CgroupStats SandboxCgroup::stats() const {
 }
 
 void SandboxCgroup::remove(std::chrono::milliseconds timeout) {
-  KJ_REQUIRE(!removed_, "sandbox cgroup was removed", sandboxId_.c_str());
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
   auto deadline = Clock::now() + timeout;
   // v1 leaves first, the v2 leaf (which BPF may reference) last.
   for (auto it = leaves_.rbegin(); it != leaves_.rend(); ++it) {
@@ -486,8 +486,7 @@ void SandboxCgroup::remove(std::chrono::milliseconds timeout) {
       if (rmdir(it->path.c_str()) == 0 || errno == ENOENT) break;
       int err = errno;
       if (err != EBUSY || Clock::now() >= deadline) {
-        KJ_FAIL_SYSCALL("rmdir", err, it->path.c_str(),
-                        err == EBUSY ? "processes remain in the sandbox cgroup" : "");
+        failSyscall(err == EBUSY ? "rmdir (processes remain)" : "rmdir", err, it->path);
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }

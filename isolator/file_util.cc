@@ -7,16 +7,21 @@
 #include <unistd.h>
 
 #include <kj/debug.h>
+#include <kj/exception.h>
 
 #include <cstdlib>
 #include <cstring>
 
 namespace nodeagent::isolator {
 
+void failSyscall(const char* call, int err, const std::string& subject) {
+  kj::throwFatalException(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
+                                        kj::str(call, " ", subject.c_str(), ": ", strerror(err))));
+}
+
 kj::AutoCloseFd openDirectory(const std::string& path) {
-  int fd;
-  KJ_SYSCALL(fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC), path.c_str());
-  return kj::AutoCloseFd(fd);
+  return kj::AutoCloseFd(
+      checkSyscall(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC), "open", path));
 }
 
 kj::AutoCloseFd tryOpenDirectory(const std::string& path) {
@@ -24,13 +29,13 @@ kj::AutoCloseFd tryOpenDirectory(const std::string& path) {
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT) return kj::AutoCloseFd();
-    KJ_FAIL_SYSCALL("open", err, path.c_str());
+    failSyscall("open", err, path);
   }
   return kj::AutoCloseFd(fd);
 }
 
 int tryWriteFileAt(int dirfd, const char* name, const std::string& content) {
-  int fd = openat(dirfd, name, O_WRONLY | O_CLOEXEC);
+  int fd = openat(dirfd, name, O_WRONLY | O_TRUNC | O_CLOEXEC);
   if (fd < 0) return errno;
   kj::AutoCloseFd owned(fd);
   ssize_t n = write(fd, content.data(), content.size());
@@ -43,7 +48,7 @@ int tryWriteFileAt(int dirfd, const char* name, const std::string& content) {
 void writeFileAt(int dirfd, const char* name, const std::string& content, const std::string& where) {
   int err = tryWriteFileAt(dirfd, name, content);
   if (err != 0) {
-    KJ_FAIL_SYSCALL("write", err, where.c_str(), name, content.c_str());
+    failSyscall("write", err, where + "/" + name + " (\"" + content + "\")");
   }
 }
 
@@ -52,14 +57,13 @@ std::optional<std::string> tryReadFileAt(int dirfd, const char* name, const std:
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT) return std::nullopt;
-    KJ_FAIL_SYSCALL("open", err, where.c_str(), name);
+    failSyscall("open", err, where + "/" + name);
   }
   kj::AutoCloseFd owned(fd);
   std::string out;
   char buf[4096];
   for (;;) {
-    ssize_t n;
-    KJ_SYSCALL(n = read(fd, buf, sizeof(buf)), where.c_str(), name);
+    ssize_t n = checkSyscall(read(fd, buf, sizeof(buf)), "read", where + "/" + name);
     if (n == 0) break;
     out.append(buf, size_t(n));
   }
@@ -68,7 +72,7 @@ std::optional<std::string> tryReadFileAt(int dirfd, const char* name, const std:
 
 std::string readFileAt(int dirfd, const char* name, const std::string& where) {
   auto content = tryReadFileAt(dirfd, name, where);
-  if (!content) KJ_FAIL_SYSCALL("open", ENOENT, where.c_str(), name);
+  if (!content) failSyscall("open", ENOENT, where + "/" + name);
   return std::move(*content);
 }
 
@@ -79,7 +83,7 @@ void makeDirectories(const std::string& path, mode_t mode) {
     pos = path.find('/', pos + 1);
     std::string prefix = path.substr(0, pos);
     if (mkdir(prefix.c_str(), mode) != 0 && errno != EEXIST) {
-      KJ_FAIL_SYSCALL("mkdir", errno, prefix.c_str());
+      failSyscall("mkdir", errno, prefix);
     }
   }
 }
@@ -98,7 +102,7 @@ void removeTree(const std::string& path) {
   // FTW_PHYS: never follow symlinks; FTW_MOUNT: never descend into another filesystem.
   int rc = nftw(path.c_str(), removeEntry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
   if (rc < 0 && errno == ENOENT) return;
-  if (rc != 0) KJ_FAIL_SYSCALL("remove tree", rc > 0 ? rc : errno, path.c_str());
+  if (rc != 0) failSyscall("remove", rc > 0 ? rc : errno, path);
 }
 
 std::optional<uint64_t> findKeyedValue(const std::string& content, const char* key) {

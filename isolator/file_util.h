@@ -5,12 +5,25 @@
 #include <kj/io.h>
 #include <kj/common.h>
 
+#include <errno.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace nodeagent::isolator {
+
+// Throws kj::Exception (FAILED) "<call> <subject>: <strerror(err)>", e.g.
+// "mkdir /sys/fs/cgroup/x: Permission denied".
+[[noreturn]] void failSyscall(const char* call, int err, const std::string& subject);
+
+// Returns `rc`, or throws failSyscall(call, errno, subject) if it is negative.
+template <typename T>
+T checkSyscall(T rc, const char* call, const std::string& subject) {
+  if (rc < 0) failSyscall(call, errno, subject);
+  return rc;
+}
 
 // Opens a directory (O_DIRECTORY | O_CLOEXEC) for use as a dirfd.
 kj::AutoCloseFd openDirectory(const std::string& path);

@@ -92,7 +92,8 @@ class InitDatagramReceiver {
 void sendInitMessage(int socket, capnp::MessageBuilder& message,
                      kj::ArrayPtr<const int> fds = nullptr);
 
-// Blocking receive; null on EOF. Retries on EINTR.
+// Blocking receive; null on EOF (or ECONNRESET: the peer closed without reading all we
+// sent). Retries on EINTR.
 kj::Maybe<InitMessage> receiveInitMessage(int socket);
 
 }  // namespace nodeagent::isolator

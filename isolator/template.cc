@@ -48,23 +48,22 @@ constexpr const char kNsswitch[] =
 constexpr const char kHostCaBundle[] = "/etc/ssl/certs/ca-certificates.crt";
 
 void makeDir(const std::string& path, mode_t mode) {
-  KJ_SYSCALL(mkdir(path.c_str(), mode), path.c_str());
+  checkSyscall(mkdir(path.c_str(), mode), "mkdir", path);
   // Not subject to the umask: the sandbox sees exactly these modes.
-  KJ_SYSCALL(chmod(path.c_str(), mode), path.c_str());
+  checkSyscall(chmod(path.c_str(), mode), "chmod", path);
 }
 
 void makeSymlink(const std::string& target, const std::string& path) {
-  KJ_SYSCALL(symlink(target.c_str(), path.c_str()), path.c_str(), target.c_str());
+  checkSyscall(symlink(target.c_str(), path.c_str()), "symlink", path);
 }
 
 void writeNewFile(const std::string& path, const char* data, size_t size, mode_t mode) {
-  int fd;
-  KJ_SYSCALL(fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode), path.c_str());
+  int fd = checkSyscall(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode), "open",
+                        path);
   kj::AutoCloseFd owned(fd);
-  KJ_SYSCALL(fchmod(fd, mode), path.c_str());
+  checkSyscall(fchmod(fd, mode), "chmod", path);
   while (size > 0) {
-    ssize_t n;
-    KJ_SYSCALL(n = write(fd, data, size), path.c_str());
+    ssize_t n = checkSyscall(write(fd, data, size), "write", path);
     data += n;
     size -= size_t(n);
   }
@@ -79,14 +78,13 @@ void copyFile(const char* from, const std::string& to) {
   int in = open(from, O_RDONLY | O_CLOEXEC);
   if (in < 0) {
     if (errno == ENOENT) return;  // a host without CA certificates gets none
-    KJ_FAIL_SYSCALL("open", errno, from);
+    failSyscall("open", errno, from);
   }
   kj::AutoCloseFd owned(in);
   std::string content;
   char buf[65536];
   for (;;) {
-    ssize_t n;
-    KJ_SYSCALL(n = read(in, buf, sizeof(buf)), from);
+    ssize_t n = checkSyscall(read(in, buf, sizeof(buf)), "read", from);
     if (n == 0) break;
     content.append(buf, size_t(n));
   }
@@ -158,7 +156,7 @@ void prepareSkeleton(const std::string& dir, const std::string& usrDir) {
              "skeleton dir must be an absolute path", dir.c_str());
   struct stat st;
   if (lstat(dir.c_str(), &st) == 0) {
-    KJ_REQUIRE(S_ISDIR(st.st_mode), "skeleton path exists and is not a directory", dir.c_str());
+    if (!S_ISDIR(st.st_mode)) failSyscall("prepare skeleton", ENOTDIR, dir);
     return;
   }
   makeDirectories(dir.substr(0, dir.rfind('/')), 0755);
@@ -178,7 +176,7 @@ void prepareSkeleton(const std::string& dir, const std::string& usrDir) {
     removeTree(tmp);
     // Someone else finished first; theirs is just as good.
     if (err == EEXIST || err == ENOTEMPTY) return;
-    KJ_FAIL_SYSCALL("rename", err, tmp.c_str(), dir.c_str());
+    failSyscall("rename", err, tmp + " to " + dir);
   }
 }
 

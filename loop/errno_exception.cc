@@ -38,10 +38,10 @@ kj::Exception errnoException(int error, kj::StringPtr what, int fd) {
   // strerrordesc_np is thread-safe and never allocates, unlike strerror().
   const char* desc = strerrordesc_np(error);
   const char* name = strerrorname_np(error);
-  kj::String text = fd >= 0 ? kj::str(what, "(fd ", fd, "): ", desc ? desc : "unknown error", " (",
-                                      name ? name : "?", ")")
-                            : kj::str(what, ": ", desc ? desc : "unknown error", " (",
-                                      name ? name : "?", ")");
+  kj::String text =
+      fd >= 0 ? kj::str(what, "(fd ", fd, "): ", desc ? desc : "unknown error", " (",
+                        name ? name : "?", ")")
+              : kj::str(what, ": ", desc ? desc : "unknown error", " (", name ? name : "?", ")");
   return kj::Exception(exceptionTypeForErrno(error), __FILE__, __LINE__, kj::mv(text));
 }
 

@@ -12,12 +12,34 @@ namespace {
 // SCM_RIGHTS carries at most this many fds per message (SCM_MAX_FD).
 constexpr size_t kMaxFdsPerMessage = 253;
 
+// Takes the SCM_RIGHTS fds out of `msg`; a second call finds none.
+kj::Array<kj::AutoCloseFd> takeFds(struct msghdr& msg) {
+  kj::Vector<kj::AutoCloseFd> fds;
+  if (msg.msg_control == nullptr) return fds.releaseAsArray();
+  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
+    if (cmsg->cmsg_len < CMSG_LEN(0)) continue;
+    size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    const kj::byte* data = CMSG_DATA(cmsg);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      memcpy(&fd, data + i * sizeof(int), sizeof(int));
+      fds.add(kj::AutoCloseFd(fd));
+    }
+  }
+  msg.msg_controllen = 0;
+  return fds.releaseAsArray();
+}
+
 // Receive buffers and the msghdr pointing at them; lives until the promise
-// resolves (the request itself receives into its own copy).
+// is consumed (the request itself receives into its own copy and copies back
+// when it resolves).
 struct Inbox {
   Inbox(size_t maxBytes, size_t maxFds)
       : bytes(kj::heapArray<kj::byte>(maxBytes)),
         control(kj::heapArray<kj::byte>(maxFds > 0 ? CMSG_SPACE(maxFds * sizeof(int)) : 0)) {
+    // Zeroed, so that before anything arrived it holds no SCM_RIGHTS entry.
+    if (control.size() > 0) memset(control.begin(), 0, control.size());
     iov.iov_base = bytes.begin();
     iov.iov_len = bytes.size();
     memset(&msg, 0, sizeof(msg));
@@ -27,28 +49,14 @@ struct Inbox {
     msg.msg_controllen = control.size();
   }
   KJ_DISALLOW_COPY(Inbox);
+  // The receive resolved but nobody consumed it: close what arrived.
+  ~Inbox() { takeFds(msg); }
 
   kj::Array<kj::byte> bytes;
   kj::Array<kj::byte> control;
   struct iovec iov;
   struct msghdr msg;
 };
-
-kj::Array<kj::AutoCloseFd> takeFds(struct msghdr& msg) {
-  kj::Vector<kj::AutoCloseFd> fds;
-  if (msg.msg_control == nullptr) return fds.releaseAsArray();
-  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    const kj::byte* data = CMSG_DATA(cmsg);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      memcpy(&fd, data + i * sizeof(int), sizeof(int));
-      fds.add(kj::AutoCloseFd(fd));
-    }
-  }
-  return fds.releaseAsArray();
-}
 
 }  // namespace
 
@@ -80,7 +88,8 @@ kj::Promise<void> sendWithFds(UringEventPort& port, int fd, kj::ArrayPtr<const k
     struct iovec iov;
     iov.iov_base = const_cast<kj::byte*>(bytes.begin());
     iov.iov_len = bytes.size();
-    auto control = kj::heapArray<kj::byte>(fds.size() > 0 ? CMSG_SPACE(fds.size() * sizeof(int)) : 0);
+    auto control =
+        kj::heapArray<kj::byte>(fds.size() > 0 ? CMSG_SPACE(fds.size() * sizeof(int)) : 0);
     struct msghdr msg;
     memset(&msg, 0, sizeof(msg));
     msg.msg_iov = &iov;

@@ -2,8 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,19 +24,63 @@ class Transfer {
   ~Transfer() = default;
 };
 
-kj::Promise<size_t> readAtLeast(Transfer& t, kj::byte* buf, size_t minBytes, size_t maxBytes,
-                                size_t done) {
-  return t.readSome(kj::arrayPtr(buf + done, maxBytes - done))
-      .then([&t, buf, minBytes, maxBytes, done](size_t n) -> kj::Promise<size_t> {
-        size_t total = done + n;
-        if (n == 0 || total >= minBytes || total == maxBytes) return total;
-        return readAtLeast(t, buf, minBytes, maxBytes, total);
+// Small reads are served from a buffer filled by one larger request. Over a
+// ring every request is a trip through io_uring_enter, and Cap'n Proto reads
+// a message as an 8-byte header and then the body: with the buffer, one
+// request usually brings in both.
+class ReadAhead {
+ public:
+  static constexpr size_t kSize = 8192;
+
+  // Moves buffered bytes into `dst`; returns how many.
+  size_t take(kj::ArrayPtr<kj::byte> dst) {
+    size_t n = kj::min(dst.size(), end_ - start_);
+    if (n > 0) memcpy(dst.begin(), buffer_.begin() + start_, n);
+    start_ += n;
+    return n;
+  }
+  // Where the next request receives into; only valid while nothing is buffered.
+  kj::ArrayPtr<kj::byte> space() {
+    if (buffer_.size() == 0) buffer_ = kj::heapArray<kj::byte>(kSize);  // on first use
+    return buffer_;
+  }
+  void filled(size_t n) {
+    start_ = 0;
+    end_ = n;
+  }
+
+ private:
+  kj::Array<kj::byte> buffer_;
+  size_t start_ = 0;
+  size_t end_ = 0;
+};
+
+kj::Promise<size_t> readAtLeast(Transfer& t, ReadAhead& ahead, kj::byte* buf, size_t minBytes,
+                                size_t maxBytes, size_t done) {
+  done += ahead.take(kj::arrayPtr(buf + done, maxBytes - done));
+  if (done >= minBytes) return done;
+  size_t wanted = maxBytes - done;
+  if (wanted < ReadAhead::kSize) {
+    return t.readSome(ahead.space())
+        .then([&t, &ahead, buf, minBytes, maxBytes, done](size_t n) -> kj::Promise<size_t> {
+          if (n == 0) return done;  // EOF
+          ahead.filled(n);
+          return readAtLeast(t, ahead, buf, minBytes, maxBytes, done);
+        });
+  }
+  return t.readSome(kj::arrayPtr(buf + done, wanted))
+      .then([&t, &ahead, buf, minBytes, maxBytes, done](size_t n) -> kj::Promise<size_t> {
+        if (n == 0) return done;  // EOF
+        return readAtLeast(t, ahead, buf, minBytes, maxBytes, done + n);
       });
 }
 
-kj::Promise<size_t> tryReadImpl(Transfer& t, void* buffer, size_t minBytes, size_t maxBytes) {
+// minBytes 0 is treated as 1: a result of 0 always means EOF.
+kj::Promise<size_t> tryReadImpl(Transfer& t, ReadAhead& ahead, void* buffer, size_t minBytes,
+                                size_t maxBytes) {
   if (maxBytes == 0) return size_t(0);
-  return readAtLeast(t, static_cast<kj::byte*>(buffer), minBytes, maxBytes, 0);
+  return readAtLeast(t, ahead, static_cast<kj::byte*>(buffer), kj::max(minBytes, size_t(1)),
+                     maxBytes, 0);
 }
 
 // `pieces` is our own copy of the caller's views (the bytes stay the caller's
@@ -93,24 +136,12 @@ kj::Maybe<uint64_t> startOffset(int fd) {
   return uint64_t(pos);
 }
 
-void setNoDelay(int fd) {
-  int one = 1;
-  KJ_SYSCALL(::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)));
-}
-
-bool isInetSocket(int fd) {
-  sockaddr_storage addr;
-  socklen_t len = sizeof(addr);
-  KJ_SYSCALL(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len));
-  return addr.ss_family == AF_INET || addr.ss_family == AF_INET6;
-}
-
 class SocketStream final : public kj::AsyncIoStream, private Transfer {
  public:
   SocketStream(UringEventPort& port, kj::AutoCloseFd fd) : port_(port), fd_(kj::mv(fd)) {}
 
   kj::Promise<size_t> tryRead(void* buffer, size_t minBytes, size_t maxBytes) override {
-    return tryReadImpl(*this, buffer, minBytes, maxBytes);
+    return tryReadImpl(*this, readAhead_, buffer, minBytes, maxBytes);
   }
   kj::Promise<void> write(const void* buffer, size_t size) override {
     return writeImpl(*this, buffer, size);
@@ -158,6 +189,7 @@ class SocketStream final : public kj::AsyncIoStream, private Transfer {
 
   UringEventPort& port_;
   kj::AutoCloseFd fd_;
+  ReadAhead readAhead_;
   kj::Maybe<kj::ForkedPromise<void>> hangup_;
 };
 
@@ -167,12 +199,12 @@ class InputStream final : public kj::AsyncInputStream, private Transfer {
       : port_(port), fd_(kj::mv(fd)), offset_(startOffset(fd_.get())) {}
 
   kj::Promise<size_t> tryRead(void* buffer, size_t minBytes, size_t maxBytes) override {
-    return tryReadImpl(*this, buffer, minBytes, maxBytes);
+    return tryReadImpl(*this, readAhead_, buffer, minBytes, maxBytes);
   }
 
  private:
   kj::Promise<size_t> readSome(kj::ArrayPtr<kj::byte> buf) override {
-    KJ_IF_MAYBE(offset, offset_) {
+    KJ_IF_MAYBE (offset, offset_) {
       return port_.read(fd_.get(), buf, *offset).then([this](size_t n) {
         KJ_ASSERT_NONNULL(offset_) += n;
         return n;
@@ -184,7 +216,8 @@ class InputStream final : public kj::AsyncInputStream, private Transfer {
 
   UringEventPort& port_;
   kj::AutoCloseFd fd_;
-  kj::Maybe<uint64_t> offset_;
+  kj::Maybe<uint64_t> offset_;  // of the next byte to request, not to return
+  ReadAhead readAhead_;
 };
 
 class OutputStream final : public kj::AsyncOutputStream, private Transfer {
@@ -211,7 +244,7 @@ class OutputStream final : public kj::AsyncOutputStream, private Transfer {
     KJ_UNIMPLEMENTED("output stream");
   }
   kj::Promise<size_t> writeSome(Pieces pieces) override {
-    KJ_IF_MAYBE(offset, offset_) {
+    KJ_IF_MAYBE (offset, offset_) {
       return port_.write(fd_.get(), pieces, *offset).then([this](size_t n) {
         KJ_ASSERT_NONNULL(offset_) += n;
         return n;
@@ -227,53 +260,6 @@ class OutputStream final : public kj::AsyncOutputStream, private Transfer {
   kj::Maybe<kj::ForkedPromise<void>> hangup_;
 };
 
-class Listener final : public kj::ConnectionReceiver {
- public:
-  Listener(UringEventPort& port, kj::AutoCloseFd fd)
-      : port_(port), fd_(kj::mv(fd)), inet_(isInetSocket(fd_.get())) {}
-
-  kj::Promise<kj::Own<kj::AsyncIoStream>> accept() override {
-    return port_.accept(fd_.get()).then([this](int fd) {
-      kj::AutoCloseFd connection(fd);
-      if (inet_) setNoDelay(fd);
-      return wrapSocketFd(port_, kj::mv(connection));
-    });
-  }
-
-  uint getPort() override {
-    sockaddr_storage addr;
-    socklen_t len = sizeof(addr);
-    KJ_SYSCALL(::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&addr), &len));
-    switch (addr.ss_family) {
-      case AF_INET:
-        return ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
-      case AF_INET6:
-        return ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
-      default:
-        return 0;
-    }
-  }
-
-  void getsockopt(int level, int option, void* value, uint* length) override {
-    socklen_t len = *length;
-    KJ_SYSCALL(::getsockopt(fd_.get(), level, option, value, &len));
-    *length = len;
-  }
-  void setsockopt(int level, int option, const void* value, uint length) override {
-    KJ_SYSCALL(::setsockopt(fd_.get(), level, option, value, length));
-  }
-  void getsockname(struct sockaddr* addr, uint* length) override {
-    socklen_t len = *length;
-    KJ_SYSCALL(::getsockname(fd_.get(), addr, &len));
-    *length = len;
-  }
-
- private:
-  UringEventPort& port_;
-  kj::AutoCloseFd fd_;
-  bool inet_;
-};
-
 }  // namespace
 
 kj::Own<kj::AsyncIoStream> wrapSocketFd(UringEventPort& port, kj::AutoCloseFd fd) {
@@ -286,24 +272,6 @@ kj::Own<kj::AsyncInputStream> wrapInputFd(UringEventPort& port, kj::AutoCloseFd 
 
 kj::Own<kj::AsyncOutputStream> wrapOutputFd(UringEventPort& port, kj::AutoCloseFd fd) {
   return kj::heap<OutputStream>(port, kj::mv(fd));
-}
-
-kj::Own<kj::ConnectionReceiver> wrapListenFd(UringEventPort& port, kj::AutoCloseFd fd) {
-  return kj::heap<Listener>(port, kj::mv(fd));
-}
-
-kj::Promise<kj::Own<kj::AsyncIoStream>> connectSocket(UringEventPort& port,
-                                                      const struct sockaddr* addr, socklen_t len) {
-  return kj::evalNow([&]() {
-    int fd;
-    KJ_SYSCALL(fd = ::socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    kj::AutoCloseFd socket(fd);
-    if (addr->sa_family == AF_INET || addr->sa_family == AF_INET6) setNoDelay(fd);
-    auto connected = port.connect(fd, addr, len);  // copies addr
-    return connected.then([&port, socket = kj::mv(socket)]() mutable {
-      return wrapSocketFd(port, kj::mv(socket));
-    });
-  });
 }
 
 }  // namespace nodeagent::loop

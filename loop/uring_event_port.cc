@@ -54,6 +54,12 @@ bool isTransientEnterError(int r) {
   return r == -ETIME || r == -EINTR || r == -EBUSY || r == -EAGAIN;
 }
 
+[[noreturn]] void enterFailed(int r, kj::StringPtr what) {
+  // With IORING_SETUP_SINGLE_ISSUER another thread touching the ring gets EEXIST.
+  KJ_REQUIRE(r != -EEXIST, "io_uring used from a thread other than the one that created it");
+  kj::throwFatalException(errnoException(-r, what));
+}
+
 }  // namespace
 
 UringEventPort::UringEventPort(unsigned entries)
@@ -85,7 +91,7 @@ UringEventPort::UringEventPort(unsigned entries)
 }
 
 UringEventPort::~UringEventPort() {
-  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { shutdown(); })) {
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { shutdown(); })) {
     KJ_LOG(ERROR, "io_uring event port shutdown failed", *e);
   }
 }
@@ -96,8 +102,8 @@ void UringEventPort::shutdown() {
     if (slot.op.get() == nullptr) continue;
     UringOp& op = *slot.op;
     if (op.sink != nullptr) {
-      KJ_LOG(ERROR, "io_uring request outlived its event port; its promise never resolves",
-             op.name, op.fd);
+      KJ_LOG(ERROR, "io_uring request outlived its event port; its promise never resolves", op.name,
+             op.fd);
       op.sink->orphan();
       op.sink = nullptr;
     }
@@ -115,9 +121,7 @@ void UringEventPort::shutdown() {
     io_uring_cqe* cqe = nullptr;
     __kernel_timespec ts = toTimespec(100 * 1000 * 1000);
     int r = io_uring_submit_and_wait_timeout(&ring_.raw, &cqe, 1, &ts, nullptr);
-    if (r < 0 && !isTransientEnterError(r)) {
-      kj::throwFatalException(errnoException(-r, "io_uring_submit_and_wait_timeout"));
-    }
+    if (r < 0 && !isTransientEnterError(r)) enterFailed(r, "io_uring_submit_and_wait_timeout");
     drainCompletions();
     handleCompletions();
   }
@@ -135,15 +139,13 @@ bool UringEventPort::wait() {
 
   io_uring_cqe* cqe = nullptr;
   int r;
-  KJ_IF_MAYBE(ns, timer_.timeoutToNextEvent(clock_.now(), kj::NANOSECONDS, kMaxSleepNs)) {
+  KJ_IF_MAYBE (ns, timer_.timeoutToNextEvent(clock_.now(), kj::NANOSECONDS, kMaxSleepNs)) {
     __kernel_timespec ts = toTimespec(*ns);
     r = io_uring_submit_and_wait_timeout(&ring_.raw, &cqe, 1, &ts, nullptr);
   } else {
     r = io_uring_submit_and_wait_timeout(&ring_.raw, &cqe, 1, nullptr, nullptr);
   }
-  if (r < 0 && !isTransientEnterError(r)) {
-    kj::throwFatalException(errnoException(-r, "io_uring_submit_and_wait_timeout"));
-  }
+  if (r < 0 && !isTransientEnterError(r)) enterFailed(r, "io_uring_submit_and_wait_timeout");
   drainCompletions();
   handleCompletions();
   timer_.advanceTo(clock_.now());
@@ -154,9 +156,7 @@ bool UringEventPort::poll() {
   // One enter: submit what is queued and, with DEFER_TASKRUN, run the
   // deferred work that posts completions. Never sleeps.
   int r = io_uring_submit_and_get_events(&ring_.raw);
-  if (r < 0 && !isTransientEnterError(r)) {
-    kj::throwFatalException(errnoException(-r, "io_uring_submit_and_get_events"));
-  }
+  if (r < 0 && !isTransientEnterError(r)) enterFailed(r, "io_uring_submit_and_get_events");
   drainCompletions();
   handleCompletions();
   timer_.advanceTo(clock_.now());
@@ -209,7 +209,7 @@ void UringEventPort::abandon(UringOp& op) {
   if (op.cancelSubmitted) return;
   // Runs in a promise's destructor, so it must not throw. If no cancel can be
   // queued the request simply runs to completion and is reclaimed then.
-  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { submitCancel(op); })) {
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { submitCancel(op); })) {
     KJ_LOG(ERROR, "could not cancel io_uring request", op.name, op.fd, *e);
   }
 }
@@ -229,7 +229,7 @@ io_uring_sqe* UringEventPort::getSqe() {
       drainCompletions();
       continue;
     }
-    kj::throwFatalException(errnoException(-r, "io_uring_submit"));
+    enterFailed(r, "io_uring_submit");
   }
 }
 
@@ -332,7 +332,7 @@ void UringEventPort::handle(const Completion& c) {
     // The readiness poll before a retry finished.
     op.pollEvents = 0;
     if (res >= 0) {
-      KJ_IF_MAYBE(result, op.afterPoll()) {
+      KJ_IF_MAYBE (result, op.afterPoll()) {
         res = *result;
       } else {
         resubmit = true;
@@ -348,7 +348,7 @@ void UringEventPort::handle(const Completion& c) {
     resubmit = true;  // the kernel ended a multishot request early
   }
   if (resubmit) {
-    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { submitOp(op); })) {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { submitOp(op); })) {
       OpSink& sink = *op.sink;
       op.sink = nullptr;
       sink.reject(kj::mv(*e));
@@ -367,7 +367,7 @@ void UringEventPort::handle(const Completion& c) {
   }
   if (more) {
     // A multishot request outlives its answer; stop it and reclaim later.
-    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { submitCancel(op); })) {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { submitCancel(op); })) {
       KJ_LOG(ERROR, "could not cancel io_uring request", op.name, op.fd, *e);
     }
   } else {

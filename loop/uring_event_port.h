@@ -15,12 +15,12 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-#include <cstdint>
 #include <kj/async.h>
 #include <kj/io.h>
 #include <kj/time.h>
 #include <kj/timer.h>
 #include <kj/vector.h>
+#include <cstdint>
 
 namespace nodeagent::loop {
 
@@ -61,7 +61,10 @@ class UringEventPort final : public kj::EventPort {
   kj::Promise<size_t> send(int fd, kj::ArrayPtr<const kj::byte> buf, int flags = MSG_NOSIGNAL);
   kj::Promise<size_t> send(int fd, kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces,
                            int flags = MSG_NOSIGNAL);
-  kj::Promise<int> accept(int listenFd);  // the new fd has SOCK_CLOEXEC
+  // The new fd has SOCK_CLOEXEC. With accept(), a promise that resolved but
+  // was dropped before anyone read it leaks the fd; acceptFd() cannot.
+  kj::Promise<int> accept(int listenFd);
+  kj::Promise<kj::AutoCloseFd> acceptFd(int listenFd);
   kj::Promise<void> connect(int fd, const struct sockaddr* addr, socklen_t len);
   kj::Promise<short> pollIn(int fd);  // e.g. a pidfd is readable once its process exited
   kj::Promise<short> pollFd(int fd, short events);  // resolves to the revents seen
@@ -69,8 +72,9 @@ class UringEventPort final : public kj::EventPort {
   // a peer's half-close (POLLRDHUP) alone does not count.
   kj::Promise<void> onHangup(int fd);
   // `msg` (names, iovecs, control) is copied in and, for recvmsg, copied back
-  // (data, msg_namelen, msg_controllen, msg_flags) when the promise resolves.
-  // File descriptors that arrive for a dropped recvmsg are closed.
+  // (data, msg_namelen, msg_controllen, msg_flags) when the promise resolves;
+  // from then on SCM_RIGHTS fds in msg's control buffer are the caller's.
+  // Fds that arrive for a recvmsg dropped before it resolved are closed.
   kj::Promise<size_t> recvmsg(int fd, struct msghdr* msg, int flags);
   kj::Promise<size_t> sendmsg(int fd, const struct msghdr* msg, int flags);
 

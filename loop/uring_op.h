@@ -4,10 +4,11 @@
 
 #include <liburing.h>
 
-#include <cstdint>
 #include <kj/async.h>
 #include <kj/common.h>
 #include <kj/exception.h>
+#include <kj/io.h>
+#include <cstdint>
 
 #include "loop/uring_event_port.h"
 
@@ -86,6 +87,8 @@ class OpAdapter final : public OpSink {
     if constexpr (kj::isSameType<T, void>()) {
       (void)res;
       fulfiller_.fulfill();
+    } else if constexpr (kj::isSameType<T, kj::AutoCloseFd>()) {
+      fulfiller_.fulfill(kj::AutoCloseFd(res));  // closed if nobody takes it
     } else {
       fulfiller_.fulfill(static_cast<T>(res));
     }

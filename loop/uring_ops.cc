@@ -198,8 +198,7 @@ class RecvmsgOp final : public UringOp {
         user_(user),
         name_(kj::heapArray<kj::byte>(user->msg_name != nullptr ? user->msg_namelen : 0)),
         data_(kj::heapArray<kj::byte>(kj::min(iovTotal(user), UringEventPort::kMaxChunk))),
-        control_(
-            kj::heapArray<kj::byte>(user->msg_control != nullptr ? user->msg_controllen : 0)),
+        control_(kj::heapArray<kj::byte>(user->msg_control != nullptr ? user->msg_controllen : 0)),
         flags_(flags) {}
 
   void prepare(io_uring_sqe* sqe) override {
@@ -233,7 +232,8 @@ class RecvmsgOp final : public UringOp {
       user_->msg_namelen = msg_.msg_namelen;
     }
     if (user_->msg_control != nullptr) {
-      if (msg_.msg_controllen > 0) memcpy(user_->msg_control, control_.begin(), msg_.msg_controllen);
+      if (msg_.msg_controllen > 0)
+        memcpy(user_->msg_control, control_.begin(), msg_.msg_controllen);
       user_->msg_controllen = msg_.msg_controllen;
     }
     user_->msg_flags = msg_.msg_flags;
@@ -265,7 +265,8 @@ class SendmsgOp final : public UringOp {
       : UringOp("sendmsg", fd),
         name_(copyOf(user->msg_name, user->msg_name != nullptr ? user->msg_namelen : 0)),
         data_(gather(iovPieces(user), UringEventPort::kMaxChunk)),
-        control_(copyOf(user->msg_control, user->msg_control != nullptr ? user->msg_controllen : 0)),
+        control_(
+            copyOf(user->msg_control, user->msg_control != nullptr ? user->msg_controllen : 0)),
         flags_(flags) {}
 
   void prepare(io_uring_sqe* sqe) override {
@@ -333,17 +334,25 @@ kj::Promise<int> UringEventPort::accept(int listenFd) {
   return start<int>(kj::heap<AcceptOp>(listenFd));
 }
 
+kj::Promise<kj::AutoCloseFd> UringEventPort::acceptFd(int listenFd) {
+  return start<kj::AutoCloseFd>(kj::heap<AcceptOp>(listenFd));
+}
+
 kj::Promise<void> UringEventPort::connect(int fd, const struct sockaddr* addr, socklen_t len) {
   return kj::evalNow([&]() { return start<void>(kj::heap<ConnectOp>(fd, addr, len)); });
 }
 
-kj::Promise<short> UringEventPort::pollIn(int fd) { return pollFd(fd, POLLIN); }
+kj::Promise<short> UringEventPort::pollIn(int fd) {
+  return pollFd(fd, POLLIN);
+}
 
 kj::Promise<short> UringEventPort::pollFd(int fd, short events) {
   return start<short>(kj::heap<PollOp>(fd, events));
 }
 
-kj::Promise<void> UringEventPort::onHangup(int fd) { return start<void>(kj::heap<HangupOp>(fd)); }
+kj::Promise<void> UringEventPort::onHangup(int fd) {
+  return start<void>(kj::heap<HangupOp>(fd));
+}
 
 kj::Promise<size_t> UringEventPort::recvmsg(int fd, struct msghdr* msg, int flags) {
   return start<size_t>(kj::heap<RecvmsgOp>(fd, msg, flags));

@@ -52,7 +52,7 @@ void checkFields(capnp::JsonValue::Reader value, capnp::StructSchema schema, kj:
   for (auto member : value.getObject()) {
     kj::StringPtr name = member.getName();
     auto memberPath = path.size() == 0 ? kj::str(name) : kj::str(path, ".", name);
-    KJ_IF_MAYBE(field, schema.findFieldByName(name)) {
+    KJ_IF_MAYBE (field, schema.findFieldByName(name)) {
       auto type = field->getType();
       if (type.isStruct()) {
         checkFields(member.getValue(), type.asStruct(), memberPath, errors);
@@ -75,7 +75,7 @@ void parseInto(kj::StringPtr path, kj::StringPtr text, config::Config::Builder r
   capnp::JsonCodec codec;
   capnp::MallocMessageBuilder scratch;
   auto json = scratch.initRoot<capnp::JsonValue>();
-  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&] { codec.decodeRaw(text, json); })) {
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { codec.decodeRaw(text, json); })) {
     fail(kj::str("config file ", path, ": malformed JSON: ", e->getDescription()));
   }
   if (!json.isObject()) fail(kj::str("config file ", path, ": top level must be a JSON object"));
@@ -84,9 +84,8 @@ void parseInto(kj::StringPtr path, kj::StringPtr text, config::Config::Builder r
   checkFields(json.asReader(), capnp::Schema::from<config::Config>(), "", errors);
   if (errors.size() > 0) fail(kj::str("config file ", path, ": ", kj::strArray(errors, "; ")));
 
-  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&] {
-                codec.decode(json.asReader(), capnp::toDynamic(root));
-              })) {
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions(
+                      [&] { codec.decode(json.asReader(), capnp::toDynamic(root)); })) {
     fail(kj::str("config file ", path, ": ", e->getDescription()));
   }
 }
@@ -168,7 +167,7 @@ ListenAddress parseListenAddress(kj::StringPtr address) {
   }
   if (address.startsWith("tcp:")) {
     kj::StringPtr rest = address.slice(4);
-    KJ_IF_MAYBE(colon, rest.findLast(':')) {
+    KJ_IF_MAYBE (colon, rest.findLast(':')) {
       auto host = kj::str(rest.slice(0, *colon));
       if (!parsePort(rest.slice(*colon + 1), &result.port)) bad("port must be 0-65535");
       if (host.startsWith("[") && host.endsWith("]")) {
@@ -194,7 +193,7 @@ LoadedConfig loadConfig(kj::Maybe<kj::StringPtr> filePath) {
   config.message = kj::heap<capnp::MallocMessageBuilder>();
   // A fresh root reads as the schema's defaults for every field.
   config.root = config.message->initRoot<config::Config>();
-  KJ_IF_MAYBE(path, filePath) {
+  KJ_IF_MAYBE (path, filePath) {
     auto text = readFile(*path);
     parseInto(*path, text, config.root);
     config.file = kj::str(*path);
@@ -208,14 +207,16 @@ CommandLine parseCommandLine(int argc, const char* const* argv) {
     kj::StringPtr arg = argv[i];
     kj::String name;
     kj::Maybe<kj::String> inlineValue;
-    KJ_IF_MAYBE(eq, arg.findFirst('=')) {
+    KJ_IF_MAYBE (eq, arg.findFirst('=')) {
       name = kj::str(arg.slice(0, *eq));
       inlineValue = kj::str(arg.slice(*eq + 1));
     } else {
       name = kj::str(arg);
     }
     auto value = [&]() -> kj::String {
-      KJ_IF_MAYBE(v, inlineValue) { return kj::mv(*v); }
+      KJ_IF_MAYBE (v, inlineValue) {
+        return kj::mv(*v);
+      }
       if (i + 1 >= argc) fail(kj::str("flag ", name, " needs a value"));
       return kj::str(argv[++i]);
     };
@@ -236,12 +237,16 @@ CommandLine parseCommandLine(int argc, const char* const* argv) {
 }
 
 void applyFlags(LoadedConfig& config, const CommandLine& flags) {
-  KJ_IF_MAYBE(dir, flags.stateDir) { config.root.setStateDir(*dir); }
+  KJ_IF_MAYBE (dir, flags.stateDir) {
+    config.root.setStateDir(*dir);
+  }
   if (flags.listen.size() > 0) {
     auto list = config.root.initListen(flags.listen.size());
     for (uint i = 0; i < flags.listen.size(); ++i) list.set(i, flags.listen[i]);
   }
-  KJ_IF_MAYBE(level, flags.logLevel) { config.root.setLogLevel(*level); }
+  KJ_IF_MAYBE (level, flags.logLevel) {
+    config.root.setLogLevel(*level);
+  }
 }
 
 void validateConfig(config::Config::Reader config) {
@@ -254,20 +259,21 @@ void validateConfig(config::Config::Reader config) {
   auto listen = config.getListen();
   if (listen.size() == 0) errors.add(kj::str("listen must name at least one address"));
   for (uint i = 0; i < listen.size(); ++i) {
-    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&] {
-                  auto address = parseListenAddress(listen[i]);
-                  if (address.kind == ListenAddress::Kind::kUnix && !address.path.startsWith("/")) {
-                    fail(kj::str("listen address \"", listen[i],
-                                 "\": socket path must be absolute"));
-                  }
-                })) {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] {
+                   auto address = parseListenAddress(listen[i]);
+                   if (address.kind == ListenAddress::Kind::kUnix &&
+                       !address.path.startsWith("/")) {
+                     fail(kj::str("listen address \"", listen[i],
+                                  "\": socket path must be absolute"));
+                   }
+                 })) {
       errors.add(kj::str("listen[", i, "]: ", e->getDescription()));
     }
   }
 
   if (config.getUidRangeSize() == 0) errors.add(kj::str("uidRangeSize must be > 0"));
-  uint64_t lastUid = uint64_t(config.getUidBase()) +
-                     uint64_t(config.getUidRangeSize()) * config.getMaxSandboxes();
+  uint64_t lastUid =
+      uint64_t(config.getUidBase()) + uint64_t(config.getUidRangeSize()) * config.getMaxSandboxes();
   if (lastUid > UINT32_MAX) {
     errors.add(kj::str("uidBase + uidRangeSize * maxSandboxes = ", lastUid,
                        " does not fit in 32-bit uids"));
@@ -308,7 +314,9 @@ void validateConfig(config::Config::Reader config) {
 LoadedConfig loadConfigFromArgs(int argc, const char* const* argv) {
   auto flags = parseCommandLine(argc, argv);
   kj::Maybe<kj::StringPtr> file;
-  KJ_IF_MAYBE(path, flags.configFile) { file = kj::StringPtr(*path); }
+  KJ_IF_MAYBE (path, flags.configFile) {
+    file = kj::StringPtr(*path);
+  }
   auto config = loadConfig(file);
   applyFlags(config, flags);
   validateConfig(config.get());

@@ -38,7 +38,7 @@ ListenAddress parseListenAddress(kj::StringPtr address);
 struct LoadedConfig {
   kj::Own<capnp::MallocMessageBuilder> message;
   config::Config::Builder root = nullptr;  // the root of `message`
-  kj::Maybe<kj::String> file;    // the file it was read from, if any
+  kj::Maybe<kj::String> file;              // the file it was read from, if any
 
   config::Config::Reader get() const { return root.asReader(); }
 };

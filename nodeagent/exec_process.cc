@@ -81,9 +81,17 @@ kj::Promise<void> ExecProcess::pump(kj::AsyncInputStream& in, bool isStderr) {
   return read.then([this, &in, isStderr, buffer = kj::mv(buffer)](size_t n) mutable
                    -> kj::Promise<void> {
     if (n == 0) return kj::READY_NOW;
-    auto request = isStderr ? output_.stderrRequest() : output_.stdoutRequest();
-    request.setData(buffer.slice(0, n));
-    return request.send().then([this, &in, isStderr]() { return pump(in, isStderr); });
+    kj::Promise<void> sent = nullptr;
+    if (isStderr) {
+      auto request = output_.stderrRequest();
+      request.setData(buffer.slice(0, n));
+      sent = request.send();
+    } else {
+      auto request = output_.stdoutRequest();
+      request.setData(buffer.slice(0, n));
+      sent = request.send();
+    }
+    return sent.then([this, &in, isStderr]() { return pump(in, isStderr); });
   });
 }
 

@@ -132,16 +132,16 @@ class FilesImpl final : public api::Files::Server {
   kj::Promise<void> read(ReadContext context) override {
     sandbox_->countRequest();
     auto params = context.getParams();
-    auto input = loop::wrapInputFd(ctx_.port, sandbox_->files().openForRead(params.getPath()));
-    auto sink = params.getSink();
-    auto buffer = kj::heapArray<kj::byte>(kFileChunkBytes);
-    auto promise = pump(*input, sink, buffer, 0);
-    return promise
-        .then([context, sink](uint64_t total) mutable {
-          context.getResults().setSize(total);
-          return sink.doneRequest().send().ignoreResult();
+    auto download = kj::heap<Download>(
+        loop::wrapInputFd(ctx_.port, sandbox_->files().openForRead(params.getPath())),
+        params.getSink());
+    auto& d = *download;
+    return pump(d)
+        .then([context, &d]() mutable {
+          context.getResults().setSize(d.total);
+          return d.sink.doneRequest().send().ignoreResult();
         })
-        .attach(kj::mv(input), kj::mv(buffer), kj::addRef(*sandbox_));
+        .attach(kj::mv(download), kj::addRef(*sandbox_));
   }
 
   kj::Promise<void> list(ListContext context) override {
@@ -174,17 +174,25 @@ class FilesImpl final : public api::Files::Server {
   }
 
  private:
-  static kj::Promise<uint64_t> pump(kj::AsyncInputStream& in, api::ByteSink::Client& sink,
-                                    kj::ArrayPtr<kj::byte> buffer, uint64_t total) {
-    return in.tryRead(buffer.begin(), 1, buffer.size())
-        .then([&in, &sink, buffer, total](size_t n) -> kj::Promise<uint64_t> {
-          if (n == 0) return total;
-          auto request = sink.writeRequest();
-          request.setData(buffer.slice(0, n));
+  struct Download {
+    Download(kj::Own<kj::AsyncInputStream> in, api::ByteSink::Client sink)
+        : in(kj::mv(in)), sink(kj::mv(sink)), buffer(kj::heapArray<kj::byte>(kFileChunkBytes)) {}
+    kj::Own<kj::AsyncInputStream> in;
+    api::ByteSink::Client sink;
+    kj::Array<kj::byte> buffer;
+    uint64_t total = 0;
+  };
+
+  static kj::Promise<void> pump(Download& d) {
+    return d.in->tryRead(d.buffer.begin(), 1, d.buffer.size())
+        .then([&d](size_t n) -> kj::Promise<void> {
+          if (n == 0) return kj::READY_NOW;
+          d.total += n;
+          auto request = d.sink.writeRequest();
+          request.setData(d.buffer.slice(0, n));
           // send() resolves once flow control allows more; the data was copied
           // into the request, so the buffer can be reused right away.
-          return request.send().then(
-              [&in, &sink, buffer, total, n]() { return pump(in, sink, buffer, total + n); });
+          return request.send().then([&d]() { return pump(d); });
         });
   }
 

@@ -38,7 +38,7 @@ kj::Promise<SpawnedProcess> InitChannel::spawn(const SpawnRequest& request) {
   spawn.setCwd(request.cwd);
   spawn.setStdinOpen(request.stdinOpen);
 
-  auto bytes = isolator::encodeMessage(message);
+  auto bytes = isolator::encodeInitMessage(message);
   if (bytes.size() > isolator::kMaxInitMessageBytes) {
     throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
                   kj::str("argv and environment take ", bytes.size(), " bytes; the limit is ",
@@ -75,7 +75,7 @@ kj::Promise<void> InitChannel::readLoop() {
           failAll(KJ_EXCEPTION(DISCONNECTED, "sandbox init closed its control socket"));
           return kj::READY_NOW;
         }
-        auto reader = isolator::decodeMessage(received.bytes);
+        auto reader = isolator::decodeInitMessage(received.bytes);
         auto event = reader->getRoot<initproto::Event>();
         switch (event.which()) {
           case initproto::Event::SPAWNED: {

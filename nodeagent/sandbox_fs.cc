@@ -1,6 +1,8 @@
 #include "nodeagent/sandbox_fs.h"
 
 #include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <sys/fsuid.h>
@@ -81,7 +83,7 @@ FileEntry makeEntry(kj::StringPtr name, const struct stat& st) {
 kj::String randomSuffix() {
   uint64_t r = 0;
   KJ_SYSCALL(getrandom(&r, sizeof(r), 0));
-  return kj::hex(r);
+  return kj::str(kj::hex(r));
 }
 
 // Removes everything below the directory `dir` (not following symlinks).

@@ -30,7 +30,7 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, EndedCal
   endedFulfiller_ = kj::mv(paf.fulfiller);
   endedFork_ = paf.promise.fork();
   watchTask_ = watchInit().eagerlyEvaluate([this](kj::Exception&& e) {
-    log::error("sandbox.watch_failed", {{"id", id_}, {"error", e.getDescription().cStr()}});
+    log::error("sandbox.watch_failed", {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
   });
   armTimeout();
 }
@@ -91,7 +91,7 @@ void SandboxRuntime::kill(kj::StringPtr reason) {
   // kill catches anything that got out of the namespace's process tree.
   if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), SIGKILL, nullptr, 0) < 0 &&
       errno != ESRCH) {
-    log::warn("sandbox.kill_failed", {{"id", id_}, {"errno", errno}});
+    log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"errno", errno}});
   }
   finalStats_ = cgroup_->stats();
   cgroup_->killAll();
@@ -114,7 +114,7 @@ void SandboxRuntime::armTimeout() {
   timeoutTask_ = port_.timer()
                      .afterDelay(delayNs * kj::NANOSECONDS)
                      .then([this]() {
-                       log::info("sandbox.timeout", {{"id", id_}});
+                       log::info("sandbox.timeout", {{"id", id_.cStr()}});
                        kill("timeout");
                      })
                      .eagerlyEvaluate(nullptr);
@@ -138,7 +138,7 @@ void SandboxRuntime::finish() {
     cgroup_->remove();
   } catch (kj::Exception& e) {
     log::warn("sandbox.cgroup_cleanup_failed",
-              {{"id", id_}, {"error", e.getDescription().cStr()}});
+              {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
   }
   rmdir(workDir_.cStr());
   ended_ = true;
@@ -148,7 +148,7 @@ void SandboxRuntime::finish() {
   rec.setState(api::SandboxState::STOPPED);
   rec.setEndedAtNs(unixNowNs());
   rec.setEndReason(pendingReason_);
-  log::info("sandbox.ended", {{"id", id_}, {"reason", pendingReason_.cStr()}});
+  log::info("sandbox.ended", {{"id", id_.cStr()}, {"reason", pendingReason_.cStr()}});
   onEnded_(*this);
   endedFulfiller_->fulfill();
 }

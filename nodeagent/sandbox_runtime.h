@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <capnp/message.h>
 #include <kj/async.h>
 #include <kj/function.h>
 #include <kj/refcount.h>

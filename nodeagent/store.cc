@@ -46,16 +46,18 @@ kj::Exception::Type typeOf(int rc) {
   } else if (rc == MDB_READERS_FULL) {
     hint = kj::str(" (", options.maxReaders, " concurrent readers)");
   }
-  kj::throwFatalException(kj::Exception(typeOf(rc), __FILE__, __LINE__,
-                                        kj::str("store: ", what, ": ", call, ": ",
-                                                mdb_strerror(rc), hint)));
+  kj::throwFatalException(
+      kj::Exception(typeOf(rc), __FILE__, __LINE__,
+                    kj::str("store: ", what, ": ", call, ": ", mdb_strerror(rc), hint)));
 }
 
 MDB_val bytesVal(kj::ArrayPtr<const kj::byte> bytes) {
   return MDB_val{bytes.size(), const_cast<kj::byte*>(bytes.begin())};
 }
 
-MDB_val textVal(kj::StringPtr text) { return bytesVal(text.asBytes()); }
+MDB_val textVal(kj::StringPtr text) {
+  return bytesVal(text.asBytes());
+}
 
 // Audit keys are big-endian so that LMDB's byte order is numeric order.
 void encodeSeq(uint64_t seq, kj::byte out[8]) {
@@ -89,7 +91,8 @@ kj::Own<StoredMessage<T>> copyMessage(const MDB_val& value, kj::StringPtr what) 
 }
 
 template <typename T>
-kj::Array<capnp::word> serialize(typename T::Reader root, kj::FunctionParam<void(typename T::Builder)> edit) {
+kj::Array<capnp::word> serialize(typename T::Reader root,
+                                 kj::FunctionParam<void(typename T::Builder)> edit) {
   capnp::MallocMessageBuilder message(root.totalSize().wordCount + 1);
   message.setRoot(root);
   edit(message.getRoot<T>());
@@ -305,10 +308,10 @@ void Store::initialize() {
   meta_ = openDb("meta");
 
   WriteTxn writer(*this, txn.get());
-  KJ_IF_MAYBE(version, writer.getMeta(kSchemaVersionKey)) {
+  KJ_IF_MAYBE (version, writer.getMeta(kSchemaVersionKey)) {
     uint64_t found = decodeSeq(bytesVal(*version), kSchemaVersionKey);
-    KJ_REQUIRE(found <= kSchemaVersion,
-               "store: written by a newer agent; refusing to open", found, kSchemaVersion);
+    KJ_REQUIRE(found <= kSchemaVersion, "store: written by a newer agent; refusing to open", found,
+               kSchemaVersion);
   } else {
     kj::byte bytes[8];
     encodeSeq(kSchemaVersion, bytes);
@@ -316,7 +319,7 @@ void Store::initialize() {
     auto id = newNodeId();
     writer.putMeta(kNodeIdKey, id.asBytes());
   }
-  KJ_IF_MAYBE(id, writer.getMeta(kNodeIdKey)) {
+  KJ_IF_MAYBE (id, writer.getMeta(kNodeIdKey)) {
     nodeId_ = kj::heapString(id->asChars());
   } else {
     KJ_FAIL_REQUIRE("store: meta has a schema version but no node id");
@@ -363,7 +366,7 @@ kj::Maybe<kj::Own<StoredSandbox>> Store::getSandbox(kj::StringPtr id) {
   auto what = kj::str("getSandbox ", id);
   requireKey(env_->get(), what, id);
   Txn txn(env_->get(), MDB_RDONLY, options_);
-  KJ_IF_MAYBE(value, getValue(txn.get(), sandboxes_, textVal(id), what, options_)) {
+  KJ_IF_MAYBE (value, getValue(txn.get(), sandboxes_, textVal(id), what, options_)) {
     return copyMessage<state::SandboxRecord>(*value, what);
   }
   return nullptr;
@@ -392,7 +395,8 @@ kj::Vector<kj::Own<StoredAudit>> Store::readAudit(uint64_t afterSeq, size_t limi
   for (auto op = MDB_SET_RANGE;
        result.size() < limit && cursor.get(&key, &value, op, "readAudit", options_);
        op = MDB_NEXT) {
-    result.add(copyMessage<state::AuditEntry>(value, kj::str("readAudit seq ", decodeSeq(key, "audit key"))));
+    result.add(copyMessage<state::AuditEntry>(
+        value, kj::str("readAudit seq ", decodeSeq(key, "audit key"))));
   }
   return result;
 }
@@ -406,7 +410,7 @@ kj::Maybe<kj::Array<kj::byte>> Store::getMeta(kj::StringPtr key) {
   auto what = kj::str("getMeta ", key);
   requireKey(env_->get(), what, key);
   Txn txn(env_->get(), MDB_RDONLY, options_);
-  KJ_IF_MAYBE(value, getValue(txn.get(), meta_, textVal(key), what, options_)) {
+  KJ_IF_MAYBE (value, getValue(txn.get(), meta_, textVal(key), what, options_)) {
     return kj::heapArray(static_cast<const kj::byte*>(value->mv_data), value->mv_size);
   }
   return nullptr;
@@ -490,7 +494,7 @@ kj::Maybe<kj::Own<StoredSandbox>> Store::WriteTxn::getSandbox(kj::StringPtr id) 
   auto what = kj::str("getSandbox ", id);
   requireKey(store_.env_->get(), what, id);
   KJ_ON_SCOPE_FAILURE(failed_ = true);
-  KJ_IF_MAYBE(value, getValue(txn_, store_.sandboxes_, textVal(id), what, store_.options_)) {
+  KJ_IF_MAYBE (value, getValue(txn_, store_.sandboxes_, textVal(id), what, store_.options_)) {
     return copyMessage<state::SandboxRecord>(*value, what);
   }
   return nullptr;
@@ -501,7 +505,7 @@ kj::Maybe<kj::Array<kj::byte>> Store::WriteTxn::getMeta(kj::StringPtr key) {
   auto what = kj::str("getMeta ", key);
   requireKey(store_.env_->get(), what, key);
   KJ_ON_SCOPE_FAILURE(failed_ = true);
-  KJ_IF_MAYBE(value, getValue(txn_, store_.meta_, textVal(key), what, store_.options_)) {
+  KJ_IF_MAYBE (value, getValue(txn_, store_.meta_, textVal(key), what, store_.options_)) {
     return kj::heapArray(static_cast<const kj::byte*>(value->mv_data), value->mv_size);
   }
   return nullptr;

@@ -70,8 +70,7 @@ struct StoreOptions {
 template <typename T>
 class StoredMessage {
  public:
-  explicit StoredMessage(kj::Array<capnp::word> words)
-      : words_(kj::mv(words)), reader_(words_) {}
+  explicit StoredMessage(kj::Array<capnp::word> words) : words_(kj::mv(words)), reader_(words_) {}
   KJ_DISALLOW_COPY(StoredMessage);
 
   typename T::Reader get() { return reader_.getRoot<T>(); }
@@ -160,7 +159,8 @@ class Store {
   // Random id given to this node when the store was created; never changes.
   kj::StringPtr nodeId() const { return nodeId_; }
 
-  // Meta key and value of the on-disk layout version this code writes.
+  // Meta keys the store owns, and the on-disk layout version this code writes
+  // (stored as 8 bytes, big-endian).
   static constexpr kj::StringPtr kSchemaVersionKey = "schemaVersion"_kj;
   static constexpr kj::StringPtr kNodeIdKey = "nodeId"_kj;
   static constexpr uint64_t kSchemaVersion = 1;

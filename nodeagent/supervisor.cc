@@ -33,9 +33,11 @@ bool validName(kj::StringPtr name, size_t maxLength) {
 }
 
 kj::String newSandboxId() {
-  uint8_t bytes[8];
-  KJ_SYSCALL(getrandom(bytes, sizeof(bytes), 0));
-  return kj::str("sbx-", kj::encodeHex(bytes));
+  uint64_t bits;
+  KJ_SYSCALL(getrandom(&bits, sizeof(bits), 0));
+  char id[24];
+  snprintf(id, sizeof(id), "sbx-%016llx", static_cast<unsigned long long>(bits));
+  return kj::str(id);
 }
 
 kj::String defaultInitPath() {
@@ -48,6 +50,26 @@ kj::String defaultInitPath() {
     return kj::str(path.slice(0, *slash), "/nodeagent-init");
   }
   return kj::str("nodeagent-init");
+}
+
+// Each sandbox's init mounts its root below the state dir with the sandbox's
+// own (unprivileged) credentials, so every directory above must be
+// searchable by others. Fail at start with a clear message, not per create.
+void requireSearchableByOthers(kj::StringPtr dir) {
+  kj::String path = kj::str(dir);
+  for (;;) {
+    struct stat st;
+    KJ_SYSCALL(stat(path.cStr(), &st), path);
+    KJ_REQUIRE((st.st_mode & S_IXOTH) != 0,
+               "state directory's parents must be searchable by others (chmod o+x)", path);
+    KJ_IF_MAYBE(slash, path.findLast('/')) {
+      if (*slash == 0) return;
+      path = kj::str(path.slice(0, *slash));
+    }
+    else {
+      return;
+    }
+  }
 }
 
 void makeDir(kj::StringPtr path, mode_t mode) {
@@ -71,9 +93,13 @@ Supervisor::~Supervisor() noexcept(false) {}
 
 void Supervisor::start() {
   kj::StringPtr stateDir = config_.getStateDir();
-  makeDir(stateDir, 0700);
+  // Traversable (not listable) by others: each sandbox's init mounts its
+  // tmpfs on a directory below, under the sandbox's own credentials.
+  makeDir(stateDir, 0711);
+  KJ_SYSCALL(chmod(stateDir.cStr(), 0711), stateDir);
   makeDir(kj::str(stateDir, "/templates"), 0755);
   makeDir(kj::str(stateDir, "/sandboxes"), 0711);
+  requireSearchableByOthers(kj::str(stateDir, "/sandboxes"));
   for (auto t : effectiveTemplates(config_)) {
     TemplateInfo info{kj::str(t.getName()),
                       kj::str(t.getUsrDir()),
@@ -83,10 +109,10 @@ void Supervisor::start() {
                       t.getPidsMax(),
                       t.getDiskBytes(),
                       t.getTimeoutSeconds()};
-    isolator::prepareSkeleton(info.skeletonDir);
+    isolator::prepareSkeleton(info.skeletonDir.cStr(), info.usrDir.cStr());
     templates_.add(kj::mv(info));
   }
-  cgroupTree_ = kj::heap<isolator::CgroupTree>(config_.getCgroupRoot());
+  cgroupTree_ = isolator::CgroupTree::open(config_.getCgroupRoot().cStr());
   endStaleRecords();
 }
 
@@ -100,6 +126,8 @@ void Supervisor::endStaleRecords() {
       try {
         auto cgroup = isolator::SandboxCgroup::adopt(**tree, rec.getSpec().getTenant(),
                                                      rec.getId());
+        // The init was the old agent's child; its parent is gone, so the
+        // kernel's reaper (or a subreaper) collects it.
         cgroup->killAll();
         cgroup->remove();
       } catch (kj::Exception& e) {
@@ -205,11 +233,10 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   isolator::CgroupLimits limits;
   limits.memoryBytes = filled.getMemoryBytes();
   limits.pidsMax = filled.getPidsMax();
-  limits.cpuPeriodUs = 100000;
-  limits.cpuQuotaUs = uint64_t(filled.getCpuMillis()) * limits.cpuPeriodUs / 1000;
+  limits.cpuMillis = filled.getCpuMillis();
   auto cgroup = isolator::SandboxCgroup::create(*KJ_ASSERT_NONNULL(cgroupTree_),
                                                 filled.getTenant(), id, limits);
-  rec.setCgroupPath(cgroup->relativePath());
+  rec.setCgroupPath(kj::str("sandboxes/", filled.getTenant(), "/", id));
 
   kj::String workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
   makeDir(workDir, 0700);
@@ -220,15 +247,16 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   });
 
   isolator::LaunchSpec launchSpec;
-  launchSpec.sandboxId = kj::str(id);
-  launchSpec.hostname = kj::str(id);
+  launchSpec.sandboxId = id.cStr();
+  launchSpec.hostname = id.cStr();
   launchSpec.uidBase = uidBase;
   launchSpec.uidCount = config_.getUidRangeSize();
-  launchSpec.initPath = config_.getInitPath().size() > 0 ? kj::str(config_.getInitPath())
-                                                         : defaultInitPath();
-  launchSpec.skeletonDir = kj::str(tmpl.skeletonDir);
-  launchSpec.usrDir = kj::str(tmpl.usrDir);
-  launchSpec.workDir = kj::str(workDir);
+  launchSpec.initPath = config_.getInitPath().size() > 0 ? config_.getInitPath().cStr()
+                                                         : defaultInitPath().cStr();
+  launchSpec.skeletonDir = tmpl.skeletonDir.cStr();
+  launchSpec.usrDir = tmpl.usrDir.cStr();
+  launchSpec.workDir = workDir.cStr();
+  launchSpec.initStderrFd = STDERR_FILENO;  // init's own diagnostics join the agent's log
   launchSpec.diskBytes = filled.getDiskBytes();
   launchSpec.cgroup = cgroup.get();
   isolator::LaunchedSandbox launched = isolator::launch(launchSpec);
@@ -263,8 +291,8 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   parts.workDir = kj::mv(workDir);
   auto runtime = kj::refcounted<SandboxRuntime>(
       port_, kj::mv(parts), [this](SandboxRuntime& s) { onEnded(s); });
-  uidSlots_.emplace(slot, kj::str(id));
-  live_.emplace(kj::str(id), kj::addRef(*runtime));
+  uidSlots_.emplace(slot, id.cStr());
+  live_.emplace(id.cStr(), kj::addRef(*runtime));
   log::info("sandbox.created", {{"id", id.cStr()},
                                 {"tenant", filled.getTenant().cStr()},
                                 {"template", filled.getTemplate().cStr()},
@@ -273,7 +301,7 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
 }
 
 kj::Maybe<kj::Own<SandboxRuntime>> Supervisor::find(kj::StringPtr id) {
-  auto it = live_.find(id);
+  auto it = live_.find(id.cStr());
   if (it == live_.end()) return nullptr;
   return kj::addRef(*it->second);
 }
@@ -333,13 +361,13 @@ void Supervisor::onEnded(SandboxRuntime& sandbox) {
     txn.appendAudit(entry.asReader());
   });
   for (auto it = uidSlots_.begin(); it != uidSlots_.end(); ++it) {
-    if (it->second == sandbox.id()) {
+    if (it->second == sandbox.id().cStr()) {
       uidSlots_.erase(it);
       break;
     }
   }
   // Drop the registry's reference once the current event has finished with it.
-  kj::String id = kj::str(sandbox.id());
+  std::string id = sandbox.id().cStr();
   tasks_.add(kj::evalLater([this, id = kj::mv(id)]() { live_.erase(id); }));
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <map>
+#include <string>
 
 #include <kj/async.h>
 #include <kj/string.h>
@@ -64,8 +65,8 @@ class Supervisor {
   kj::Vector<TemplateInfo> templates_;
   isolator::CgroupMode cgroupMode_;
   kj::Maybe<kj::Own<isolator::CgroupTree>> cgroupTree_;
-  std::map<kj::String, kj::Own<SandboxRuntime>> live_;
-  std::map<uint32_t, kj::String> uidSlots_;  // slot -> sandbox id
+  std::map<std::string, kj::Own<SandboxRuntime>> live_;
+  std::map<uint32_t, std::string> uidSlots_;  // slot -> sandbox id
   struct ErrorLogger : public kj::TaskSet::ErrorHandler {
     void taskFailed(kj::Exception&& e) override;
   } errorLogger_;

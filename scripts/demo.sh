@@ -12,6 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 work=$(mktemp -d /tmp/nodeagent-demo-XXXXXX)
+chmod 711 "$work"  # sandboxes mount their root below it under their own uid
 sock="$work/agent.sock"
 export SBX_CONNECT="unix:$sock"
 agent_pid=""

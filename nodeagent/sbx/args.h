@@ -2,6 +2,8 @@
 // size / CPU notations people type ("512M", "1.5").
 #pragma once
 
+#include <stdint.h>
+
 #include <kj/array.h>
 #include <kj/string.h>
 #include <kj/vector.h>

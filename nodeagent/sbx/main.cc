@@ -72,7 +72,7 @@ kj::Own<Session> connect(const Args& args) {
 void setKeyValues(capnp::List<api::KeyValue>::Builder out, kj::ArrayPtr<const kj::StringPtr> in) {
   for (size_t i = 0; i < in.size(); ++i) {
     KJ_IF_MAYBE(eq, in[i].findFirst('=')) {
-      out[i].setKey(in[i].slice(0, *eq));
+      out[i].setKey(kj::str(in[i].slice(0, *eq)));
       out[i].setValue(in[i].slice(*eq + 1));
     }
     else {
@@ -293,11 +293,11 @@ int dispatch(int argc, char** argv) {
   }
   // Global options may come before the command word.
   kj::Vector<kj::StringPtr> words;
-  kj::Maybe<kj::StringPtr> command;
+  const char* command = nullptr;
   for (int i = 1; i < argc; ++i) {
     kj::StringPtr w = argv[i];
     if (command == nullptr && !w.startsWith("-")) {
-      command = w;
+      command = argv[i];
       continue;
     }
     if (command == nullptr && (w == "--connect" || w.startsWith("--tls-")) && i + 1 < argc) {
@@ -307,7 +307,8 @@ int dispatch(int argc, char** argv) {
     }
     words.add(w);
   }
-  kj::StringPtr name = KJ_UNWRAP_OR(command, { usageError(kj::str("no command")); });
+  if (command == nullptr) usageError(kj::str("no command"));
+  kj::StringPtr name = command;
   Args args(words, kj::arrayPtr(kValueFlags, kj::size(kValueFlags)));
   using Handler = int (*)(Session&, const Args&);
   struct Entry {
@@ -345,6 +346,6 @@ int main(int argc, char** argv) {
     else {
       fprintf(stderr, "sbx: %s\n", nodeagent::apiErrorMessage(e).cStr());
     }
-    return kCliErrorExit;
+    return 125;  // sbx's own failure (see kCliErrorExit)
   }
 }

@@ -130,6 +130,7 @@ class AgentProcess {
   explicit AgentProcess(std::vector<std::string> extraArgs = {}, bool unixListen = true) {
     char tmpl[] = "/tmp/nodeagent-e2e-XXXXXX";
     dir_ = mkdtemp(tmpl);
+    chmod(dir_.c_str(), 0711);  // sandboxes mount their root below it under their own uid
     socket_ = dir_ + "/agent.sock";
     std::vector<std::string> argv = {binDir() + "/nodeagent", "--state-dir", dir_ + "/state"};
     if (unixListen) {

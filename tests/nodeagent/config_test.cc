@@ -33,7 +33,7 @@ class TempFile {
 // The description of the exception `fn` throws; fails the test if none.
 template <typename Fn>
 std::string errorOf(Fn&& fn) {
-  KJ_IF_MAYBE(e, kj::runCatchingExceptions(kj::fwd<Fn>(fn))) {
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions(kj::fwd<Fn>(fn))) {
     return e->getDescription().cStr();
   }
   ADD_FAILURE() << "no exception";
@@ -86,7 +86,7 @@ TEST(ConfigTest, FileOverridesDefaults) {
   EXPECT_EQ(c.getTemplates()[0].getMemoryBytes(), 2147483648u);
   EXPECT_EQ(c.getTemplates()[0].getUsrDir(), "/usr");
   EXPECT_EQ(c.getTemplates()[1].getTimeoutSeconds(), 300u);
-  KJ_IF_MAYBE(name, config.file) {
+  KJ_IF_MAYBE (name, config.file) {
     EXPECT_EQ(*name, file.path());
   } else {
     ADD_FAILURE();
@@ -97,9 +97,9 @@ TEST(ConfigTest, FileOverridesDefaults) {
 TEST(ConfigTest, FlagsOverrideTheFile) {
   TempFile file(R"({"stateDir": "/srv/a", "listen": ["unix:/srv/a.sock"], "logLevel": "warn",
                     "maxSandboxes": 7})");
-  auto config = fromArgs({"--config", file.path(), "--state-dir=/srv/b", "--listen",
-                          "tcp:127.0.0.1:7000", "--listen=unix:/tmp/b.sock", "--log-level",
-                          "debug"});
+  auto config =
+      fromArgs({"--config", file.path(), "--state-dir=/srv/b", "--listen", "tcp:127.0.0.1:7000",
+                "--listen=unix:/tmp/b.sock", "--log-level", "debug"});
   auto c = config.get();
   EXPECT_EQ(c.getStateDir(), "/srv/b");
   ASSERT_EQ(c.getListen().size(), 2u);
@@ -171,9 +171,9 @@ TEST(ConfigTest, ParseListenAddress) {
   EXPECT_EQ(v6.port, 0);
   EXPECT_EQ(parseListenAddress("tcp:0.0.0.0:65535").port, 65535);
 
-  for (const char* bad : {"", "unix:", "udp:1.2.3.4:5", "tcp:1.2.3.4", "tcp:1.2.3.4:",
-                          "tcp:1.2.3.4:65536", "tcp:1.2.3.4:-1", "tcp:::1:80", "tcp:[xyz]:80",
-                          "tcp::80", "tcp:a b:80", "/run/nodeagent.sock"}) {
+  for (const char* bad : {"", "unix:", "udp:1.2.3.4:5", "tcp:1.2.3.4",
+                          "tcp:1.2.3.4:", "tcp:1.2.3.4:65536", "tcp:1.2.3.4:-1", "tcp:::1:80",
+                          "tcp:[xyz]:80", "tcp::80", "tcp:a b:80", "/run/nodeagent.sock"}) {
     EXPECT_CONTAINS(errorOf([&] { parseListenAddress(bad); }), std::string("\"") + bad + "\"");
   }
   std::string longPath = "unix:/" + std::string(200, 'x');

@@ -31,8 +31,7 @@ class TempDir {
   }
   ~TempDir() {
     nftw(
-        path_.c_str(),
-        [](const char* p, const struct stat*, int, FTW*) { return ::remove(p); }, 16,
+        path_.c_str(), [](const char* p, const struct stat*, int, FTW*) { return ::remove(p); }, 16,
         FTW_DEPTH | FTW_PHYS);
   }
   const std::string& path() const { return path_; }
@@ -100,7 +99,7 @@ TEST(StoreTest, SandboxRoundTrip) {
   auto written = message.getRoot<state::SandboxRecord>().asReader();
   store->putSandbox(written);
 
-  KJ_IF_MAYBE(read, store->getSandbox("sbx-1")) {
+  KJ_IF_MAYBE (read, store->getSandbox("sbx-1")) {
     EXPECT_EQ(kj::str((*read)->get()), kj::str(written));
     EXPECT_EQ((*read)->get().getSpec().getMetadata()[0].getValue().size(), 100u);
   } else {
@@ -117,7 +116,7 @@ TEST(StoreTest, PutReplacesListIsOrderedDeleteReports) {
   putRecord(*store, "sbx-b");
   putRecord(*store, "sbx-a", 10);  // replaces
   EXPECT_EQ(listIds(*store), (std::vector<std::string>{"sbx-a", "sbx-b", "sbx-c"}));
-  KJ_IF_MAYBE(a, store->getSandbox("sbx-a")) {
+  KJ_IF_MAYBE (a, store->getSandbox("sbx-a")) {
     EXPECT_EQ((*a)->get().getSpec().getMetadata()[0].getValue().size(), 10u);
   } else {
     FAIL();
@@ -225,7 +224,7 @@ TEST(StoreTest, MetaAndNodeIdPersist) {
   }
   auto store = Store::open(dir.path());
   EXPECT_EQ(store->nodeId(), nodeId);
-  KJ_IF_MAYBE(value, store->getMeta("greeting")) {
+  KJ_IF_MAYBE (value, store->getMeta("greeting")) {
     EXPECT_EQ(kj::heapString(value->asChars()), "hello");
   } else {
     FAIL();
@@ -239,7 +238,7 @@ TEST(StoreTest, RefusesStoreFromNewerSchema) {
     kj::byte version[8] = {0, 0, 0, 0, 0, 0, 0, 99};
     store->putMeta(Store::kSchemaVersionKey, version);
   }
-  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&] { Store::open(dir.path()); })) {
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { Store::open(dir.path()); })) {
     EXPECT_NE(e->getDescription().findFirst('9'), nullptr) << e->getDescription().cStr();
   } else {
     FAIL() << "opened a store of schema version 99";
@@ -257,7 +256,7 @@ TEST(StoreTest, MapFullIsTypedAndTheStoreRecovers) {
         [&] { putRecord(*store, kj::str("sbx-", 10000 + written), 3000); });
     if (full != nullptr) break;
   }
-  KJ_IF_MAYBE(e, full) {
+  KJ_IF_MAYBE (e, full) {
     EXPECT_TRUE(isStoreFull(*e));
     EXPECT_EQ(e->getType(), kj::Exception::Type::OVERLOADED);
     kj::StringPtr text = e->getDescription();
@@ -293,8 +292,8 @@ TEST(StoreTest, MapFullIsTypedAndTheStoreRecovers) {
 TEST(StoreTest, ReopenAfterCloseKeepsData) {
   TempDir dir;
   for (int round = 0; round < 5; ++round) {
-    auto store = Store::open(dir.path(), {.durability = round % 2 == 0 ? Durability::kFull
-                                                                       : Durability::kNoMetaSync});
+    auto store = Store::open(
+        dir.path(), {.durability = round % 2 == 0 ? Durability::kFull : Durability::kNoMetaSync});
     EXPECT_EQ(store->listSandboxes().size(), size_t(round));
     putRecord(*store, kj::str("sbx-", round));
   }
@@ -325,7 +324,7 @@ TEST(StoreTest, OpenFailsClearlyOnAFile) {
   FILE* f = fopen(file.c_str(), "w");
   ASSERT_NE(f, nullptr);
   fclose(f);
-  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&] { Store::open(file); })) {
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { Store::open(file); })) {
     EXPECT_TRUE(strstr(e->getDescription().cStr(), "not a directory") != nullptr)
         << e->getDescription().cStr();
   } else {
@@ -343,11 +342,11 @@ TEST(StoreTest, ReadersRunOnOtherThreadsDuringWrites) {
   for (int t = 0; t < 4; ++t) {
     readers.emplace_back([&] {
       while (!stop.load()) {
-        KJ_IF_MAYBE(e, kj::runCatchingExceptions([&] {
-                      if (store->getSandbox("sbx-0") == nullptr) failures++;
-                      store->listSandboxes();
-                      store->readAudit(0, 10);
-                    })) {
+        KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] {
+                       if (store->getSandbox("sbx-0") == nullptr) failures++;
+                       store->listSandboxes();
+                       store->readAudit(0, 10);
+                     })) {
           ADD_FAILURE() << e->getDescription().cStr();
           failures++;
         }
@@ -397,7 +396,9 @@ uint64_t decodeU64(kj::ArrayPtr<const kj::byte> bytes) {
   return value;
 }
 
-kj::String crashId(uint64_t seq) { return kj::str("sbx-", kj::hex(seq + 0x100000000ull)); }
+kj::String crashId(uint64_t seq) {
+  return kj::str("sbx-", kj::hex(seq + 0x100000000ull));
+}
 
 void writeSandbox(Store::WriteTxn& txn, kj::StringPtr id, api::SandboxState state, uint64_t seq) {
   capnp::MallocMessageBuilder message;
@@ -420,7 +421,9 @@ void writeSandbox(Store::WriteTxn& txn, kj::StringPtr id, api::SandboxState stat
       std::vector<std::string> next = live;
       store->update([&](Store::WriteTxn& txn) {
         uint64_t last = 0;
-        KJ_IF_MAYBE(bytes, txn.getMeta(kLastSeqKey)) { last = decodeU64(*bytes); }
+        KJ_IF_MAYBE (bytes, txn.getMeta(kLastSeqKey)) {
+          last = decodeU64(*bytes);
+        }
         uint64_t k = last + 1;
         auto expectSeq = [&](uint64_t seq, uint64_t want) {
           KJ_REQUIRE(seq == want, "seq not contiguous", seq, want);
@@ -452,7 +455,7 @@ void writeSandbox(Store::WriteTxn& txn, kj::StringPtr id, api::SandboxState stat
       live = kj::mv(next);
     }
   });
-  KJ_IF_MAYBE(e, error) {
+  KJ_IF_MAYBE (e, error) {
     fprintf(stderr, "workload failed: %s\n", kj::str(*e).cStr());
   }
   _exit(3);
@@ -493,7 +496,9 @@ uint64_t verifyStore(const std::string& dir) {
   KJ_REQUIRE(count == store->lastAuditSeq());
 
   uint64_t lastSeq = 0;
-  KJ_IF_MAYBE(bytes, store->getMeta(kLastSeqKey)) { lastSeq = decodeU64(*bytes); }
+  KJ_IF_MAYBE (bytes, store->getMeta(kLastSeqKey)) {
+    lastSeq = decodeU64(*bytes);
+  }
   KJ_REQUIRE(lastSeq == count, "meta counter disagrees with the audit log", lastSeq, count);
 
   auto records = store->listSandboxes();
@@ -519,12 +524,12 @@ TEST(StoreCrashTest, SigkillAtRandomMomentsLeavesAConsistentStore) {
   if (const char* s = std::getenv("NODEAGENT_CRASH_SEED")) seed = unsigned(std::atol(s));
   std::mt19937 random(seed);
   std::uniform_int_distribution<int> delayUs(0, 40000);
-  SCOPED_TRACE(testing::Message() << "NODEAGENT_CRASH_SEED=" << seed);
+  SCOPED_TRACE(::testing::Message() << "NODEAGENT_CRASH_SEED=" << seed);
 
   uint64_t previous = 0;
   int rounds = 30;
   for (int round = 0; round < rounds; ++round) {
-    SCOPED_TRACE(testing::Message() << "round " << round);
+    SCOPED_TRACE(::testing::Message() << "round " << round);
     // No Store may be open across fork(); verifyStore closes its own.
     pid_t child = fork();
     ASSERT_GE(child, 0) << strerror(errno);
@@ -540,7 +545,7 @@ TEST(StoreCrashTest, SigkillAtRandomMomentsLeavesAConsistentStore) {
         << "child ended by itself, status " << status;
 
     uint64_t count = 0;
-    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&] { count = verifyStore(stateDir); })) {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { count = verifyStore(stateDir); })) {
       FAIL() << "after a kill at " << delay << " us: " << kj::str(*e).cStr();
     }
     // Committed transactions are never lost on a process crash.

@@ -1,0 +1,11 @@
+// The capabilities spawned processes keep: Docker's default set. Everything else (above
+// all CAP_SYS_ADMIN and CAP_SYS_PTRACE) is dropped from the bounding, ambient, permitted,
+// effective and inheritable sets, so not even exec of a file with capabilities regains it.
+#pragma once
+
+namespace nodeagent::isolator::init {
+
+// For a forked child before exec. Returns false (errno set) on failure; async-signal-safe.
+bool dropCapabilities();
+
+}  // namespace nodeagent::isolator::init

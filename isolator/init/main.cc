@@ -1,0 +1,100 @@
+// nodeagent-init: PID 1 of a sandbox. Started by the launcher (isolator/launcher.cc) with
+// the control socket as fd 3, inside fresh namespaces and already in the sandbox's
+// cgroups. Protocol: schema/init.capnp.
+//
+//   1. read Setup, build the root filesystem, reply ready (or setupFailed and exit 1);
+//   2. serve spawn/signal requests and reap children until killed.
+//
+// If the agent goes away, init keeps running and reaping: sandboxes outlive the agent.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <capnp/message.h>
+#include <kj/debug.h>
+
+#include "isolator/init/control.h"
+#include "isolator/init/server.h"
+#include "isolator/init/setup_mounts.h"
+#include "isolator/init_protocol.h"
+#include "schema/init.capnp.h"
+
+namespace nodeagent::isolator::init {
+namespace {
+
+constexpr int kControlFd = 3;
+
+kj::AutoCloseFd setUpSignals() {
+  // Dispositions the agent ignored survive exec; start from the defaults. As PID 1,
+  // default-handled signals from inside the sandbox are not delivered at all.
+  for (int sig = 1; sig < NSIG; ++sig) signal(sig, SIG_DFL);
+  signal(SIGPIPE, SIG_IGN);
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  KJ_SYSCALL(sigprocmask(SIG_SETMASK, &mask, nullptr));
+  int fd;
+  KJ_SYSCALL(fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
+  return kj::AutoCloseFd(fd);
+}
+
+SetupConfig readSetup(int fd) {
+  KJ_IF_MAYBE(message, receiveInitMessage(fd)) {
+    auto setup = message->reader->getRoot<initproto::Setup>();
+    SetupConfig config;
+    config.hostname = setup.getHostname().cStr();
+    config.skeletonDir = setup.getSkeletonDir().cStr();
+    config.usrDir = setup.getUsrDir().cStr();
+    config.workDir = setup.getWorkDir().cStr();
+    config.diskBytes = setup.getDiskBytes();
+    return config;
+  }
+  KJ_FAIL_REQUIRE("control socket closed before Setup");
+}
+
+void sendSetupResult(int fd, kj::Maybe<kj::StringPtr> error) {
+  capnp::MallocMessageBuilder message(256);
+  auto event = message.initRoot<initproto::Event>();
+  KJ_IF_MAYBE(e, error) {
+    event.setSetupFailed(*e);
+  } else {
+    event.setReady();
+  }
+  sendInitMessage(fd, message);
+}
+
+int run() {
+  umask(022);
+  if (fcntl(kControlFd, F_SETFD, FD_CLOEXEC) != 0) {
+    logError("startup", "no control socket on fd 3");
+    return 2;
+  }
+  kj::AutoCloseFd control(kControlFd);
+  kj::AutoCloseFd signals = setUpSignals();
+  SetupConfig config = readSetup(control);
+  try {
+    setupSandbox(config);
+  } catch (const kj::Exception& e) {
+    sendSetupResult(control, e.getDescription());
+    return 1;
+  }
+  sendSetupResult(control, nullptr);
+
+  Control connection;
+  connection.attach(kj::mv(control));
+  Server(connection, kj::mv(signals)).run();
+}
+
+}  // namespace
+}  // namespace nodeagent::isolator::init
+
+int main() {
+  try {
+    return nodeagent::isolator::init::run();
+  } catch (const kj::Exception& e) {
+    nodeagent::isolator::init::logError("fatal", e.getDescription().cStr());
+    return 1;
+  }
+}

@@ -1,0 +1,224 @@
+#include "isolator/init/setup_mounts.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <kj/debug.h>
+#include <kj/io.h>
+
+#include <cstring>
+
+#include "isolator/file_util.h"
+#include "isolator/template.h"
+
+namespace nodeagent::isolator::init {
+namespace {
+
+// /dev/shm is a separate tmpfs; its pages are charged to the sandbox's memory cgroup.
+constexpr uint64_t kShmBytes = 64ull << 20;
+// One inode per 8 KiB of disk bounds the kernel memory a sandbox can pin with empty files.
+constexpr uint64_t kBytesPerInode = 8192;
+
+void doMount(const char* source, const std::string& target, const char* type,
+             unsigned long flags, const std::string& data) {
+  if (mount(source, target.c_str(), type, flags, data.empty() ? nullptr : data.c_str()) != 0) {
+    std::string what = std::string(type != nullptr ? type : source != nullptr ? source : "") +
+                       " on " + target;
+    if (!data.empty()) what += " (" + data + ")";
+    failSyscall(type == nullptr && source != nullptr ? "bind mount" : "mount", errno, what);
+  }
+}
+
+void makeDir(const std::string& path, mode_t mode) {
+  if (mkdir(path.c_str(), mode) != 0 && errno != EEXIST) {
+    failSyscall("mkdir", errno, path);
+  }
+  checkSyscall(chmod(path.c_str(), mode), "chmod", path);
+}
+
+void writeFile(const std::string& path, const std::string& content, int flags, mode_t mode) {
+  int fd = checkSyscall(open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | flags, mode), "open",
+                        path);
+  kj::AutoCloseFd owned(fd);
+  const char* data = content.data();
+  size_t size = content.size();
+  while (size > 0) {
+    ssize_t n = checkSyscall(write(fd, data, size), "write", path);
+    data += n;
+    size -= size_t(n);
+  }
+}
+
+// Overlay options are comma-separated and use ':' between lower layers.
+void requireOverlaySafe(const std::string& path) {
+  KJ_REQUIRE(!path.empty() && path[0] == '/' && path.find_first_of(",:\\") == std::string::npos,
+             "path cannot be used in overlay options", path.c_str());
+}
+
+void copyFileAt(int fromDir, int toDir, const char* name, mode_t mode) {
+  int in;
+  KJ_SYSCALL(in = openat(fromDir, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), name);
+  kj::AutoCloseFd input(in);
+  int out;
+  KJ_SYSCALL(out = openat(toDir, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode), name);
+  kj::AutoCloseFd output(out);
+  KJ_SYSCALL(fchmod(out, mode), name);
+  char buf[16384];
+  for (;;) {
+    ssize_t n;
+    KJ_SYSCALL(n = read(in, buf, sizeof(buf)), name);
+    if (n == 0) break;
+    for (ssize_t done = 0; done < n;) {
+      ssize_t w;
+      KJ_SYSCALL(w = write(out, buf + done, size_t(n - done)), name);
+      done += w;
+    }
+  }
+}
+
+// The skeleton's files belong to host root, which is unmapped in the sandbox: they would
+// show as "nobody" and even the sandbox's root could not change them. Copying the
+// directories (and small files) into the upper layer, where init creates them as the
+// sandbox's root, makes the merged tree the sandbox's own. Symlinks and big files (the
+// CA bundle) stay shared in the lower layer.
+void materialize(int lowerDir, int upperDir, bool top) {
+  int dupFd;
+  KJ_SYSCALL(dupFd = fcntl(lowerDir, F_DUPFD_CLOEXEC, 0));
+  DIR* dir = fdopendir(dupFd);
+  if (dir == nullptr) {
+    close(dupFd);
+    KJ_FAIL_SYSCALL("fdopendir", errno);
+  }
+  KJ_DEFER(closedir(dir));
+  while (struct dirent* entry = readdir(dir)) {
+    const char* name = entry->d_name;
+    if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) continue;
+    struct stat st;
+    KJ_SYSCALL(fstatat(lowerDir, name, &st, AT_SYMLINK_NOFOLLOW), name);
+    mode_t mode = st.st_mode & 07777;
+    if (S_ISDIR(st.st_mode)) {
+      // The host-side skeleton keeps /root traversable for the overlay; the sandbox's is private.
+      if (top && strcmp(name, "root") == 0) mode = 0700;
+      KJ_SYSCALL(mkdirat(upperDir, name, mode), name);
+      KJ_SYSCALL(fchmodat(upperDir, name, mode, 0), name);
+      int lowerChild, upperChild;
+      KJ_SYSCALL(lowerChild = openat(lowerDir, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC), name);
+      kj::AutoCloseFd lowerOwned(lowerChild);
+      KJ_SYSCALL(upperChild = openat(upperDir, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC), name);
+      kj::AutoCloseFd upperOwned(upperChild);
+      materialize(lowerChild, upperChild, false);
+    } else if (S_ISREG(st.st_mode) && uint64_t(st.st_size) <= kSkeletonCopyUpLimit) {
+      copyFileAt(lowerDir, upperDir, name, mode);
+    }
+  }
+}
+
+void materializeSkeleton(const std::string& skeleton, const std::string& upper) {
+  kj::AutoCloseFd lower = openDirectory(skeleton);
+  kj::AutoCloseFd up = openDirectory(upper);
+  materialize(lower, up, true);
+}
+
+void bindDevice(const std::string& dev, const char* name) {
+  std::string target = dev + "/" + name;
+  writeFile(target, "", O_EXCL, 0666);
+  doMount((std::string("/dev/") + name).c_str(), target, nullptr, MS_BIND, "");
+}
+
+void setupDev(const std::string& dev) {
+  doMount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,nr_inodes=64,mode=0755");
+  for (const char* name : {"null", "zero", "full", "random", "urandom", "tty"}) {
+    bindDevice(dev, name);
+  }
+  makeDir(dev + "/pts", 0755);
+  // gid 5 is "tty" in the skeleton's /etc/group; it is only mapped with a large enough range.
+  std::string pts = dev + "/pts";
+  if (mount("devpts", pts.c_str(), "devpts", MS_NOSUID | MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5") != 0) {
+    doMount("devpts", pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620");
+  }
+  checkSyscall(symlink("pts/ptmx", (dev + "/ptmx").c_str()), "symlink", dev + "/ptmx");
+  makeDir(dev + "/shm", 01777);
+  doMount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV,
+          "size=" + std::to_string(kShmBytes) + ",mode=1777");
+  for (auto [name, target] : {std::pair{"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
+                              {"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"}}) {
+    std::string path = dev + "/" + name;
+    checkSyscall(symlink(target, path.c_str()), "symlink", path);
+  }
+}
+
+void pivotInto(const std::string& root) {
+  // pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves
+  // only the new root, with no ".oldroot" directory to create and remove.
+  checkSyscall(chdir(root.c_str()), "chdir", root);
+  checkSyscall(syscall(SYS_pivot_root, ".", "."), "pivot_root", root);
+  checkSyscall(umount2(".", MNT_DETACH), "umount", "the old root");
+  checkSyscall(chdir("/"), "chdir", "/");
+}
+
+void loopbackUp() {
+  int fd;
+  KJ_SYSCALL(fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  kj::AutoCloseFd sock(fd);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof(ifr));
+  strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  KJ_SYSCALL(ioctl(fd, SIOCGIFFLAGS, &ifr), "lo");
+  ifr.ifr_flags = short(ifr.ifr_flags | IFF_UP | IFF_RUNNING);
+  KJ_SYSCALL(ioctl(fd, SIOCSIFFLAGS, &ifr), "lo");
+}
+
+}  // namespace
+
+void setupSandbox(const SetupConfig& config) {
+  KJ_REQUIRE(config.diskBytes > 0, "diskBytes must be positive");
+  requireOverlaySafe(config.skeletonDir);
+  requireOverlaySafe(config.usrDir);
+  requireOverlaySafe(config.workDir);
+
+  // Nothing mounted from here on may propagate back to the host.
+  doMount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, "");
+
+  const std::string& work = config.workDir;
+  uint64_t inodes = std::max<uint64_t>(4096, config.diskBytes / kBytesPerInode);
+  doMount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV,
+          "size=" + std::to_string(config.diskBytes) + ",nr_inodes=" + std::to_string(inodes) +
+              ",mode=0755");
+  for (const char* name : {"upper", "work", "usr-upper", "usr-work", "root"}) {
+    makeDir(work + "/" + name, 0755);
+  }
+  materializeSkeleton(config.skeletonDir, work + "/upper");
+  writeFile(work + "/upper/etc/hostname", config.hostname + "\n", O_TRUNC, 0644);
+  writeFile(work + "/upper/etc/hosts", "127.0.1.1\t" + config.hostname + "\n", O_APPEND, 0644);
+
+  std::string root = work + "/root";
+  doMount("overlay", root, "overlay", MS_NOSUID | MS_NODEV,
+          "lowerdir=" + config.skeletonDir + ",upperdir=" + work + "/upper,workdir=" + work +
+              "/work");
+  // The host's /usr is a read-only lower layer; writes land in the sandbox's tmpfs.
+  doMount("overlay", root + "/usr", "overlay", MS_NOSUID | MS_NODEV,
+          "lowerdir=" + config.usrDir + ",upperdir=" + work + "/usr-upper,workdir=" + work +
+              "/usr-work");
+  doMount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
+  setupDev(root + "/dev");
+  pivotInto(root);
+
+  KJ_SYSCALL(sethostname(config.hostname.data(), config.hostname.size()));
+  loopbackUp();
+  KJ_SYSCALL(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+  // Sandbox processes run as the namespace's root: without this they could ptrace init
+  // (and take its control socket). Exec'd children are dumpable again.
+  KJ_SYSCALL(prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
+}
+
+}  // namespace nodeagent::isolator::init

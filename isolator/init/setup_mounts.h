@@ -1,0 +1,22 @@
+// Builds the sandbox's root filesystem and identity from inside its fresh namespaces:
+// tmpfs for the writable layers, overlays for "/" and "/usr", /proc, a minimal /dev,
+// pivot_root, hostname and loopback.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace nodeagent::isolator::init {
+
+struct SetupConfig {
+  std::string hostname;
+  std::string skeletonDir;
+  std::string usrDir;
+  std::string workDir;
+  uint64_t diskBytes = 0;
+};
+
+// Throws kj::Exception naming the step that failed.
+void setupSandbox(const SetupConfig& config);
+
+}  // namespace nodeagent::isolator::init

@@ -1,0 +1,309 @@
+#include "isolator/launcher.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/sched.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <capnp/message.h>
+#include <kj/debug.h>
+#include <kj/exception.h>
+
+#include "isolator/cgroup.h"
+#include "isolator/file_util.h"
+#include "isolator/init_protocol.h"
+#include "schema/init.capnp.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+namespace nodeagent::isolator {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Steps of the child between clone and exec, reported with errno if one fails.
+enum ChildStep : int32_t {
+  kStepSetgroups = 1,
+  kStepSetgid,
+  kStepSetuid,
+  kStepCgroupNamespace,
+  kStepStdio,
+  kStepExec,
+};
+
+const char* childStepName(int32_t step) {
+  switch (step) {
+    case kStepSetgroups: return "setgroups";
+    case kStepSetgid: return "setresgid";
+    case kStepSetuid: return "setresuid";
+    case kStepCgroupNamespace: return "unshare(CLONE_NEWCGROUP)";
+    case kStepStdio: return "dup2";
+    case kStepExec: return "execveat(init)";
+  }
+  return "unknown step";
+}
+
+struct ChildFailure {
+  int32_t step;
+  int32_t err;
+};
+
+// Everything the child needs, prepared before clone: it must not allocate.
+struct ChildContext {
+  int sync;
+  int control;
+  int init;
+  int devNull;
+  int stderrFd;
+  char* const* argv;
+  char* const* envp;
+};
+
+[[noreturn]] void failChild(const ChildContext& c, int32_t step) {
+  ChildFailure failure{step, errno};
+  ssize_t ignored = write(c.sync, &failure, sizeof(failure));
+  (void)ignored;
+  _exit(127);
+}
+
+// Runs in the clone3 child. The parent may be multi-threaded and other threads may have
+// held locks (malloc, stdio) at clone time, so only raw system calls from here to exec.
+[[noreturn]] void runChild(const ChildContext& c) {
+  // Wait until the parent has written our uid/gid maps and placed us in our cgroups.
+  char go;
+  if (read(c.sync, &go, 1) != 1) _exit(126);
+  // Become the sandbox's root (host uidBase) so exec keeps the namespace capabilities,
+  // and shed the agent's supplementary groups.
+  if (syscall(SYS_setgroups, 0, nullptr) != 0) failChild(c, kStepSetgroups);
+  if (syscall(SYS_setresgid, 0, 0, 0) != 0) failChild(c, kStepSetgid);
+  if (syscall(SYS_setresuid, 0, 0, 0) != 0) failChild(c, kStepSetuid);
+  // Now that we are in the sandbox's cgroups, they become the namespace's root.
+  if (unshare(CLONE_NEWCGROUP) != 0) failChild(c, kStepCgroupNamespace);
+  // All sources are >= 10 (see launch()), so these cannot clobber each other.
+  if (dup2(c.devNull, 0) < 0 || dup2(c.devNull, 1) < 0 || dup2(c.stderrFd, 2) < 0 ||
+      dup2(c.control, 3) < 0) {
+    failChild(c, kStepStdio);
+  }
+  // Whatever the agent leaked without O_CLOEXEC stays out of the sandbox.
+  syscall(SYS_close_range, 4u, ~0u, CLOSE_RANGE_CLOEXEC);
+  syscall(SYS_execveat, c.init, "", c.argv, c.envp, AT_EMPTY_PATH);
+  failChild(c, kStepExec);
+}
+
+// Moves an fd to >= 10 so that the child's dup2 onto 0..3 cannot overwrite a source.
+kj::AutoCloseFd highFd(kj::AutoCloseFd fd) {
+  if (fd.get() >= 10) return fd;
+  int moved;
+  KJ_SYSCALL(moved = fcntl(fd.get(), F_DUPFD_CLOEXEC, 10));
+  return kj::AutoCloseFd(moved);
+}
+
+void writeIdMap(pid_t pid, const char* file, const LaunchSpec& spec) {
+  std::string where = "/proc/" + std::to_string(pid);
+  kj::AutoCloseFd dir = openDirectory(where);
+  writeFileAt(dir, file,
+              "0 " + std::to_string(spec.uidBase) + " " + std::to_string(spec.uidCount) + "\n",
+              where);
+}
+
+int waitStatusFrom(const siginfo_t& info) {
+  switch (info.si_code) {
+    case CLD_EXITED: return (info.si_status & 0xff) << 8;
+    case CLD_KILLED: return info.si_status & 0x7f;
+    case CLD_DUMPED: return (info.si_status & 0x7f) | 0x80;
+  }
+  return 0;
+}
+
+std::string describeWaitStatus(int status) {
+  if (WIFEXITED(status)) return "exit status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "status " + std::to_string(status);
+}
+
+// Kills and reaps init; returns its wait status.
+int killAndReap(const LaunchedSandbox& sandbox) {
+  syscall(SYS_pidfd_send_signal, sandbox.pidfd.get(), SIGKILL, nullptr, 0);
+  return reap(sandbox);
+}
+
+void validate(const LaunchSpec& spec) {
+  KJ_REQUIRE(spec.uidBase != 0 && spec.uidCount != 0, "a sandbox needs a non-root uid range",
+             spec.uidBase, spec.uidCount);
+  KJ_REQUIRE(uint64_t(spec.uidBase) + spec.uidCount <= uint64_t(UINT32_MAX), "uid range overflows",
+             spec.uidBase, spec.uidCount);
+  KJ_REQUIRE(!spec.hostname.empty() && spec.hostname.size() <= HOST_NAME_MAX,
+             "hostname must have 1..64 characters", spec.hostname.c_str());
+  KJ_REQUIRE(spec.diskBytes > 0, "diskBytes must be positive");
+  for (const std::string* path : {&spec.initPath, &spec.skeletonDir, &spec.usrDir, &spec.workDir}) {
+    if (path->empty() || (*path)[0] != '/') failSyscall("launch: path must be absolute", EINVAL, *path);
+  }
+}
+
+[[noreturn]] void throwLaunchError(const LaunchSpec& spec, std::string message) {
+  kj::throwFatalException(kj::Exception(
+      kj::Exception::Type::FAILED, __FILE__, __LINE__,
+      kj::str("launching sandbox ", spec.sandboxId.c_str(), ": ", message.c_str())));
+}
+
+}  // namespace
+
+LaunchedSandbox launch(const LaunchSpec& spec) {
+  validate(spec);
+  makeDirectories(spec.workDir, 0755);
+
+  int pair[2];
+  KJ_SYSCALL(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair));
+  kj::AutoCloseFd control(pair[0]);
+  kj::AutoCloseFd childControl(pair[1]);
+  configureInitSocket(control);
+  configureInitSocket(childControl);
+  KJ_SYSCALL(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair));
+  kj::AutoCloseFd sync(pair[0]);
+  kj::AutoCloseFd childSync(pair[1]);
+  int fd;
+  fd = checkSyscall(open(spec.initPath.c_str(), O_PATH | O_CLOEXEC), "open", spec.initPath);
+  kj::AutoCloseFd init(fd);
+  KJ_SYSCALL(fd = open("/dev/null", O_RDWR | O_CLOEXEC));
+  kj::AutoCloseFd devNull(fd);
+
+  childControl = highFd(kj::mv(childControl));
+  childSync = highFd(kj::mv(childSync));
+  init = highFd(kj::mv(init));
+  devNull = highFd(kj::mv(devNull));
+  kj::AutoCloseFd stderrCopy;
+  if (spec.initStderrFd >= 0) {
+    KJ_SYSCALL(fd = fcntl(spec.initStderrFd, F_DUPFD_CLOEXEC, 10));
+    stderrCopy = kj::AutoCloseFd(fd);
+  }
+
+  static char argv0[] = "nodeagent-init";
+  char* argv[] = {argv0, nullptr};
+  char* envp[] = {nullptr};
+  ChildContext context{childSync, childControl, init, devNull,
+                       stderrCopy.get() >= 0 ? stderrCopy.get() : devNull.get(), argv, envp};
+
+  // Block every signal across clone so no handler of the caller runs in the child; init
+  // sets up its own mask and dispositions.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int pidfd = -1;
+  clone_args args;
+  memset(&args, 0, sizeof(args));
+  args.flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC |
+               CLONE_NEWNET | CLONE_PIDFD;
+  args.pidfd = uint64_t(uintptr_t(&pidfd));
+  args.exit_signal = SIGCHLD;
+  long pid = syscall(SYS_clone3, &args, sizeof(args));
+  if (pid == 0) runChild(context);
+  int cloneErr = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) failSyscall("clone3", cloneErr, "for sandbox " + spec.sandboxId);
+
+  LaunchedSandbox sandbox;
+  sandbox.pid = pid_t(pid);
+  sandbox.pidfd = kj::AutoCloseFd(pidfd);
+  sandbox.control = kj::mv(control);
+  bool reaped = false;
+  KJ_ON_SCOPE_FAILURE(if (!reaped) killAndReap(sandbox));
+  childControl = nullptr;
+  childSync = nullptr;
+
+  writeIdMap(sandbox.pid, "uid_map", spec);
+  writeIdMap(sandbox.pid, "gid_map", spec);
+  if (spec.cgroup != nullptr) spec.cgroup->addProcess(sandbox.pid);
+  char go = 'g';
+  KJ_SYSCALL(send(sync, &go, 1, MSG_NOSIGNAL), "releasing init");
+
+  capnp::MallocMessageBuilder message(256);
+  auto setup = message.initRoot<initproto::Setup>();
+  setup.setHostname(spec.hostname);
+  setup.setSkeletonDir(spec.skeletonDir);
+  setup.setUsrDir(spec.usrDir);
+  setup.setDiskBytes(spec.diskBytes);
+  setup.setWorkDir(spec.workDir);
+  sendInitMessage(sandbox.control, message);
+
+  auto deadline = Clock::now() + spec.setupTimeout;
+  for (;;) {
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) {
+      throwLaunchError(spec, "init did not finish setup within " +
+                                 std::to_string(spec.setupTimeout.count()) + " ms");
+    }
+    pollfd p{sandbox.control, POLLIN, 0};
+    int n = poll(&p, 1, int(left));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) KJ_FAIL_SYSCALL("poll", errno);
+    if (n == 0) continue;
+
+    KJ_IF_MAYBE(received, receiveInitMessage(sandbox.control)) {
+      auto event = received->reader->getRoot<initproto::Event>();
+      switch (event.which()) {
+        case initproto::Event::READY:
+          return sandbox;
+        case initproto::Event::SETUP_FAILED: {
+          std::string why = event.getSetupFailed();
+          reaped = true;
+          int status = killAndReap(sandbox);
+          (void)status;
+          throwLaunchError(spec, "setup failed: " + why);
+        }
+        default:
+          throwLaunchError(spec, "init sent an unexpected event before ready");
+      }
+    } else {
+      // init is gone. If it never got to exec, the child told us why on the sync socket.
+      ChildFailure failure{0, 0};
+      ssize_t got = recv(sync, &failure, sizeof(failure), MSG_DONTWAIT);
+      reaped = true;
+      int status = killAndReap(sandbox);
+      if (got == ssize_t(sizeof(failure))) {
+        throwLaunchError(spec, std::string(childStepName(failure.step)) + ": " +
+                                   strerror(failure.err));
+      }
+      throwLaunchError(spec, "init exited during setup (" + describeWaitStatus(status) + ")");
+    }
+  }
+}
+
+kj::Maybe<int> tryReap(const LaunchedSandbox& sandbox) {
+  siginfo_t info;
+  memset(&info, 0, sizeof(info));
+  for (;;) {
+    if (waitid(idtype_t(P_PIDFD), id_t(sandbox.pidfd.get()), &info, WEXITED | WNOHANG) == 0) break;
+    if (errno == EINTR) continue;
+    KJ_FAIL_SYSCALL("waitid(P_PIDFD)", errno, sandbox.pid);
+  }
+  if (info.si_pid == 0) return nullptr;
+  return waitStatusFrom(info);
+}
+
+int reap(const LaunchedSandbox& sandbox) {
+  siginfo_t info;
+  memset(&info, 0, sizeof(info));
+  for (;;) {
+    if (waitid(idtype_t(P_PIDFD), id_t(sandbox.pidfd.get()), &info, WEXITED) == 0) break;
+    if (errno == EINTR) continue;
+    KJ_FAIL_SYSCALL("waitid(P_PIDFD)", errno, sandbox.pid);
+  }
+  return waitStatusFrom(info);
+}
+
+}  // namespace nodeagent::isolator

@@ -1,0 +1,61 @@
+// Starts a sandbox: clones its init into fresh user, mount, pid, uts, ipc, net and cgroup
+// namespaces, maps its uid range, puts it into its cgroup and waits until init has built
+// the sandbox's root (the Setup -> ready exchange of schema/init.capnp).
+//
+// Synchronous: launch() blocks for the few milliseconds setup takes (bounded by
+// LaunchSpec::setupTimeout). Safe to call from a multi-threaded process.
+//
+// Reaping: init is the caller's child and is deliberately not tied to the caller's
+// lifetime (no PDEATHSIG): sandboxes outlive the agent. While the agent runs it must reap
+// init: wait for `pidfd` to become readable (e.g. poll or io_uring), then tryReap().
+#pragma once
+
+#include <sys/types.h>
+
+#include <kj/io.h>
+#include <kj/common.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace nodeagent::isolator {
+
+class SandboxCgroup;
+
+struct LaunchSpec {
+  std::string sandboxId;
+  std::string hostname;
+  uint32_t uidBase = 0;   // sandbox uid/gid 0..uidCount-1 = host uidBase..
+  uint32_t uidCount = 0;
+  std::string initPath;     // the nodeagent-init binary
+  std::string skeletonDir;  // from prepareSkeleton(); lower layer of "/"
+  std::string usrDir = "/usr";
+  // Mount point of the sandbox's tmpfs (writable layers). Created if missing; it and
+  // its parents must be traversable by others (init mounts with its own credentials).
+  // The mount lives only in the sandbox's mount namespace; remove the empty dir after.
+  std::string workDir;
+  uint64_t diskBytes = 0;
+  SandboxCgroup* cgroup = nullptr;  // may be null (no cgroup placement), e.g. in tests
+  int initStderrFd = -1;            // init's stderr (its diagnostics); -1 = /dev/null
+  std::chrono::milliseconds setupTimeout{10000};
+};
+
+struct LaunchedSandbox {
+  pid_t pid = -1;            // init's pid in the caller's pid namespace
+  kj::AutoCloseFd pidfd;     // init's pidfd
+  kj::AutoCloseFd control;   // the agent's end of the SOCK_SEQPACKET control socket
+};
+
+// Throws kj::Exception on failure, with init's setupFailed message when there is one;
+// nothing is left running then.
+LaunchedSandbox launch(const LaunchSpec& spec);
+
+// Reaps init if it has exited (waitid P_PIDFD, WNOHANG): its wait status (as from
+// waitpid), or null while it still runs.
+kj::Maybe<int> tryReap(const LaunchedSandbox& sandbox);
+
+// Blocks until init exits and reaps it.
+int reap(const LaunchedSandbox& sandbox);
+
+}  // namespace nodeagent::isolator

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# make bench: every benchmark, JSON on stdout.
+set -euo pipefail
+build=${1:-build}
+"$build/bin/rpc_roundtrip_bench" --benchmark_format=json
+"$build/bin/bench-create-exec" --iterations "${BENCH_ITERATIONS:-100}"

@@ -1,0 +1,451 @@
+// Privileged: launches real sandboxes (namespaces, overlay root, cgroups) and talks to
+// their init.
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <kj/debug.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "isolator/file_util.h"
+#include "isolator/launcher.h"
+#include "support/privileged.h"
+#include "tests/isolator/sandbox_fixture.h"
+
+namespace nodeagent::isolator::testing {
+namespace {
+
+std::string readHostFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+int exitCode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1000 - status; }
+
+// Runs `script` with /bin/sh -c; expects exit 0 and returns stdout.
+std::string sh(TestSandbox& sandbox, const std::string& script) {
+  RunResult r = sandbox.client().run({"/bin/sh", "-c", script});
+  EXPECT_EQ(exitCode(r.waitStatus), 0) << script << "\nstdout: " << r.out << "\nstderr: " << r.err;
+  return r.out;
+}
+
+TEST(Sandbox, PythonStdoutStderrAndExitCode) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  RunResult r = sandbox.client().run(
+      {"python3", "-c", "import sys; print('to stdout'); print('to stderr', file=sys.stderr); "
+                        "sys.exit(3)"});
+  EXPECT_EQ(r.out, "to stdout\n");
+  EXPECT_EQ(r.err, "to stderr\n");
+  ASSERT_TRUE(WIFEXITED(r.waitStatus));
+  EXPECT_EQ(WEXITSTATUS(r.waitStatus), 3);
+}
+
+TEST(Sandbox, NodeRuns) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  RunResult r = sandbox.client().run({"node", "-e", "console.log(6*7); console.error('oops')"});
+  EXPECT_EQ(r.out, "42\n");
+  EXPECT_EQ(r.err, "oops\n");
+  EXPECT_EQ(exitCode(r.waitStatus), 0);
+}
+
+TEST(Sandbox, StdinPipe) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  auto p = sandbox.client().spawn({"cat"}, nullptr, {}, "", /*stdinOpen=*/true);
+  ASSERT_TRUE(p.has_value());
+  ASSERT_EQ(write(p->stdinFd, "hello\n", 6), 6);
+  p->stdinFd = nullptr;
+  std::string out, err;
+  readBoth(p->stdoutFd, p->stderrFd, &out, &err);
+  EXPECT_EQ(out, "hello\n");
+  EXPECT_EQ(exitCode(sandbox.client().waitExit(p->pid)), 0);
+}
+
+TEST(Sandbox, SignalsShowInExited) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  auto p = sandbox.client().spawn({"sleep", "1000"});
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(sandbox.client().signal(p->pid, SIGTERM), 0);
+  int status = sandbox.client().waitExit(p->pid);
+  ASSERT_TRUE(WIFSIGNALED(status));
+  EXPECT_EQ(WTERMSIG(status), SIGTERM);
+  // Gone now: ESRCH. init itself and "everyone" are refused.
+  EXPECT_EQ(sandbox.client().signal(p->pid, SIGTERM), ESRCH);
+  EXPECT_EQ(sandbox.client().signal(1, SIGKILL), EPERM);
+  EXPECT_EQ(sandbox.client().signal(-1, SIGKILL), EINVAL);
+}
+
+TEST(Sandbox, SpawnFailures) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  std::string error;
+  EXPECT_FALSE(sandbox.client().spawn({"no-such-binary-xyz"}, &error).has_value());
+  EXPECT_NE(error.find("exec \"no-such-binary-xyz\": No such file or directory"),
+            std::string::npos)
+      << error;
+  EXPECT_FALSE(sandbox.client().spawn({"/usr/bin/nope"}, &error).has_value());
+  EXPECT_NE(error.find("No such file or directory"), std::string::npos) << error;
+  EXPECT_FALSE(sandbox.client().spawn({"true"}, &error, {}, "/does/not/exist").has_value());
+  EXPECT_NE(error.find("chdir \"/does/not/exist\""), std::string::npos) << error;
+  EXPECT_FALSE(sandbox.client().spawn({"/etc/passwd"}, &error).has_value());
+  EXPECT_NE(error.find("Permission denied"), std::string::npos) << error;
+  // init still serves after failures.
+  EXPECT_EQ(exitCode(sandbox.client().run({"true"}).waitStatus), 0);
+}
+
+TEST(Sandbox, EnvCwdAndPath) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  auto p = sandbox.client().spawn({"sh", "-c", "echo $FOO; pwd; echo $PATH"}, nullptr,
+                                  {"FOO=bar"}, "/tmp");
+  ASSERT_TRUE(p.has_value());
+  std::string out, err;
+  readBoth(p->stdoutFd, p->stderrFd, &out, &err);
+  EXPECT_EQ(out, "bar\n/tmp\n/usr/local/bin:/usr/bin:/bin\n");
+  EXPECT_EQ(exitCode(sandbox.client().waitExit(p->pid)), 0);
+}
+
+TEST(Sandbox, OnlyItsOwnProcesses) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  auto sleeper = sandbox.client().spawn({"sleep", "1000"});
+  ASSERT_TRUE(sleeper.has_value());
+  RunResult psRun = sandbox.client().run({"ps", "-e", "-o", "pid=,comm="});
+  EXPECT_EQ(exitCode(psRun.waitStatus), 0) << psRun.err;
+  std::string ps = psRun.out;
+  std::set<std::string> lines;
+  std::istringstream in(ps);
+  std::string line;
+  while (std::getline(in, line)) lines.insert(line.substr(line.find_first_not_of(' ')));
+  EXPECT_TRUE(lines.count("1 nodeagent-init")) << ps;
+  EXPECT_TRUE(lines.count(std::to_string(sleeper->pid) + " sleep")) << ps;
+  EXPECT_EQ(lines.size(), 3u) << ps;  // init, sleep, ps
+  std::string procPids = sh(sandbox, "ls /proc | grep -E '^[0-9]+$' | sort -n | head -1");
+  EXPECT_EQ(procPids, "1\n");
+}
+
+TEST(Sandbox, HostnameAndIdentity) {
+  NODEAGENT_REQUIRE_ROOT();
+  SandboxOptions options;
+  options.hostname = "box-42";
+  TestSandbox sandbox(options);
+  EXPECT_EQ(sh(sandbox, "uname -n"), "box-42\n");
+  EXPECT_EQ(sh(sandbox, "cat /etc/hostname"), "box-42\n");
+  EXPECT_NE(sh(sandbox, "cat /etc/hosts").find("box-42"), std::string::npos);
+  EXPECT_EQ(sh(sandbox, "id -u; id -g; id -un"), "0\n0\nroot\n");
+  // Loopback is up, nothing else exists.
+  EXPECT_EQ(sh(sandbox, "ls /sys/class/net 2>/dev/null; cat /proc/net/dev | tail -n +3 | cut -d: "
+                        "-f1 | tr -d ' '"),
+            "lo\n");
+  EXPECT_NE(sh(sandbox, "python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); "
+                        "s.listen(); c=socket.create_connection(s.getsockname()); print('ok')\""),
+            "");
+}
+
+TEST(Sandbox, HostUidIsTheMappedRange) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  auto p = sandbox.client().spawn({"sleep", "1000"});
+  ASSERT_TRUE(p.has_value());
+  pid_t host = hostPidOf(p->pidfd);
+  ASSERT_GT(host, 0);
+  std::string base = std::to_string(sandbox.spec().uidBase);
+  EXPECT_EQ(procStatusField(host, "Uid"), base + "\t" + base + "\t" + base + "\t" + base);
+  EXPECT_EQ(procStatusField(host, "Gid"), base + "\t" + base + "\t" + base + "\t" + base);
+  EXPECT_EQ(procStatusField(host, "Groups"), "");
+  EXPECT_EQ(procStatusField(host, "NoNewPrivs"), "1");
+  // Docker's default capability set, nothing more.
+  EXPECT_EQ(procStatusField(host, "CapEff"), "00000000a80425fb");
+  EXPECT_EQ(procStatusField(host, "CapBnd"), "00000000a80425fb");
+  // init too runs as the range's root, not as host root.
+  EXPECT_EQ(procStatusField(sandbox.launched().pid, "Uid"),
+            base + "\t" + base + "\t" + base + "\t" + base);
+  EXPECT_EQ(sandbox.client().signal(p->pid, SIGKILL), 0);
+}
+
+TEST(Sandbox, FilesystemIsTheSkeletonAndUsr) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  EXPECT_EQ(sh(sandbox, "cat /etc/passwd"), readHostFile(skeletonDir() + "/etc/passwd"));
+  EXPECT_EQ(sh(sandbox, "ls -A /home /root"), "/home:\n\n/root:\n");
+  EXPECT_EQ(sh(sandbox, "stat -c '%a %U' /root /tmp / /etc /etc/passwd"),
+            "700 root\n1777 root\n755 root\n755 root\n644 root\n");
+  sh(sandbox, "test -x /usr/bin/python3 && test -L /bin && test -e /bin/sh");
+  sh(sandbox, "test -s /etc/ssl/certs/ca-certificates.crt");
+  // /usr belongs to (unmapped) host root: not writable, even for the sandbox's root.
+  RunResult w = sandbox.client().run({"/bin/sh", "-c", "echo x > /usr/bin/evil"});
+  EXPECT_NE(exitCode(w.waitStatus), 0);
+  EXPECT_NE(w.err.find("Permission denied"), std::string::npos) << w.err;
+  EXPECT_NE(exitCode(sandbox.client().run({"rm", "-f", "/usr/bin/python3"}).waitStatus), 0);
+  EXPECT_TRUE(access("/usr/bin/python3", X_OK) == 0);
+  struct stat st;
+  EXPECT_NE(stat("/usr/bin/evil", &st), 0);
+  // The writable parts are the sandbox's own.
+  EXPECT_EQ(sh(sandbox, "echo hi > /tmp/f && cat /tmp/f && echo 1 >> /etc/hosts && "
+                        "mkdir /root/x && echo ok"),
+            "hi\nok\n");
+  // The host's /etc is not there.
+  std::string hostname = readHostFile("/etc/hostname");
+  EXPECT_NE(sh(sandbox, "cat /etc/hostname"), hostname);
+  sh(sandbox, "test ! -e /etc/shadow && test ! -e /etc/machine-id && test ! -e /var/lib/dpkg");
+  // A minimal /dev.
+  EXPECT_EQ(sh(sandbox, "ls /dev | tr '\\n' ' '"),
+            "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero ");
+  EXPECT_EQ(sh(sandbox, "head -c 4 /dev/zero | od -An -tx1"), " 00 00 00 00\n");
+  sh(sandbox, "echo x > /dev/null && echo x > /dev/shm/y && test -c /dev/urandom");
+  // Nothing mounted inside leaks out; the host's work dir stays an empty mount point.
+  DIR* dir = opendir(sandbox.spec().workDir.c_str());
+  ASSERT_NE(dir, nullptr);
+  int entries = 0;
+  while (struct dirent* e = readdir(dir)) entries += e->d_name[0] != '.';
+  closedir(dir);
+  EXPECT_EQ(entries, 0);
+}
+
+TEST(Sandbox, OnlyStdioIsInherited) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  // ls's own directory fd shows as 3.
+  EXPECT_EQ(sh(sandbox, "ls /proc/self/fd | tr '\\n' ' '"), "0 1 2 3 ");
+}
+
+TEST(Sandbox, DiskFullIsEnospc) {
+  NODEAGENT_REQUIRE_ROOT();
+  SandboxOptions options;
+  options.diskBytes = 32ull << 20;
+  options.limits.memoryBytes = 512ull << 20;
+  TestSandbox sandbox(options);
+  RunResult r = sandbox.client().run(
+      {"python3", "-c",
+       "import errno\n"
+       "n = 0\n"
+       "f = open('/tmp/fill', 'wb', buffering=0)\n"
+       "try:\n"
+       "    while True:\n"
+       "        n += f.write(b'x' * 65536)\n"
+       "except OSError as e:\n"
+       "    assert e.errno == errno.ENOSPC, e\n"
+       "    print(n)\n"});
+  ASSERT_EQ(exitCode(r.waitStatus), 0) << r.err;
+  uint64_t written = std::stoull(r.out);
+  EXPECT_GT(written, (32ull << 20) * 9 / 10);
+  EXPECT_LE(written, 32ull << 20);
+}
+
+TEST(Sandbox, CgroupLimitsAreApplied) {
+  NODEAGENT_REQUIRE_ROOT();
+  SandboxOptions options;
+  options.limits.memoryBytes = 256ull << 20;
+  options.limits.pidsMax = 64;
+  options.limits.cpuMillis = 500;
+  options.limits.cpuPeriodMicros = 100000;
+  TestSandbox sandbox(options);
+  CgroupTree& tree = sandbox.tree();
+  std::string tenant = testTenant(), id = sandbox.spec().sandboxId;
+  for (const CgroupHierarchy& h : tree.hierarchies()) {
+    std::string path = tree.sandboxPath(h, tenant, id);
+    EXPECT_NE(readHostFile(path + "/cgroup.procs").find(std::to_string(sandbox.launched().pid)),
+              std::string::npos)
+        << path;
+    if (h.memory) {
+      EXPECT_EQ(readHostFile(path + (h.v2 ? "/memory.max" : "/memory.limit_in_bytes")),
+                std::to_string(256ull << 20) + "\n");
+    }
+    if (h.pids) {
+      EXPECT_EQ(readHostFile(path + "/pids.max"), "64\n");
+    }
+    if (h.cpu) {
+      EXPECT_EQ(readHostFile(path + (h.v2 ? "/cpu.max" : "/cpu.cfs_quota_us")),
+                h.v2 ? "50000 100000\n" : "50000\n");
+    }
+  }
+  // Inside, the cgroup namespace hides the host's tree.
+  std::string own = sh(sandbox, "cat /proc/self/cgroup");
+  EXPECT_EQ(own.find("nodeagent"), std::string::npos) << own;
+  // The pid limit holds.
+  RunResult fork = sandbox.client().run(
+      {"python3", "-c",
+       "import os, time\n"
+       "n = 0\n"
+       "try:\n"
+       "    for i in range(200):\n"
+       "        if os.fork() == 0:\n"
+       "            time.sleep(30); os._exit(0)\n"
+       "        n += 1\n"
+       "except OSError:\n"
+       "    pass\n"
+       "print(n, flush=True)\n"
+       "os.killpg(0, 9)\n"});
+  EXPECT_LT(std::stoi(fork.out.empty() ? "999" : fork.out), 64) << fork.err;
+  CgroupStats stats = sandbox.cgroup().stats();
+  EXPECT_GT(stats.cpuUserNs + stats.cpuSystemNs, 0u);
+  EXPECT_GT(stats.memoryPeakBytes, 0u);
+}
+
+TEST(Sandbox, MemoryHogIsOomKilled) {
+  NODEAGENT_REQUIRE_ROOT();
+  SandboxOptions options;
+  options.limits.memoryBytes = 64ull << 20;
+  TestSandbox sandbox(options);
+  uint64_t before = sandbox.cgroup().stats().oomKills;
+  RunResult r = sandbox.client().run(
+      {"python3", "-c", "b = bytearray(512 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"});
+  ASSERT_TRUE(WIFSIGNALED(r.waitStatus)) << r.waitStatus << r.err;
+  EXPECT_EQ(WTERMSIG(r.waitStatus), SIGKILL);
+  EXPECT_GT(sandbox.cgroup().stats().oomKills, before);
+  // init survived.
+  EXPECT_EQ(exitCode(sandbox.client().run({"true"}).waitStatus), 0);
+}
+
+void expectKillAllLeavesNothing(KillMethod method) {
+  SandboxOptions options;
+  options.limits.pidsMax = 128;  // the forking loop below must not exhaust the host
+  TestSandbox sandbox(options);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(sandbox.client().spawn({"sleep", "1000"}).has_value());
+  // A process that keeps forking, and a daemonized orphan.
+  ASSERT_TRUE(sandbox.client().spawn({"sh", "-c", "while true; do sleep 1000 & sleep 0.01; done"}));
+  ASSERT_TRUE(sandbox.client().spawn({"sh", "-c", "(setsid sleep 1000 &)"}));
+  usleep(200 * 1000);
+  std::vector<pid_t> members = sandbox.cgroup().pids();
+  ASSERT_GT(members.size(), 5u);
+  std::vector<kj::AutoCloseFd> pidfds;
+  for (pid_t pid : members) {
+    int fd = int(syscall(SYS_pidfd_open, pid, 0));
+    if (fd >= 0) pidfds.emplace_back(fd);
+  }
+  sandbox.cgroup().killAll(method);
+  for (auto& fd : pidfds) EXPECT_TRUE(pidfdExited(fd, 5000)) << "pid " << hostPidOf(fd);
+  int status = sandbox.shutdown();
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+  EXPECT_TRUE(sandbox.cgroup().pids().empty());
+  std::vector<std::string> paths;
+  for (const CgroupHierarchy& h : sandbox.tree().hierarchies()) {
+    paths.push_back(sandbox.tree().sandboxPath(h, testTenant(), sandbox.spec().sandboxId));
+  }
+  sandbox.removeCgroup();
+  for (const std::string& path : paths) {
+    struct stat st;
+    EXPECT_NE(stat(path.c_str(), &st), 0) << path;
+  }
+}
+
+TEST(Sandbox, KillAllWithFreezerLeavesNothing) {
+  NODEAGENT_REQUIRE_ROOT();
+  if (detectCgroupMode() != CgroupMode::kHybrid) GTEST_SKIP() << "no v1 freezer here";
+  expectKillAllLeavesNothing(KillMethod::kV1Freezer);
+}
+
+TEST(Sandbox, KillAllWithCgroupKillLeavesNothing) {
+  NODEAGENT_REQUIRE_ROOT();
+  expectKillAllLeavesNothing(KillMethod::kV2CgroupKill);
+}
+
+TEST(Sandbox, KillingInitTakesTheTree) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  std::vector<SpawnedProcess> processes;
+  for (int i = 0; i < 3; ++i) {
+    auto p = sandbox.client().spawn({"sleep", "1000"});
+    ASSERT_TRUE(p.has_value());
+    processes.push_back(kj::mv(*p));
+  }
+  ASSERT_TRUE(sandbox.client().spawn({"sh", "-c", "(setsid sleep 1000 &)"}));
+  ASSERT_EQ(syscall(SYS_pidfd_send_signal, sandbox.launched().pidfd.get(), SIGKILL, nullptr, 0),
+            0);
+  EXPECT_EQ(sandbox.shutdown(), SIGKILL);
+  for (auto& p : processes) EXPECT_TRUE(pidfdExited(p.pidfd, 5000));
+  for (int i = 0; i < 500 && sandbox.cgroup().populated(); ++i) usleep(10000);
+  EXPECT_FALSE(sandbox.cgroup().populated());
+}
+
+TEST(Sandbox, InitSurvivesSignalsFromInside) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  sandbox.client().run({"sh", "-c", "kill -9 1; kill -TERM 1"});
+  EXPECT_FALSE(pidfdExited(sandbox.launched().pidfd, 100));
+  EXPECT_EQ(exitCode(sandbox.client().run({"true"}).waitStatus), 0);
+}
+
+TEST(Sandbox, InitOutlivesTheAgentConnection) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  auto p = sandbox.client().spawn({"sh", "-c", "sleep 0.2; echo done"});
+  ASSERT_TRUE(p.has_value());
+  sandbox.launched().control = nullptr;  // the agent "dies"
+  std::string out, err;
+  readBoth(p->stdoutFd, p->stderrFd, &out, &err);
+  EXPECT_EQ(out, "done\n");
+  EXPECT_TRUE(pidfdExited(p->pidfd, 5000));
+  // init keeps running (and reaping: the cgroup holds only init afterwards).
+  EXPECT_FALSE(pidfdExited(sandbox.launched().pidfd, 200));
+  for (int i = 0; i < 100 && sandbox.cgroup().pids().size() > 1; ++i) usleep(10000);
+  EXPECT_EQ(sandbox.cgroup().pids().size(), 1u);
+}
+
+TEST(Sandbox, SetupFailureIsReported) {
+  NODEAGENT_REQUIRE_ROOT();
+  SandboxOptions options;
+  options.skeleton = scratchDir() + "/no-such-skeleton";
+  try {
+    TestSandbox sandbox(options);
+    ADD_FAILURE() << "launch should fail";
+  } catch (const kj::Exception& e) {
+    std::string message = e.getDescription().cStr();
+    EXPECT_NE(message.find("setup failed"), std::string::npos) << message;
+    EXPECT_NE(message.find("no-such-skeleton"), std::string::npos) << message;
+  }
+}
+
+TEST(Sandbox, BadInitPathIsReported) {
+  NODEAGENT_REQUIRE_ROOT();
+  auto tree = CgroupTree::open(kTestCgroupRoot);
+  LaunchSpec spec;
+  spec.sandboxId = uniqueId("bad");
+  spec.hostname = "x";
+  spec.uidBase = nextUidBase();
+  spec.uidCount = 65536;
+  spec.initPath = "/etc/passwd";  // not executable
+  spec.skeletonDir = skeletonDir();
+  spec.workDir = scratchDir() + "/work-" + spec.sandboxId;
+  spec.diskBytes = 1 << 20;
+  try {
+    launch(spec);
+    ADD_FAILURE() << "launch should fail";
+  } catch (const kj::Exception& e) {
+    std::string message = e.getDescription().cStr();
+    EXPECT_NE(message.find("execveat(init): Permission denied"), std::string::npos) << message;
+  }
+  rmdir(spec.workDir.c_str());
+}
+
+TEST(Sandbox, NoFdLeaksInTheLauncher) {
+  NODEAGENT_REQUIRE_ROOT();
+  skeletonDir();
+  int before = countOpenFds();
+  {
+    TestSandbox sandbox;
+    // control + pidfd + the cgroup's directory fds, nothing else.
+    int expected = before + 2 + int(sandbox.tree().hierarchies().size());
+    EXPECT_EQ(countOpenFds(), expected);
+    RunResult r = sandbox.client().run({"true"});
+    EXPECT_EQ(exitCode(r.waitStatus), 0);
+    EXPECT_EQ(countOpenFds(), expected);
+  }
+  EXPECT_EQ(countOpenFds(), before);
+}
+
+}  // namespace
+}  // namespace nodeagent::isolator::testing

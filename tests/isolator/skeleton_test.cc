@@ -1,0 +1,122 @@
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <kj/exception.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "isolator/file_util.h"
+#include "isolator/template.h"
+
+namespace nodeagent::isolator {
+namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string linkTarget(const std::string& path) {
+  char buf[4096];
+  ssize_t n = readlink(path.c_str(), buf, sizeof(buf));
+  return n < 0 ? "" : std::string(buf, size_t(n));
+}
+
+mode_t modeOf(const std::string& path) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) return 0;
+  return st.st_mode;
+}
+
+class SkeletonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/skeleton-test.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    base_ = tmpl;
+    dir_ = base_ + "/templates/skel";
+  }
+  void TearDown() override { removeTree(base_); }
+
+  std::string base_, dir_;
+};
+
+TEST_F(SkeletonTest, HasLinksDirsAndItsOwnEtc) {
+  prepareSkeleton(dir_);
+  EXPECT_EQ(linkTarget(dir_ + "/bin"), "usr/bin");
+  EXPECT_EQ(linkTarget(dir_ + "/sbin"), "usr/sbin");
+  EXPECT_EQ(linkTarget(dir_ + "/lib"), "usr/lib");
+  EXPECT_EQ(linkTarget(dir_ + "/lib64"), "usr/lib64");
+  EXPECT_EQ(!linkTarget(dir_ + "/lib32").empty(), access("/usr/lib32", F_OK) == 0);
+  EXPECT_EQ(!linkTarget(dir_ + "/libx32").empty(), access("/usr/libx32", F_OK) == 0);
+  for (const char* d : {"usr", "proc", "dev", "sys", "root", "home", "run", "var", "mnt", "opt",
+                        "srv", "etc"}) {
+    EXPECT_TRUE(S_ISDIR(modeOf(dir_ + "/" + d))) << d;
+    EXPECT_EQ(modeOf(dir_ + "/" + d) & 07777, 0755u) << d;
+  }
+  EXPECT_EQ(modeOf(dir_ + "/tmp") & 07777, 01777u);
+  EXPECT_EQ(modeOf(dir_ + "/var/tmp") & 07777, 01777u);
+
+  std::string passwd = slurp(dir_ + "/etc/passwd");
+  EXPECT_EQ(passwd.rfind("root:x:0:0:root:/root:/bin/bash\n", 0), 0u);
+  EXPECT_NE(passwd.find("nobody:x:65534:"), std::string::npos);
+  EXPECT_NE(slurp(dir_ + "/etc/group").find("root:x:0:"), std::string::npos);
+  EXPECT_NE(slurp(dir_ + "/etc/hosts").find("127.0.0.1\tlocalhost"), std::string::npos);
+  EXPECT_EQ(slurp(dir_ + "/etc/resolv.conf"), "nameserver 127.0.0.1\n");
+  EXPECT_NE(slurp(dir_ + "/etc/nsswitch.conf").find("hosts:"), std::string::npos);
+  EXPECT_EQ(modeOf(dir_ + "/etc/passwd") & 07777, 0644u);
+  if (access("/etc/ssl/certs/ca-certificates.crt", R_OK) == 0) {
+    EXPECT_EQ(slurp(dir_ + "/etc/ssl/certs/ca-certificates.crt"),
+              slurp("/etc/ssl/certs/ca-certificates.crt"));
+  }
+}
+
+TEST_F(SkeletonTest, NothingOfTheHostsPrivateDirs) {
+  prepareSkeleton(dir_);
+  for (const char* d : {"root", "home", "run", "var/tmp", "mnt", "opt", "srv"}) {
+    std::string path = dir_ + "/" + d;
+    DIR* dir = opendir(path.c_str());
+    ASSERT_NE(dir, nullptr) << d;
+    int entries = 0;
+    while (struct dirent* e = readdir(dir)) entries += e->d_name[0] != '.';
+    closedir(dir);
+    EXPECT_EQ(entries, 0) << d;
+  }
+  // Only our files in /etc, not the host's.
+  for (const char* hostOnly : {"shadow", "machine-id", "fstab", "hostname", "sudoers"}) {
+    EXPECT_EQ(modeOf(dir_ + "/etc/" + hostOnly), 0u) << hostOnly;
+  }
+  // Alternatives are copied only as links back into the OS image.
+  if (access("/etc/alternatives/awk", F_OK) == 0) {
+    EXPECT_EQ(linkTarget(dir_ + "/etc/alternatives/awk"), linkTarget("/etc/alternatives/awk"));
+  }
+}
+
+TEST_F(SkeletonTest, IdempotentAndRecoversFromACrashedBuild) {
+  // A half-built tree from a crash is thrown away.
+  ASSERT_EQ(mkdir((base_ + "/templates").c_str(), 0755), 0);
+  ASSERT_EQ(mkdir((dir_ + ".tmp").c_str(), 0755), 0);
+  ASSERT_EQ(mkdir((dir_ + ".tmp/garbage").c_str(), 0755), 0);
+  prepareSkeleton(dir_);
+  EXPECT_EQ(modeOf(dir_ + ".tmp"), 0u);
+  EXPECT_EQ(modeOf(dir_ + "/garbage"), 0u);
+  // A second call keeps the existing tree as it is.
+  ASSERT_EQ(unlink((dir_ + "/etc/resolv.conf").c_str()), 0);
+  prepareSkeleton(dir_);
+  EXPECT_EQ(modeOf(dir_ + "/etc/resolv.conf"), 0u);
+}
+
+TEST_F(SkeletonTest, RejectsRelativeOrFilePaths) {
+  EXPECT_THROW(prepareSkeleton("relative/dir"), kj::Exception);
+  std::string file = base_ + "/file";
+  { std::ofstream(file) << "x"; }
+  EXPECT_THROW(prepareSkeleton(file), kj::Exception);
+}
+
+}  // namespace
+}  // namespace nodeagent::isolator
