@@ -102,8 +102,8 @@ void setV2Limits(const SandboxCgroup::Leaf& leaf, const CgroupLimits& limits) {
   writeFileAt(dir, "pids.max", limits.pidsMax ? std::to_string(limits.pidsMax) : "max", where);
   std::string period = std::to_string(limits.cpuPeriodMicros);
   if (limits.cpuMillis) {
-    uint64_t quota = std::max<uint64_t>(
-        1000, uint64_t(limits.cpuMillis) * limits.cpuPeriodMicros / 1000);
+    uint64_t quota =
+        std::max<uint64_t>(1000, uint64_t(limits.cpuMillis) * limits.cpuPeriodMicros / 1000);
     // Burst must not exceed the quota, so clear it before a quota change.
     writeOptional(dir, "cpu.max.burst", "0", false, where);
     writeFileAt(dir, "cpu.max", std::to_string(quota) + " " + period, where);
@@ -136,15 +136,14 @@ void setV1CpuLimits(const SandboxCgroup::Leaf& leaf, const CgroupLimits& limits)
   writeOptional(dir, "cpu.cfs_burst_us", "0", false, leaf.path);
   writeFileAt(dir, "cpu.cfs_period_us", std::to_string(limits.cpuPeriodMicros), leaf.path);
   if (limits.cpuMillis) {
-    uint64_t quota = std::max<uint64_t>(
-        1000, uint64_t(limits.cpuMillis) * limits.cpuPeriodMicros / 1000);
+    uint64_t quota =
+        std::max<uint64_t>(1000, uint64_t(limits.cpuMillis) * limits.cpuPeriodMicros / 1000);
     writeFileAt(dir, "cpu.cfs_quota_us", std::to_string(quota), leaf.path);
   } else {
     writeFileAt(dir, "cpu.cfs_quota_us", "-1", leaf.path);
   }
   if (limits.cpuBurstMicros) {
-    writeOptional(dir, "cpu.cfs_burst_us", std::to_string(limits.cpuBurstMicros), true,
-                  leaf.path);
+    writeOptional(dir, "cpu.cfs_burst_us", std::to_string(limits.cpuBurstMicros), true, leaf.path);
   }
   if (limits.cpuWeight) {
     // cpu.shares: 1024 is the default, as cpu.weight 100 is on v2.
@@ -224,8 +223,8 @@ void CgroupTree::enableV2Controllers(const CgroupHierarchy& h, const std::string
   std::string available = readFileAt(dir, "cgroup.controllers", path);
   for (const char* controller : kV2Controllers) {
     KJ_REQUIRE(hasToken(available, controller),
-               "cgroup v2 controller is not available (not delegated, or bound to v1)",
-               controller, path.c_str());
+               "cgroup v2 controller is not available (not delegated, or bound to v1)", controller,
+               path.c_str());
   }
   writeFileAt(dir, "cgroup.subtree_control", missing, path);
 }
@@ -289,6 +288,15 @@ std::vector<std::pair<std::string, std::string>> CgroupTree::listSandboxes() con
   return out;
 }
 
+void CgroupTree::removeIfEmpty() {
+  for (const CgroupHierarchy& h : hierarchies_) {
+    std::string root = h.mount + "/" + rootName_;
+    // Each fails harmlessly (ENOTEMPTY, EBUSY, ENOENT) while something is still there.
+    rmdir((root + "/sandboxes").c_str());
+    rmdir(root.c_str());
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // SandboxCgroup
 
@@ -300,8 +308,7 @@ SandboxCgroup::SandboxCgroup(CgroupTree& tree, std::string tenant, std::string s
       leaves_(std::move(leaves)) {}
 
 kj::Own<SandboxCgroup> SandboxCgroup::create(CgroupTree& tree, kj::StringPtr tenant,
-                                             kj::StringPtr sandboxId,
-                                             const CgroupLimits& limits) {
+                                             kj::StringPtr sandboxId, const CgroupLimits& limits) {
   requireValidName("tenant", tenant);
   requireValidName("sandbox", sandboxId);
   validateLimits(limits);
@@ -355,8 +362,8 @@ kj::Own<SandboxCgroup> SandboxCgroup::adopt(CgroupTree& tree, kj::StringPtr tena
     if (leaf.dir.get() < 0) failSyscall("adopt sandbox cgroup", ENOENT, leaf.path);
     leaves.push_back(std::move(leaf));
   }
-  return kj::heap<SandboxCgroup>(tree, std::string(tenant.cStr()),
-                                 std::string(sandboxId.cStr()), std::move(leaves));
+  return kj::heap<SandboxCgroup>(tree, std::string(tenant.cStr()), std::string(sandboxId.cStr()),
+                                 std::move(leaves));
 }
 
 const SandboxCgroup::Leaf* SandboxCgroup::findLeaf(bool CgroupHierarchy::*controller) const {
@@ -370,6 +377,13 @@ void SandboxCgroup::addProcess(pid_t pid) {
   KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
   for (const Leaf& leaf : leaves_) {
     writeFileAt(leaf.dir, "cgroup.procs", std::to_string(pid), leaf.path);
+  }
+}
+
+void SandboxCgroup::addProcessToV1(pid_t pid) {
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
+  for (const Leaf& leaf : leaves_) {
+    if (!leaf.hierarchy.v2) writeFileAt(leaf.dir, "cgroup.procs", std::to_string(pid), leaf.path);
   }
 }
 
@@ -430,8 +444,7 @@ void SandboxCgroup::killWithFreezer(const Leaf& freezer) {
     }
     std::string relative = freezer.path.substr(freezer.hierarchy.mount.size());
     for (int round = 0; round < 100; ++round) {
-      std::vector<pid_t> members =
-          parsePids(readFileAt(freezer.dir, "cgroup.procs", freezer.path));
+      std::vector<pid_t> members = parsePids(readFileAt(freezer.dir, "cgroup.procs", freezer.path));
       bool any = false;
       for (pid_t pid : members) {
         // Pin the process with a pidfd, then make sure it is (still) ours: if freezing did

@@ -95,6 +95,9 @@ class CgroupTree {
   // (tenant, sandbox) pairs present in the v2 tree, e.g. to re-adopt after a restart.
   std::vector<std::pair<std::string, std::string>> listSandboxes() const;
 
+  // Removes "<root>/sandboxes" and "<root>" wherever they are empty (uninstall, tests).
+  void removeIfEmpty();
+
  private:
   void enableV2Controllers(const CgroupHierarchy& h, const std::string& path);
 
@@ -137,6 +140,10 @@ class SandboxCgroup {
 
   // Moves `pid` (a host pid) into the leaf of every hierarchy.
   void addProcess(pid_t pid);
+  // The same for the v1 hierarchies only (none on pure v2), for a process that was
+  // created directly in the v2 leaf with clone3(CLONE_INTO_CGROUP, v2Fd()). That avoids a
+  // cgroup migration, which costs an RCU grace period (milliseconds).
+  void addProcessToV1(pid_t pid);
   void setLimits(const CgroupLimits& limits);
   // Host pids in the sandbox (from the v2 leaf).
   std::vector<pid_t> pids() const;

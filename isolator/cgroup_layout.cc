@@ -98,8 +98,8 @@ CgroupLayout detectCgroupLayout() {
                  !layout.cpuacct.empty() && !layout.freezer.empty(),
              "hybrid cgroups: the memory, pids, cpu, cpuacct and freezer v1 controllers must all "
              "be mounted",
-             layout.memory.c_str(), layout.pids.c_str(), layout.cpu.c_str(),
-             layout.cpuacct.c_str(), layout.freezer.c_str());
+             layout.memory.c_str(), layout.pids.c_str(), layout.cpu.c_str(), layout.cpuacct.c_str(),
+             layout.freezer.c_str());
   return layout;
 }
 

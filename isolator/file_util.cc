@@ -45,7 +45,8 @@ int tryWriteFileAt(int dirfd, const char* name, const std::string& content) {
   return 0;
 }
 
-void writeFileAt(int dirfd, const char* name, const std::string& content, const std::string& where) {
+void writeFileAt(int dirfd, const char* name, const std::string& content,
+                 const std::string& where) {
   int err = tryWriteFileAt(dirfd, name, content);
   if (err != 0) {
     failSyscall("write", err, where + "/" + name + " (\"" + content + "\")");

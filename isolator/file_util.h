@@ -2,8 +2,8 @@
 // failure throws a kj::Exception naming the path, so callers need no extra context.
 #pragma once
 
-#include <kj/io.h>
 #include <kj/common.h>
+#include <kj/io.h>
 
 #include <errno.h>
 

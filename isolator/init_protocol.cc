@@ -52,8 +52,7 @@ void configureInitSocket(int fd) {
 // ---------------------------------------------------------------------------------------
 // InitDatagram
 
-InitDatagram::InitDatagram(capnp::MessageBuilder& message)
-    : bytes_(encodeInitMessage(message)) {}
+InitDatagram::InitDatagram(capnp::MessageBuilder& message) : bytes_(encodeInitMessage(message)) {}
 
 void InitDatagram::attach(kj::AutoCloseFd fd) {
   KJ_REQUIRE(fds_.size() < kMaxInitMessageFds, "too many fds for one init message");

@@ -47,12 +47,18 @@ enum ChildStep : int32_t {
 
 const char* childStepName(int32_t step) {
   switch (step) {
-    case kStepSetgroups: return "setgroups";
-    case kStepSetgid: return "setresgid";
-    case kStepSetuid: return "setresuid";
-    case kStepCgroupNamespace: return "unshare(CLONE_NEWCGROUP)";
-    case kStepStdio: return "dup2";
-    case kStepExec: return "execveat(init)";
+    case kStepSetgroups:
+      return "setgroups";
+    case kStepSetgid:
+      return "setresgid";
+    case kStepSetuid:
+      return "setresuid";
+    case kStepCgroupNamespace:
+      return "unshare(CLONE_NEWCGROUP)";
+    case kStepStdio:
+      return "dup2";
+    case kStepExec:
+      return "execveat(init)";
   }
   return "unknown step";
 }
@@ -122,9 +128,12 @@ void writeIdMap(pid_t pid, const char* file, const LaunchSpec& spec) {
 
 int waitStatusFrom(const siginfo_t& info) {
   switch (info.si_code) {
-    case CLD_EXITED: return (info.si_status & 0xff) << 8;
-    case CLD_KILLED: return info.si_status & 0x7f;
-    case CLD_DUMPED: return (info.si_status & 0x7f) | 0x80;
+    case CLD_EXITED:
+      return (info.si_status & 0xff) << 8;
+    case CLD_KILLED:
+      return info.si_status & 0x7f;
+    case CLD_DUMPED:
+      return (info.si_status & 0x7f) | 0x80;
   }
   return 0;
 }
@@ -150,14 +159,15 @@ void validate(const LaunchSpec& spec) {
              "hostname must have 1..64 characters", spec.hostname.c_str());
   KJ_REQUIRE(spec.diskBytes > 0, "diskBytes must be positive");
   for (const std::string* path : {&spec.initPath, &spec.skeletonDir, &spec.usrDir, &spec.workDir}) {
-    if (path->empty() || (*path)[0] != '/') failSyscall("launch: path must be absolute", EINVAL, *path);
+    if (path->empty() || (*path)[0] != '/')
+      failSyscall("launch: path must be absolute", EINVAL, *path);
   }
 }
 
 [[noreturn]] void throwLaunchError(const LaunchSpec& spec, std::string message) {
-  kj::throwFatalException(kj::Exception(
-      kj::Exception::Type::FAILED, __FILE__, __LINE__,
-      kj::str("launching sandbox ", spec.sandboxId.c_str(), ": ", message.c_str())));
+  kj::throwFatalException(
+      kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
+                    kj::str("launching sandbox ", spec.sandboxId.c_str(), ": ", message.c_str())));
 }
 
 }  // namespace
@@ -194,8 +204,13 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   static char argv0[] = "nodeagent-init";
   char* argv[] = {argv0, nullptr};
   char* envp[] = {nullptr};
-  ChildContext context{childSync, childControl, init, devNull,
-                       stderrCopy.get() >= 0 ? stderrCopy.get() : devNull.get(), argv, envp};
+  ChildContext context{childSync,
+                       childControl,
+                       init,
+                       devNull,
+                       stderrCopy.get() >= 0 ? stderrCopy.get() : devNull.get(),
+                       argv,
+                       envp};
 
   // Block every signal across clone so no handler of the caller runs in the child; init
   // sets up its own mask and dispositions.
@@ -208,6 +223,11 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   args.flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC |
                CLONE_NEWNET | CLONE_PIDFD;
   args.pidfd = uint64_t(uintptr_t(&pidfd));
+  if (spec.cgroup != nullptr) {
+    // Born in the v2 leaf: no migration (and no RCU grace period) needed for it.
+    args.flags |= CLONE_INTO_CGROUP;
+    args.cgroup = uint64_t(spec.cgroup->v2Fd());
+  }
   args.exit_signal = SIGCHLD;
   long pid = syscall(SYS_clone3, &args, sizeof(args));
   if (pid == 0) runChild(context);
@@ -226,7 +246,7 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
 
   writeIdMap(sandbox.pid, "uid_map", spec);
   writeIdMap(sandbox.pid, "gid_map", spec);
-  if (spec.cgroup != nullptr) spec.cgroup->addProcess(sandbox.pid);
+  if (spec.cgroup != nullptr) spec.cgroup->addProcessToV1(sandbox.pid);
   char go = 'g';
   KJ_SYSCALL(send(sync, &go, 1, MSG_NOSIGNAL), "releasing init");
 
@@ -253,7 +273,7 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
     if (n < 0) KJ_FAIL_SYSCALL("poll", errno);
     if (n == 0) continue;
 
-    KJ_IF_MAYBE(received, receiveInitMessage(sandbox.control)) {
+    KJ_IF_MAYBE (received, receiveInitMessage(sandbox.control)) {
       auto event = received->reader->getRoot<initproto::Event>();
       switch (event.which()) {
         case initproto::Event::READY:
@@ -275,8 +295,8 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
       reaped = true;
       int status = killAndReap(sandbox);
       if (got == ssize_t(sizeof(failure))) {
-        throwLaunchError(spec, std::string(childStepName(failure.step)) + ": " +
-                                   strerror(failure.err));
+        throwLaunchError(spec,
+                         std::string(childStepName(failure.step)) + ": " + strerror(failure.err));
       }
       throwLaunchError(spec, "init exited during setup (" + describeWaitStatus(status) + ")");
     }

@@ -12,8 +12,8 @@
 
 #include <sys/types.h>
 
-#include <kj/io.h>
 #include <kj/common.h>
+#include <kj/io.h>
 
 #include <chrono>
 #include <cstdint>
@@ -26,7 +26,7 @@ class SandboxCgroup;
 struct LaunchSpec {
   std::string sandboxId;
   std::string hostname;
-  uint32_t uidBase = 0;   // sandbox uid/gid 0..uidCount-1 = host uidBase..
+  uint32_t uidBase = 0;  // sandbox uid/gid 0..uidCount-1 = host uidBase..
   uint32_t uidCount = 0;
   std::string initPath;     // the nodeagent-init binary
   std::string skeletonDir;  // from prepareSkeleton(); lower layer of "/"
@@ -42,9 +42,9 @@ struct LaunchSpec {
 };
 
 struct LaunchedSandbox {
-  pid_t pid = -1;            // init's pid in the caller's pid namespace
-  kj::AutoCloseFd pidfd;     // init's pidfd
-  kj::AutoCloseFd control;   // the agent's end of the SOCK_SEQPACKET control socket
+  pid_t pid = -1;           // init's pid in the caller's pid namespace
+  kj::AutoCloseFd pidfd;    // init's pidfd
+  kj::AutoCloseFd control;  // the agent's end of the SOCK_SEQPACKET control socket
 };
 
 // Throws kj::Exception on failure, with init's setupFailed message when there is one;

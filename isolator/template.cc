@@ -58,8 +58,8 @@ void makeSymlink(const std::string& target, const std::string& path) {
 }
 
 void writeNewFile(const std::string& path, const char* data, size_t size, mode_t mode) {
-  int fd = checkSyscall(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode), "open",
-                        path);
+  int fd =
+      checkSyscall(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode), "open", path);
   kj::AutoCloseFd owned(fd);
   checkSyscall(fchmod(fd, mode), "chmod", path);
   while (size > 0) {

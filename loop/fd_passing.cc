@@ -4,32 +4,14 @@
 #include <sys/socket.h>
 
 #include <kj/debug.h>
-#include <kj/vector.h>
+
+#include "loop/scm_rights.h"
 
 namespace nodeagent::loop {
 namespace {
 
 // SCM_RIGHTS carries at most this many fds per message (SCM_MAX_FD).
 constexpr size_t kMaxFdsPerMessage = 253;
-
-// Takes the SCM_RIGHTS fds out of `msg`; a second call finds none.
-kj::Array<kj::AutoCloseFd> takeFds(struct msghdr& msg) {
-  kj::Vector<kj::AutoCloseFd> fds;
-  if (msg.msg_control == nullptr) return fds.releaseAsArray();
-  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
-    if (cmsg->cmsg_len < CMSG_LEN(0)) continue;
-    size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    const kj::byte* data = CMSG_DATA(cmsg);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      memcpy(&fd, data + i * sizeof(int), sizeof(int));
-      fds.add(kj::AutoCloseFd(fd));
-    }
-  }
-  msg.msg_controllen = 0;
-  return fds.releaseAsArray();
-}
 
 // Receive buffers and the msghdr pointing at them; lives until the promise
 // is consumed (the request itself receives into its own copy and copies back
@@ -50,7 +32,7 @@ struct Inbox {
   }
   KJ_DISALLOW_COPY(Inbox);
   // The receive resolved but nobody consumed it: close what arrived.
-  ~Inbox() { takeFds(msg); }
+  ~Inbox() { takeScmRights(msg); }
 
   kj::Array<kj::byte> bytes;
   kj::Array<kj::byte> control;
@@ -68,7 +50,7 @@ kj::Promise<ReceivedMessage> receiveWithFds(UringEventPort& port, int fd, size_t
   auto received = port.recvmsg(fd, &inbox->msg, MSG_CMSG_CLOEXEC);
   return received.then([inbox = kj::mv(inbox), fd](size_t n) mutable {
     // Own the fds first so every path below closes what we will not return.
-    auto fds = takeFds(inbox->msg);
+    auto fds = takeScmRights(inbox->msg);
     if (inbox->msg.msg_flags & MSG_TRUNC) {
       KJ_FAIL_REQUIRE("message larger than the receive buffer", fd, inbox->bytes.size());
     }

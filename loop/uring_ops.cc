@@ -10,6 +10,7 @@
 #include <kj/array.h>
 #include <kj/debug.h>
 
+#include "loop/scm_rights.h"
 #include "loop/uring_event_port.h"
 #include "loop/uring_op.h"
 
@@ -38,19 +39,6 @@ kj::Array<kj::byte> copyOf(const void* data, size_t size) {
   auto out = kj::heapArray<kj::byte>(size);
   if (size > 0) memcpy(out.begin(), data, size);
   return out;
-}
-
-void closeRights(msghdr& msg) {
-  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    const kj::byte* data = CMSG_DATA(cmsg);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      memcpy(&fd, data + i * sizeof(int), sizeof(int));
-      ::close(fd);
-    }
-  }
 }
 
 class ReadOp final : public UringOp {
@@ -240,7 +228,7 @@ class RecvmsgOp final : public UringOp {
   }
 
   void discard(int32_t res) override {
-    if (res >= 0 && msg_.msg_control != nullptr) closeRights(msg_);
+    if (res >= 0) takeScmRights(msg_);  // and close them
   }
 
  private:

@@ -255,6 +255,31 @@ class SandboxImpl final : public api::Sandbox::Server {
   kj::String actor_;
 };
 
+// A sandbox that ended long ago (or before an agent restart): only its record
+// is left, so info() answers and everything else says it has ended.
+class EndedSandboxImpl final : public api::Sandbox::Server {
+ public:
+  explicit EndedSandboxImpl(kj::Own<StoredSandbox> record) : record_(kj::mv(record)) {}
+
+  kj::Promise<void> info(InfoContext context) override {
+    fillInfo(context.getResults().initInfo(), record_->get());
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> kill(KillContext) override { return kj::READY_NOW; }  // already ended
+  kj::Promise<void> exec(ExecContext) override { return ended(); }
+  kj::Promise<void> files(FilesContext) override { return ended(); }
+  kj::Promise<void> setTimeout(SetTimeoutContext) override { return ended(); }
+  kj::Promise<void> usage(UsageContext) override { return ended(); }
+
+ private:
+  kj::Promise<void> ended() {
+    auto rec = record_->get();
+    return makeApiError(api::ErrorCode::NOT_RUNNING,
+                        kj::str("sandbox ", rec.getId(), " has ended (", rec.getEndReason(), ")"));
+  }
+  kj::Own<StoredSandbox> record_;
+};
+
 class NodeImpl final : public api::Node::Server {
  public:
   NodeImpl(ServerContext& ctx, kj::String actor) : ctx_(ctx), actor_(kj::mv(actor)) {}
@@ -276,10 +301,9 @@ class NodeImpl final : public api::Node::Server {
     kj::Vector<kj::Own<StoredSandbox>> records;
     ctx_.supervisor.list("", records);
     for (auto& r : records) {
-      auto rec = r->get();
-      if (rec.getId() == id) {
-        throwApiError(api::ErrorCode::NOT_RUNNING,
-                      kj::str("sandbox ", id, " has ended (", rec.getEndReason(), ")"));
+      if (r->get().getId() == id) {
+        context.getResults().setSandbox(kj::heap<EndedSandboxImpl>(kj::mv(r)));
+        return kj::READY_NOW;
       }
     }
     throwApiError(api::ErrorCode::NOT_FOUND, kj::str("no sandbox ", id, " on this node"));

@@ -301,9 +301,11 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
 }
 
 kj::Maybe<kj::Own<SandboxRuntime>> Supervisor::find(kj::StringPtr id) {
-  auto it = live_.find(id.cStr());
-  if (it == live_.end()) return nullptr;
-  return kj::addRef(*it->second);
+  for (auto* registry : {&live_, &ended_}) {
+    auto it = registry->find(id.cStr());
+    if (it != registry->end()) return kj::addRef(*it->second);
+  }
+  return nullptr;
 }
 
 void Supervisor::list(kj::StringPtr tenant, kj::Vector<kj::Own<StoredSandbox>>& out) {
@@ -366,9 +368,16 @@ void Supervisor::onEnded(SandboxRuntime& sandbox) {
       break;
     }
   }
-  // Drop the registry's reference once the current event has finished with it.
+  // Keep the ended sandbox readable (info, usage) for a while, then drop it.
   std::string id = sandbox.id().cStr();
-  tasks_.add(kj::evalLater([this, id = kj::mv(id)]() { live_.erase(id); }));
+  auto it = live_.find(id);
+  if (it != live_.end()) {
+    ended_.emplace(id, kj::mv(it->second));
+    live_.erase(it);
+  }
+  tasks_.add(port_.timer().afterDelay(kEndedRetention).then([this, id = kj::mv(id)]() {
+    ended_.erase(id);
+  }));
 }
 
 }  // namespace nodeagent

@@ -19,6 +19,8 @@ namespace nodeagent {
 
 class Supervisor {
  public:
+  static constexpr kj::Duration kEndedRetention = 10 * kj::MINUTES;
+
   Supervisor(loop::UringEventPort& port, config::Config::Reader config, Store& store);
   ~Supervisor() noexcept(false);
   KJ_DISALLOW_COPY(Supervisor);
@@ -28,7 +30,8 @@ class Supervisor {
   void start();
 
   kj::Own<SandboxRuntime> create(api::SandboxSpec::Reader spec, kj::StringPtr actor);
-  // A live or recently ended sandbox; null if the id is unknown.
+  // A live sandbox, or one that ended less than kEndedRetention ago (its
+  // info and usage stay readable); null otherwise.
   kj::Maybe<kj::Own<SandboxRuntime>> find(kj::StringPtr id);
   // Records (live and ended) of one tenant, or of all when tenant is empty.
   void list(kj::StringPtr tenant, kj::Vector<kj::Own<StoredSandbox>>& out);
@@ -66,6 +69,7 @@ class Supervisor {
   isolator::CgroupMode cgroupMode_;
   kj::Maybe<kj::Own<isolator::CgroupTree>> cgroupTree_;
   std::map<std::string, kj::Own<SandboxRuntime>> live_;
+  std::map<std::string, kj::Own<SandboxRuntime>> ended_;
   std::map<uint32_t, std::string> uidSlots_;  // slot -> sandbox id
   struct ErrorLogger : public kj::TaskSet::ErrorHandler {
     void taskFailed(kj::Exception&& e) override;

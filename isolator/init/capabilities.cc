@@ -11,13 +11,14 @@
 namespace nodeagent::isolator::init {
 namespace {
 
-constexpr uint64_t bit(int cap) { return uint64_t(1) << cap; }
+constexpr uint64_t bit(int cap) {
+  return uint64_t(1) << cap;
+}
 
-constexpr uint64_t kKept = bit(CAP_CHOWN) | bit(CAP_DAC_OVERRIDE) | bit(CAP_FSETID) |
-                           bit(CAP_FOWNER) | bit(CAP_MKNOD) | bit(CAP_NET_RAW) | bit(CAP_SETGID) |
-                           bit(CAP_SETUID) | bit(CAP_SETFCAP) | bit(CAP_SETPCAP) |
-                           bit(CAP_NET_BIND_SERVICE) | bit(CAP_SYS_CHROOT) | bit(CAP_KILL) |
-                           bit(CAP_AUDIT_WRITE);
+constexpr uint64_t kKept =
+    bit(CAP_CHOWN) | bit(CAP_DAC_OVERRIDE) | bit(CAP_FSETID) | bit(CAP_FOWNER) | bit(CAP_MKNOD) |
+    bit(CAP_NET_RAW) | bit(CAP_SETGID) | bit(CAP_SETUID) | bit(CAP_SETFCAP) | bit(CAP_SETPCAP) |
+    bit(CAP_NET_BIND_SERVICE) | bit(CAP_SYS_CHROOT) | bit(CAP_KILL) | bit(CAP_AUDIT_WRITE);
 
 }  // namespace
 

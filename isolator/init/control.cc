@@ -63,7 +63,7 @@ kj::Maybe<InitMessage> Control::receive() {
     return nullptr;
   }
   try {
-    KJ_IF_MAYBE(message, receiver_.finish(n)) {
+    KJ_IF_MAYBE (message, receiver_.finish(n)) {
       return kj::mv(*message);
     }
   } catch (const kj::Exception& e) {

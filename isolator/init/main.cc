@@ -41,7 +41,7 @@ kj::AutoCloseFd setUpSignals() {
 }
 
 SetupConfig readSetup(int fd) {
-  KJ_IF_MAYBE(message, receiveInitMessage(fd)) {
+  KJ_IF_MAYBE (message, receiveInitMessage(fd)) {
     auto setup = message->reader->getRoot<initproto::Setup>();
     SetupConfig config;
     config.hostname = setup.getHostname().cStr();
@@ -57,7 +57,7 @@ SetupConfig readSetup(int fd) {
 void sendSetupResult(int fd, kj::Maybe<kj::StringPtr> error) {
   capnp::MallocMessageBuilder message(256);
   auto event = message.initRoot<initproto::Event>();
-  KJ_IF_MAYBE(e, error) {
+  KJ_IF_MAYBE (e, error) {
     event.setSetupFailed(*e);
   } else {
     event.setReady();
@@ -72,6 +72,8 @@ int run() {
     return 2;
   }
   kj::AutoCloseFd control(kControlFd);
+  // The session inherited from the agent is not visible in our pid namespace; lead our own.
+  setsid();
   kj::AutoCloseFd signals = setUpSignals();
   SetupConfig config = readSetup(control);
   try {

@@ -37,7 +37,7 @@ void Server::run() {
     if (count > 1 && fds[1].revents != 0) {
       if (fds[1].revents & POLLOUT) control_.flush();
       if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
-        KJ_IF_MAYBE(message, control_.receive()) {
+        KJ_IF_MAYBE (message, control_.receive()) {
           handleRequest(*message);
         }
       }

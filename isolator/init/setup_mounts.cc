@@ -28,10 +28,12 @@ constexpr uint64_t kShmBytes = 64ull << 20;
 // One inode per 8 KiB of disk bounds the kernel memory a sandbox can pin with empty files.
 constexpr uint64_t kBytesPerInode = 8192;
 
-void doMount(const char* source, const std::string& target, const char* type,
-             unsigned long flags, const std::string& data) {
+void doMount(const char* source, const std::string& target, const char* type, unsigned long flags,
+             const std::string& data) {
   if (mount(source, target.c_str(), type, flags, data.empty() ? nullptr : data.c_str()) != 0) {
-    std::string what = std::string(type != nullptr ? type : source != nullptr ? source : "") +
+    std::string what = std::string(type != nullptr     ? type
+                                   : source != nullptr ? source
+                                                       : "") +
                        " on " + target;
     if (!data.empty()) what += " (" + data + ")";
     failSyscall(type == nullptr && source != nullptr ? "bind mount" : "mount", errno, what);
@@ -46,8 +48,8 @@ void makeDir(const std::string& path, mode_t mode) {
 }
 
 void writeFile(const std::string& path, const std::string& content, int flags, mode_t mode) {
-  int fd = checkSyscall(open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | flags, mode), "open",
-                        path);
+  int fd =
+      checkSyscall(open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | flags, mode), "open", path);
   kj::AutoCloseFd owned(fd);
   const char* data = content.data();
   size_t size = content.size();
@@ -102,6 +104,9 @@ void materialize(int lowerDir, int upperDir, bool top) {
   while (struct dirent* entry = readdir(dir)) {
     const char* name = entry->d_name;
     if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) continue;
+    // Symlinks stay in the lower layer; skipping them without a stat keeps setup fast
+    // (etc/alternatives holds hundreds).
+    if (entry->d_type == DT_LNK) continue;
     struct stat st;
     KJ_SYSCALL(fstatat(lowerDir, name, &st, AT_SYMLINK_NOFOLLOW), name);
     mode_t mode = st.st_mode & 07777;
@@ -150,8 +155,10 @@ void setupDev(const std::string& dev) {
   makeDir(dev + "/shm", 01777);
   doMount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV,
           "size=" + std::to_string(kShmBytes) + ",mode=1777");
-  for (auto [name, target] : {std::pair{"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
-                              {"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"}}) {
+  for (auto [name, target] : {std::pair{"fd", "/proc/self/fd"},
+                              {"stdin", "/proc/self/fd/0"},
+                              {"stdout", "/proc/self/fd/1"},
+                              {"stderr", "/proc/self/fd/2"}}) {
     std::string path = dev + "/" + name;
     checkSyscall(symlink(target, path.c_str()), "symlink", path);
   }
@@ -202,9 +209,9 @@ void setupSandbox(const SetupConfig& config) {
   writeFile(work + "/upper/etc/hosts", "127.0.1.1\t" + config.hostname + "\n", O_APPEND, 0644);
 
   std::string root = work + "/root";
-  doMount("overlay", root, "overlay", MS_NOSUID | MS_NODEV,
-          "lowerdir=" + config.skeletonDir + ",upperdir=" + work + "/upper,workdir=" + work +
-              "/work");
+  doMount(
+      "overlay", root, "overlay", MS_NOSUID | MS_NODEV,
+      "lowerdir=" + config.skeletonDir + ",upperdir=" + work + "/upper,workdir=" + work + "/work");
   // The host's /usr is a read-only lower layer; writes land in the sandbox's tmpfs.
   doMount("overlay", root + "/usr", "overlay", MS_NOSUID | MS_NODEV,
           "lowerdir=" + config.usrDir + ",upperdir=" + work + "/usr-upper,workdir=" + work +

@@ -124,10 +124,18 @@ ExecPlan planExec(initproto::Spawn::Reader request) {
 std::string describe(const ExecPlan& plan, const ChildError& error) {
   std::string what;
   switch (error.stage) {
-    case kStageStdio: what = "dup2 stdio"; break;
-    case kStageChdir: what = "chdir \"" + plan.cwd + "\""; break;
-    case kStageCapabilities: what = "dropping capabilities"; break;
-    default: what = "exec \"" + plan.argvStorage.front() + "\""; break;
+    case kStageStdio:
+      what = "dup2 stdio";
+      break;
+    case kStageChdir:
+      what = "chdir \"" + plan.cwd + "\"";
+      break;
+    case kStageCapabilities:
+      what = "dropping capabilities";
+      break;
+    default:
+      what = "exec \"" + plan.argvStorage.front() + "\"";
+      break;
   }
   return what + ": " + strerror(error.err);
 }

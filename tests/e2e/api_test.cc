@@ -85,7 +85,8 @@ TEST_F(ApiTest, CreateAndExecPipelinedInOneRoundTrip) {
   argv.set(1, "-c");
   argv.set(2, "print('pipelined')");
   exec.setOutput(kj::heap<Collector>(&out, &err));
-  auto status = exec.send().getProcess().waitRequest().send().wait(io.waitScope).getStatus();
+  auto response = exec.send().getProcess().waitRequest().send().wait(io.waitScope);
+  auto status = response.getStatus();
   EXPECT_EQ(status.getReason(), api::ExitReason::EXITED);
   EXPECT_EQ(status.getCode(), 0);
   EXPECT_EQ(out, "pipelined\n");
@@ -133,7 +134,7 @@ TEST_F(ApiTest, OversizedMessageClosesOnlyThatConnection) {
   auto big = sink.writeRequest();
   big.initData(12 << 20);  // over the agent's 8 MiB message limit
   auto result = big.send().then([]() { return true; }, [](kj::Exception&&) { return false; });
-  auto done = sink.doneRequest().send().then([]() { return true; },
+  auto done = sink.doneRequest().send().then([](auto&&) { return true; },
                                              [](kj::Exception&&) { return false; });
   EXPECT_FALSE(result.wait(io.waitScope) && done.wait(io.waitScope));
 

@@ -77,13 +77,15 @@ class FakeV2Test : public FakeCgroupTest {
                        {"cpu.max", "max 100000\n"},
                        {"cpu.max.burst", "0\n"},
                        {"cpu.weight", "100\n"},
-                       {"cpu.stat", "usage_usec 3000\nuser_usec 2000\nsystem_usec 1000\n"
-                                    "nr_periods 0\n"},
+                       {"cpu.stat",
+                        "usage_usec 3000\nuser_usec 2000\nsystem_usec 1000\n"
+                        "nr_periods 0\n"},
                        {"memory.current", "4096\n"},
                        {"memory.peak", "8192\n"},
                        {"pids.current", "3\n"},
-                       {"memory.events", "low 0\nhigh 0\nmax 5\noom 2\noom_kill 1\n"
-                                         "oom_group_kill 0\n"}});
+                       {"memory.events",
+                        "low 0\nhigh 0\nmax 5\noom 2\noom_kill 1\n"
+                        "oom_group_kill 0\n"}});
     CgroupLayout layout;
     layout.mode = CgroupMode::kV2;
     layout.v2 = mount_;
@@ -229,9 +231,9 @@ class FakeHybridTest : public FakeCgroupTest {
     layout_.cpu = layout_.cpuacct = base_ + "/cpu,cpuacct";
     layout_.freezer = base_ + "/freezer";
     std::string rel = "/nodeagent/sandboxes/acme/sbx1";
-    makeCgroup(layout_.v2 + rel, {{"cgroup.procs", ""},
-                                  {"cgroup.kill", ""},
-                                  {"cgroup.events", "populated 0\nfrozen 0\n"}});
+    makeCgroup(
+        layout_.v2 + rel,
+        {{"cgroup.procs", ""}, {"cgroup.kill", ""}, {"cgroup.events", "populated 0\nfrozen 0\n"}});
     makeCgroup(layout_.memory + rel,
                {{"cgroup.procs", ""},
                 {"memory.limit_in_bytes", "9223372036854771712\n"},
@@ -239,8 +241,8 @@ class FakeHybridTest : public FakeCgroupTest {
                 {"memory.usage_in_bytes", "1000\n"},
                 {"memory.max_usage_in_bytes", "2000\n"},
                 {"memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n"}});
-    makeCgroup(layout_.pids + rel, {{"cgroup.procs", ""}, {"pids.max", "max\n"},
-                                    {"pids.current", "7\n"}});
+    makeCgroup(layout_.pids + rel,
+               {{"cgroup.procs", ""}, {"pids.max", "max\n"}, {"pids.current", "7\n"}});
     makeCgroup(layout_.cpu + rel, {{"cgroup.procs", ""},
                                    {"cpu.cfs_period_us", "100000\n"},
                                    {"cpu.cfs_quota_us", "-1\n"},

@@ -19,7 +19,9 @@ namespace {
 
 constexpr const char kRoot[] = "nodeagent-isotest";
 
-std::string tenant() { return "c" + std::to_string(getpid()); }
+std::string tenant() {
+  return "c" + std::to_string(getpid());
+}
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path);
@@ -41,6 +43,15 @@ pid_t forkSleeper() {
   }
   return pid;
 }
+
+class CgroupRootCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (geteuid() == 0) CgroupTree::open(kRoot)->removeIfEmpty();
+  }
+};
+[[maybe_unused]] ::testing::Environment* const cgroupRootCleanup =
+    ::testing::AddGlobalTestEnvironment(new CgroupRootCleanup);
 
 TEST(Cgroup, CreateLimitStatsKillRemove) {
   NODEAGENT_REQUIRE_ROOT();

@@ -29,7 +29,7 @@ bool InitClient::readEvent(int timeoutMs, uint64_t wantTag, std::optional<Reply>
   int n = poll(&p, 1, timeoutMs);
   KJ_REQUIRE(n >= 0, "poll", errno);
   if (n == 0) return false;
-  KJ_IF_MAYBE(message, receiveInitMessage(control_)) {
+  KJ_IF_MAYBE (message, receiveInitMessage(control_)) {
     auto event = message->reader->getRoot<initproto::Event>();
     Reply r;
     switch (event.which()) {
@@ -90,8 +90,7 @@ std::optional<SpawnedProcess> InitClient::spawn(const std::vector<std::string>& 
     return std::nullopt;
   }
   size_t want = stdinOpen ? 4 : 3;
-  KJ_REQUIRE(reply.fds.size() == want, "spawned carries the wrong number of fds",
-             reply.fds.size());
+  KJ_REQUIRE(reply.fds.size() == want, "spawned carries the wrong number of fds", reply.fds.size());
   SpawnedProcess process;
   process.pid = reply.pid;
   size_t i = 0;

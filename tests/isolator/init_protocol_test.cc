@@ -106,7 +106,7 @@ TEST(InitProtocol, MessageWithFdsOverASocketPair) {
   int sent[] = {writeEnd.get(), readEnd.get()};
   sendInitMessage(pair.a, message, kj::arrayPtr(sent, 2));
 
-  KJ_IF_MAYBE(received, receiveInitMessage(pair.b)) {
+  KJ_IF_MAYBE (received, receiveInitMessage(pair.b)) {
     expectSpawn(received->reader->getRoot<initproto::Request>(), 7);
     ASSERT_EQ(received->fds.size(), 2u);
     // New descriptors, close-on-exec, for the same pipe.
@@ -136,7 +136,7 @@ TEST(InitProtocol, OwnedFdsAreClosedAfterSendAndQueueable) {
     EXPECT_TRUE(moved.sendTo(pair.a, MSG_DONTWAIT));
   }
   EXPECT_EQ(countOpenFds(), before);
-  KJ_IF_MAYBE(received, receiveInitMessage(pair.b)) {
+  KJ_IF_MAYBE (received, receiveInitMessage(pair.b)) {
     EXPECT_EQ(received->reader->getRoot<initproto::Event>().getSpawned().getPid(), 5);
     EXPECT_EQ(received->fds.size(), 2u);
   } else {
@@ -151,7 +151,7 @@ TEST(InitProtocol, LargestMessageFits) {
   auto argv = message.initRoot<initproto::Request>().initSpawn().initArgv(1);
   argv.set(0, std::string(kMaxInitMessageBytes - 256, 'x').c_str());
   sendInitMessage(pair.a, message);
-  KJ_IF_MAYBE(received, receiveInitMessage(pair.b)) {
+  KJ_IF_MAYBE (received, receiveInitMessage(pair.b)) {
     auto arg = received->reader->getRoot<initproto::Request>().getSpawn().getArgv()[0];
     EXPECT_EQ(arg.size(), kMaxInitMessageBytes - 256);
   } else {
@@ -241,7 +241,7 @@ TEST(InitProtocol, ReceiverWorksWithACallerIssuedRecvmsg) {
   InitDatagramReceiver receiver;
   ssize_t n = recvmsg(pair.b, receiver.header(), MSG_CMSG_CLOEXEC);
   ASSERT_GT(n, 0);
-  KJ_IF_MAYBE(received, receiver.finish(n)) {
+  KJ_IF_MAYBE (received, receiver.finish(n)) {
     EXPECT_EQ(received->reader->getRoot<initproto::Event>().getExited().getWaitStatus(), 9);
   } else {
     FAIL() << "unexpected EOF";

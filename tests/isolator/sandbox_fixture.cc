@@ -38,6 +38,22 @@ struct Scratch {
   }
 };
 
+// Removes the test cgroup root once the binary's tests are done (if no other test
+// process still uses it).
+class CgroupRootCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (geteuid() != 0) return;
+    try {
+      CgroupTree::open(kTestCgroupRoot)->removeIfEmpty();
+    } catch (const kj::Exception& e) {
+      fprintf(stderr, "cgroup cleanup failed: %s\n", e.getDescription().cStr());
+    }
+  }
+};
+[[maybe_unused]] ::testing::Environment* const cgroupRootCleanup =
+    ::testing::AddGlobalTestEnvironment(new CgroupRootCleanup);
+
 }  // namespace
 
 const std::string& scratchDir() {
@@ -54,7 +70,9 @@ const std::string& skeletonDir() {
   return dir;
 }
 
-std::string testTenant() { return "t" + std::to_string(getpid()); }
+std::string testTenant() {
+  return "t" + std::to_string(getpid());
+}
 
 std::string initPath() {
   const char* bin = getenv("NODEAGENT_BIN_DIR");
@@ -101,7 +119,7 @@ TestSandbox::TestSandbox(SandboxOptions options) {
 
 int TestSandbox::shutdown() {
   if (!initStatus_) {
-    KJ_IF_MAYBE(status, tryReap(launched_)) {
+    KJ_IF_MAYBE (status, tryReap(launched_)) {
       initStatus_ = *status;
     } else {
       cgroup_->killAll();

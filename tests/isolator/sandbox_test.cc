@@ -11,9 +11,11 @@
 
 #include <kj/debug.h>
 
+#include <atomic>
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "isolator/file_util.h"
 #include "isolator/launcher.h"
@@ -30,7 +32,9 @@ std::string readHostFile(const std::string& path) {
   return s.str();
 }
 
-int exitCode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1000 - status; }
+int exitCode(int status) {
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1000 - status;
+}
 
 // Runs `script` with /bin/sh -c; expects exit 0 and returns stdout.
 std::string sh(TestSandbox& sandbox, const std::string& script) {
@@ -42,9 +46,10 @@ std::string sh(TestSandbox& sandbox, const std::string& script) {
 TEST(Sandbox, PythonStdoutStderrAndExitCode) {
   NODEAGENT_REQUIRE_ROOT();
   TestSandbox sandbox;
-  RunResult r = sandbox.client().run(
-      {"python3", "-c", "import sys; print('to stdout'); print('to stderr', file=sys.stderr); "
-                        "sys.exit(3)"});
+  RunResult r =
+      sandbox.client().run({"python3", "-c",
+                            "import sys; print('to stdout'); print('to stderr', file=sys.stderr); "
+                            "sys.exit(3)"});
   EXPECT_EQ(r.out, "to stdout\n");
   EXPECT_EQ(r.err, "to stderr\n");
   ASSERT_TRUE(WIFEXITED(r.waitStatus));
@@ -93,8 +98,7 @@ TEST(Sandbox, SpawnFailures) {
   TestSandbox sandbox;
   std::string error;
   EXPECT_FALSE(sandbox.client().spawn({"no-such-binary-xyz"}, &error).has_value());
-  EXPECT_NE(error.find("exec \"no-such-binary-xyz\": No such file or directory"),
-            std::string::npos)
+  EXPECT_NE(error.find("exec \"no-such-binary-xyz\": No such file or directory"), std::string::npos)
       << error;
   EXPECT_FALSE(sandbox.client().spawn({"/usr/bin/nope"}, &error).has_value());
   EXPECT_NE(error.find("No such file or directory"), std::string::npos) << error;
@@ -109,8 +113,8 @@ TEST(Sandbox, SpawnFailures) {
 TEST(Sandbox, EnvCwdAndPath) {
   NODEAGENT_REQUIRE_ROOT();
   TestSandbox sandbox;
-  auto p = sandbox.client().spawn({"sh", "-c", "echo $FOO; pwd; echo $PATH"}, nullptr,
-                                  {"FOO=bar"}, "/tmp");
+  auto p = sandbox.client().spawn({"sh", "-c", "echo $FOO; pwd; echo $PATH"}, nullptr, {"FOO=bar"},
+                                  "/tmp");
   ASSERT_TRUE(p.has_value());
   std::string out, err;
   readBoth(p->stdoutFd, p->stderrFd, &out, &err);
@@ -147,11 +151,13 @@ TEST(Sandbox, HostnameAndIdentity) {
   EXPECT_NE(sh(sandbox, "cat /etc/hosts").find("box-42"), std::string::npos);
   EXPECT_EQ(sh(sandbox, "id -u; id -g; id -un"), "0\n0\nroot\n");
   // Loopback is up, nothing else exists.
-  EXPECT_EQ(sh(sandbox, "ls /sys/class/net 2>/dev/null; cat /proc/net/dev | tail -n +3 | cut -d: "
-                        "-f1 | tr -d ' '"),
+  EXPECT_EQ(sh(sandbox,
+               "ls /sys/class/net 2>/dev/null; cat /proc/net/dev | tail -n +3 | cut -d: "
+               "-f1 | tr -d ' '"),
             "lo\n");
-  EXPECT_NE(sh(sandbox, "python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); "
-                        "s.listen(); c=socket.create_connection(s.getsockname()); print('ok')\""),
+  EXPECT_NE(sh(sandbox,
+               "python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); "
+               "s.listen(); c=socket.create_connection(s.getsockname()); print('ok')\""),
             "");
 }
 
@@ -194,8 +200,9 @@ TEST(Sandbox, FilesystemIsTheSkeletonAndUsr) {
   struct stat st;
   EXPECT_NE(stat("/usr/bin/evil", &st), 0);
   // The writable parts are the sandbox's own.
-  EXPECT_EQ(sh(sandbox, "echo hi > /tmp/f && cat /tmp/f && echo 1 >> /etc/hosts && "
-                        "mkdir /root/x && echo ok"),
+  EXPECT_EQ(sh(sandbox,
+               "echo hi > /tmp/f && cat /tmp/f && echo 1 >> /etc/hosts && "
+               "mkdir /root/x && echo ok"),
             "hi\nok\n");
   // The host's /etc is not there.
   std::string hostname = readHostFile("/etc/hostname");
@@ -228,17 +235,16 @@ TEST(Sandbox, DiskFullIsEnospc) {
   options.diskBytes = 32ull << 20;
   options.limits.memoryBytes = 512ull << 20;
   TestSandbox sandbox(options);
-  RunResult r = sandbox.client().run(
-      {"python3", "-c",
-       "import errno\n"
-       "n = 0\n"
-       "f = open('/tmp/fill', 'wb', buffering=0)\n"
-       "try:\n"
-       "    while True:\n"
-       "        n += f.write(b'x' * 65536)\n"
-       "except OSError as e:\n"
-       "    assert e.errno == errno.ENOSPC, e\n"
-       "    print(n)\n"});
+  RunResult r = sandbox.client().run({"python3", "-c",
+                                      "import errno\n"
+                                      "n = 0\n"
+                                      "f = open('/tmp/fill', 'wb', buffering=0)\n"
+                                      "try:\n"
+                                      "    while True:\n"
+                                      "        n += f.write(b'x' * 65536)\n"
+                                      "except OSError as e:\n"
+                                      "    assert e.errno == errno.ENOSPC, e\n"
+                                      "    print(n)\n"});
   ASSERT_EQ(exitCode(r.waitStatus), 0) << r.err;
   uint64_t written = std::stoull(r.out);
   EXPECT_GT(written, (32ull << 20) * 9 / 10);
@@ -276,19 +282,18 @@ TEST(Sandbox, CgroupLimitsAreApplied) {
   std::string own = sh(sandbox, "cat /proc/self/cgroup");
   EXPECT_EQ(own.find("nodeagent"), std::string::npos) << own;
   // The pid limit holds.
-  RunResult fork = sandbox.client().run(
-      {"python3", "-c",
-       "import os, time\n"
-       "n = 0\n"
-       "try:\n"
-       "    for i in range(200):\n"
-       "        if os.fork() == 0:\n"
-       "            time.sleep(30); os._exit(0)\n"
-       "        n += 1\n"
-       "except OSError:\n"
-       "    pass\n"
-       "print(n, flush=True)\n"
-       "os.killpg(0, 9)\n"});
+  RunResult fork = sandbox.client().run({"python3", "-c",
+                                         "import os, time\n"
+                                         "n = 0\n"
+                                         "try:\n"
+                                         "    for i in range(200):\n"
+                                         "        if os.fork() == 0:\n"
+                                         "            time.sleep(30); os._exit(0)\n"
+                                         "        n += 1\n"
+                                         "except OSError:\n"
+                                         "    pass\n"
+                                         "print(n, flush=True)\n"
+                                         "os.killpg(0, 9)\n"});
   EXPECT_LT(std::stoi(fork.out.empty() ? "999" : fork.out), 64) << fork.err;
   CgroupStats stats = sandbox.cgroup().stats();
   EXPECT_GT(stats.cpuUserNs + stats.cpuSystemNs, 0u);
@@ -363,8 +368,7 @@ TEST(Sandbox, KillingInitTakesTheTree) {
     processes.push_back(kj::mv(*p));
   }
   ASSERT_TRUE(sandbox.client().spawn({"sh", "-c", "(setsid sleep 1000 &)"}));
-  ASSERT_EQ(syscall(SYS_pidfd_send_signal, sandbox.launched().pidfd.get(), SIGKILL, nullptr, 0),
-            0);
+  ASSERT_EQ(syscall(SYS_pidfd_send_signal, sandbox.launched().pidfd.get(), SIGKILL, nullptr, 0), 0);
   EXPECT_EQ(sandbox.shutdown(), SIGKILL);
   for (auto& p : processes) EXPECT_TRUE(pidfdExited(p.pidfd, 5000));
   for (int i = 0; i < 500 && sandbox.cgroup().populated(); ++i) usleep(10000);
@@ -429,6 +433,43 @@ TEST(Sandbox, BadInitPathIsReported) {
     EXPECT_NE(message.find("execveat(init): Permission denied"), std::string::npos) << message;
   }
   rmdir(spec.workDir.c_str());
+}
+
+TEST(Sandbox, ConcurrentLaunchesFromAThreadedCaller) {
+  NODEAGENT_REQUIRE_ROOT();
+  skeletonDir();
+  // Other threads hammer malloc and stdio locks while clone3 happens: the child must not
+  // need any of them between clone and exec.
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> noise;
+  for (int i = 0; i < 2; ++i) {
+    noise.emplace_back([&] {
+      while (!stop) {
+        std::vector<std::string> junk(64, std::string(1000, 'x'));
+        fflush(stdout);
+      }
+    });
+  }
+  std::vector<std::thread> launchers;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 4; ++i) {
+    launchers.emplace_back([&] {
+      for (int j = 0; j < 3; ++j) {
+        TestSandbox sandbox;
+        if (sandbox.client().run({"echo", "hi"}).out == "hi\n") ++ok;
+      }
+    });
+  }
+  for (auto& t : launchers) t.join();
+  stop = true;
+  for (auto& t : noise) t.join();
+  EXPECT_EQ(ok.load(), 12);
+}
+
+TEST(Sandbox, InitIsASessionLeader) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  EXPECT_EQ(sh(sandbox, "ps -o sid= -p 1 | tr -d ' '"), "1\n");
 }
 
 TEST(Sandbox, NoFdLeaksInTheLauncher) {

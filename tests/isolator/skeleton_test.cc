@@ -54,8 +54,8 @@ TEST_F(SkeletonTest, HasLinksDirsAndItsOwnEtc) {
   EXPECT_EQ(linkTarget(dir_ + "/lib64"), "usr/lib64");
   EXPECT_EQ(!linkTarget(dir_ + "/lib32").empty(), access("/usr/lib32", F_OK) == 0);
   EXPECT_EQ(!linkTarget(dir_ + "/libx32").empty(), access("/usr/libx32", F_OK) == 0);
-  for (const char* d : {"usr", "proc", "dev", "sys", "root", "home", "run", "var", "mnt", "opt",
-                        "srv", "etc"}) {
+  for (const char* d :
+       {"usr", "proc", "dev", "sys", "root", "home", "run", "var", "mnt", "opt", "srv", "etc"}) {
     EXPECT_TRUE(S_ISDIR(modeOf(dir_ + "/" + d))) << d;
     EXPECT_EQ(modeOf(dir_ + "/" + d) & 07777, 0755u) << d;
   }

@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include <kj/function.h>
+
 #include "nodeagent/api_error.h"
 
 namespace nodeagent {
@@ -37,7 +39,7 @@ class SandboxFsTest : public ::testing::Test {
     return std::string(buf, n > 0 ? size_t(n) : 0);
   }
 
-  api::ErrorCode codeOf(kj::Function<void()> fn) {
+  api::ErrorCode codeOf(kj::FunctionParam<void()> fn) {
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { fn(); })) {
       KJ_IF_MAYBE(code, apiErrorCode(*e)) { return *code; }
       ADD_FAILURE() << "untyped error: " << e->getDescription().cStr();

@@ -1,6 +1,7 @@
 #include "nodeagent/sbx/args.h"
 
 #include <gtest/gtest.h>
+#include <kj/debug.h>
 #include <kj/exception.h>
 
 namespace nodeagent::sbx {
