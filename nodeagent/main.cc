@@ -7,6 +7,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <capnp/compat/json.h>
 #include <kj/debug.h>
 #include <kj/vector.h>
 
@@ -76,6 +77,15 @@ int run(int argc, char** argv) {
     listeners.add(kj::mv(listener));
   }
   supervisor.audit("agent", "start", "", "", kj::str("version=", kVersion));
+  // The effective configuration, so an audit reader sees what every later
+  // action ran under.
+  capnp::JsonCodec json;
+  KJ_IF_MAYBE(file, config.file) {
+    supervisor.audit("agent", "config", "", "", kj::str("file=", *file, " ", json.encode(cfg)));
+  }
+  else {
+    supervisor.audit("agent", "config", "", "", kj::str("defaults ", json.encode(cfg)));
+  }
   log::info("agent.started", {{"version", kVersion}, {"state_dir", cfg.getStateDir().cStr()}});
 
   auto stop = nextStopSignal(io.port, signalFd).then([](int signo) {

@@ -138,17 +138,18 @@ class AgentProcess {
       argv.push_back("unix:" + socket_);
     }
     for (auto& a : extraArgs) argv.push_back(a);
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
+    argv_ = argv;
     logPath_ = dir_ + "/agent.log";
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 2, logPath_.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                     0600);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
+    start();
+  }
+
+  // SIGKILLs the agent (no chance to clean up) and starts it again on the
+  // same state dir and socket.
+  void restartHard() {
+    kill(pid_, SIGKILL);
+    int status;
+    waitpid(pid_, &status, 0);
+    start();
   }
 
   // Waits until the agent accepts connections (`sbx ls` works).
@@ -217,6 +218,20 @@ class AgentProcess {
   }
 
  private:
+  void start() {
+    std::vector<char*> args;
+    for (auto& a : argv_) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 2, logPath_.c_str(), O_WRONLY | O_CREAT | O_APPEND,
+                                     0600);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+  }
+
+  std::vector<std::string> argv_;
   std::string dir_;
   std::string socket_;
   std::string logPath_;

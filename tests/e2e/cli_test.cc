@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "e2e/agent_harness.h"
+#include "nodeagent/store.h"
 #include "support/privileged.h"
 
 namespace nodeagent::testing {
@@ -284,6 +285,39 @@ TEST_F(CliTest, PathsNeverEscapeTheSandbox) {
   r = agent().sbx({"cp", id + ":/tmp/fifo", out});
   EXPECT_NE(r.err.find("invalidPath"), std::string::npos) << r.err;
   agent().sbx({"kill", id});
+}
+
+TEST_F(CliTest, AuditLogRecordsAdminActions) {
+  std::string id = agent().create();
+  ASSERT_EQ(agent().sbx({"kill", id}).exitCode, 0);
+  // The agent's LMDB store, read by a second process as an operator would.
+  auto store = Store::open((agent().dir() + "/state").c_str());
+  bool sawConfig = false, sawCreate = false, sawKill = false, sawEnd = false;
+  uint64_t lastSeq = 0;
+  for (auto& stored : store->readAudit(0, 100000)) {
+    auto e = stored->get();
+    EXPECT_GT(e.getSeq(), lastSeq);
+    lastSeq = e.getSeq();
+    if (e.getAction() == "config") sawConfig = true;
+    if (e.getSandboxId() != id.c_str()) continue;
+    if (e.getAction() == "create") {
+      sawCreate = true;
+      EXPECT_TRUE(e.getActor().startsWith("unix:uid=0")) << e.getActor().cStr();
+      EXPECT_EQ(e.getTenant(), "e2e");
+    }
+    if (e.getAction() == "kill") sawKill = true;
+    if (e.getAction() == "end") {
+      sawEnd = true;
+      EXPECT_EQ(e.getDetail(), "reason=killed");
+    }
+  }
+  EXPECT_TRUE(sawConfig && sawCreate && sawKill && sawEnd);
+  auto record = store->getSandbox(id.c_str());
+  ASSERT_TRUE(record != nullptr);
+  KJ_IF_MAYBE(r, record) {
+    EXPECT_EQ((*r)->get().getState(), api::SandboxState::STOPPED);
+    EXPECT_EQ((*r)->get().getEndReason(), "killed");
+  }
 }
 
 }  // namespace
