@@ -22,6 +22,7 @@
 #include "loop/io_context.h"
 #include "nodeagent/config.h"
 #include "nodeagent/rpc_endpoint.h"
+#include "schema/gateway.capnp.h"
 
 extern char** environ;
 
@@ -150,26 +151,42 @@ int main(int argc, char** argv) {
   }
   for (int i = 0; i < 400 && access(sock.c_str(), F_OK) != 0; ++i) usleep(10000);
 
-  Stats oursStats{};
+  Stats oursStats{}, createStats{}, execStats{}, killStats{};
   {
     nodeagent::loop::IoContext io;
     auto conn = nodeagent::connectToNode(io.port, nodeagent::parseListenAddress("unix:" + sock),
                                          nullptr, 8 << 20)
                     .wait(io.waitScope);
     auto node = conn->bootstrap().castAs<nodeagent::api::Node>();
+    std::vector<double> createUs, execUs, killUs;
+    auto since = [](Clock::time_point t) {
+      return std::chrono::duration<double, std::micro>(Clock::now() - t).count();
+    };
     auto once = [&]() {
+      auto t0 = Clock::now();
       auto create = node.createRequest();
       create.initSpec().setTemplate("python");
       create.getSpec().setTenant("bench");
-      auto sandbox = create.send().getSandbox();
+      auto created = create.send();
+      auto sandbox = created.getSandbox();
       auto exec = sandbox.execRequest();
       exec.initRequest().initArgv(1).set(0, "true");
       exec.setOutput(kj::heap<NullOutput>());
-      auto status = exec.send().getProcess().waitRequest().send().wait(io.waitScope);
+      auto waited = exec.send().getProcess().waitRequest().send();
+      created.wait(io.waitScope);
+      createUs.push_back(since(t0));
+      auto t1 = Clock::now();
+      auto status = waited.wait(io.waitScope);
       KJ_ASSERT(status.getStatus().getCode() == 0);
+      execUs.push_back(since(t1));
+      auto t2 = Clock::now();
       sandbox.killRequest().send().wait(io.waitScope);
+      killUs.push_back(since(t2));
     };
     oursStats = summarize(timeIt(iterations, once));
+    createStats = summarize(createUs);
+    execStats = summarize(execUs);
+    killStats = summarize(killUs);
   }
   kill(agent, SIGTERM);
   waitpid(agent, nullptr, 0);
@@ -177,6 +194,9 @@ int main(int argc, char** argv) {
 
   printf("{\n  \"benchmark\": \"create_exec_true_kill\",\n  \"iterations\": %d,\n", iterations);
   printf("  %s,\n", json("nodeagent", oursStats).c_str());
+  printf("  %s,\n", json("nodeagent_create_phase", createStats).c_str());
+  printf("  %s,\n", json("nodeagent_exec_phase", execStats).c_str());
+  printf("  %s,\n", json("nodeagent_kill_phase", killStats).c_str());
   if (haveBwrap) printf("  %s,\n", json("bwrap", bwrapStats).c_str());
   if (haveRunc) printf("  %s,\n", json("runc", runcStats).c_str());
   printf("  \"ratio_p50_vs_bwrap\": %.2f,\n", haveBwrap ? oursStats.p50Us / bwrapStats.p50Us : 0.0);

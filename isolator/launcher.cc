@@ -155,8 +155,14 @@ void validate(const LaunchSpec& spec) {
              spec.uidBase, spec.uidCount);
   KJ_REQUIRE(uint64_t(spec.uidBase) + spec.uidCount <= uint64_t(UINT32_MAX), "uid range overflows",
              spec.uidBase, spec.uidCount);
-  KJ_REQUIRE(!spec.hostname.empty() && spec.hostname.size() <= HOST_NAME_MAX,
-             "hostname must have 1..64 characters", spec.hostname.c_str());
+  // It also goes into the sandbox's /etc/hosts, so only hostname characters.
+  bool hostnameOk = !spec.hostname.empty() && spec.hostname.size() <= HOST_NAME_MAX;
+  for (char c : spec.hostname) {
+    hostnameOk = hostnameOk && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                                (c >= '0' && c <= '9') || c == '-' || c == '.');
+  }
+  KJ_REQUIRE(hostnameOk, "hostname must be 1..64 characters from [A-Za-z0-9.-]",
+             spec.hostname.c_str());
   KJ_REQUIRE(spec.diskBytes > 0, "diskBytes must be positive");
   for (const std::string* path : {&spec.initPath, &spec.skeletonDir, &spec.usrDir, &spec.workDir}) {
     if (path->empty() || (*path)[0] != '/')
@@ -240,7 +246,15 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   sandbox.pidfd = kj::AutoCloseFd(pidfd);
   sandbox.control = kj::mv(control);
   bool reaped = false;
-  KJ_ON_SCOPE_FAILURE(if (!reaped) killAndReap(sandbox));
+  KJ_ON_SCOPE_FAILURE({
+    if (!reaped) {
+      try {
+        killAndReap(sandbox);
+      } catch (const kj::Exception&) {
+        // Already unwinding; the original error is the one to report.
+      }
+    }
+  });
   childControl = nullptr;
   childSync = nullptr;
 
@@ -281,8 +295,7 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
         case initproto::Event::SETUP_FAILED: {
           std::string why = event.getSetupFailed();
           reaped = true;
-          int status = killAndReap(sandbox);
-          (void)status;
+          killAndReap(sandbox);
           throwLaunchError(spec, "setup failed: " + why);
         }
         default:

@@ -8,6 +8,7 @@
 // Reaping: init is the caller's child and is deliberately not tied to the caller's
 // lifetime (no PDEATHSIG): sandboxes outlive the agent. While the agent runs it must reap
 // init: wait for `pidfd` to become readable (e.g. poll or io_uring), then tryReap().
+// So the caller must not reap blindly (waitpid(-1, ...)) nor set SIGCHLD to SIG_IGN.
 #pragma once
 
 #include <sys/types.h>
@@ -25,7 +26,7 @@ class SandboxCgroup;
 
 struct LaunchSpec {
   std::string sandboxId;
-  std::string hostname;
+  std::string hostname;  // [A-Za-z0-9.-], at most 64 characters
   uint32_t uidBase = 0;  // sandbox uid/gid 0..uidCount-1 = host uidBase..
   uint32_t uidCount = 0;
   std::string initPath;     // the nodeagent-init binary

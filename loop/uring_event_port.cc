@@ -129,6 +129,7 @@ void UringEventPort::shutdown() {
     // The kernel may still write into these; leaking is the only safe choice.
     KJ_LOG(ERROR, "kernel did not finish cancelled io_uring requests; leaking them", liveOps_);
     new kj::Vector<Slot>(kj::mv(slots_));
+    new kj::Own<uint64_t>(kj::mv(wakeBuffer_));
     ring_.live = false;
   }
 }
@@ -136,6 +137,7 @@ void UringEventPort::shutdown() {
 bool UringEventPort::wait() {
   // Something already arrived (a full ring was drained, or a wake-up): don't sleep.
   if (!backlog_.empty() || woken_) return poll();
+  if (busyPoll_ > 0 * kj::NANOSECONDS && busyPollForCompletions()) return finishTurn();
 
   io_uring_cqe* cqe = nullptr;
   int r;
@@ -146,10 +148,7 @@ bool UringEventPort::wait() {
     r = io_uring_submit_and_wait_timeout(&ring_.raw, &cqe, 1, nullptr, nullptr);
   }
   if (r < 0 && !isTransientEnterError(r)) enterFailed(r, "io_uring_submit_and_wait_timeout");
-  drainCompletions();
-  handleCompletions();
-  timer_.advanceTo(clock_.now());
-  return takeWoken();
+  return finishTurn();
 }
 
 bool UringEventPort::poll() {
@@ -157,6 +156,25 @@ bool UringEventPort::poll() {
   // deferred work that posts completions. Never sleeps.
   int r = io_uring_submit_and_get_events(&ring_.raw);
   if (r < 0 && !isTransientEnterError(r)) enterFailed(r, "io_uring_submit_and_get_events");
+  return finishTurn();
+}
+
+// True once a completion is ready; false when the budget (or the time to
+// the next timer event) ran out.
+bool UringEventPort::busyPollForCompletions() {
+  kj::TimePoint until = clock_.now() + busyPoll_;
+  KJ_IF_MAYBE (next, timer_.nextEvent()) {
+    if (*next < until) until = *next;
+  }
+  do {
+    int r = io_uring_submit_and_get_events(&ring_.raw);
+    if (r < 0 && !isTransientEnterError(r)) enterFailed(r, "io_uring_submit_and_get_events");
+    if (io_uring_cq_ready(&ring_.raw) > 0 || io_uring_cq_has_overflow(&ring_.raw)) return true;
+  } while (clock_.now() < until);
+  return false;
+}
+
+bool UringEventPort::finishTurn() {
   drainCompletions();
   handleCompletions();
   timer_.advanceTo(clock_.now());
@@ -253,7 +271,7 @@ void UringEventPort::submitCancel(UringOp& op) {
 
 void UringEventPort::armWake() {
   io_uring_sqe* sqe = getSqe();
-  io_uring_prep_read(sqe, wakeFd_.get(), &wakeBuffer_, sizeof(wakeBuffer_), 0);
+  io_uring_prep_read(sqe, wakeFd_.get(), wakeBuffer_.get(), sizeof(uint64_t), 0);
   io_uring_sqe_set_data64(sqe, kWakeTag);
   wakeArmed_ = true;
 }

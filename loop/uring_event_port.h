@@ -46,6 +46,13 @@ class UringEventPort final : public kj::EventPort {
   // Driven by the ring: wait() sleeps at most until the next timer event.
   kj::Timer& timer() { return timer_; }
 
+  // Opt-in (default 0: off). Before sleeping, wait() keeps collecting
+  // completions without sleeping for up to `duration`, so an answer that
+  // arrives soon needs no wake-up. Waking a thread whose CPU went idle is
+  // slow, especially on VMs (tens of microseconds); this trades CPU for
+  // that latency on request/response paths.
+  void setBusyPoll(kj::Duration duration) { busyPoll_ = duration; }
+
   // Low-level operations. Each resolves to the completion result (>= 0) or
   // rejects with an errno exception naming the operation and fd. Buffers are
   // copied through memory the request owns, so the caller's buffer only has to
@@ -120,6 +127,8 @@ class UringEventPort final : public kj::EventPort {
   void handleCompletions();
   void handle(const Completion& c);
   void retire(UringOp& op);
+  bool busyPollForCompletions();
+  bool finishTurn();
   bool takeWoken();
   void shutdown();
 
@@ -137,7 +146,7 @@ class UringEventPort final : public kj::EventPort {
   Ring ring_;
   unsigned setupFlags_ = 0;
   kj::AutoCloseFd wakeFd_;
-  uint64_t wakeBuffer_ = 0;  // the kernel writes here while wakeArmed_
+  kj::Own<uint64_t> wakeBuffer_ = kj::heap<uint64_t>(0);  // the kernel writes here while wakeArmed_
   bool wakeArmed_ = false;
   bool woken_ = false;
   bool shuttingDown_ = false;
@@ -149,6 +158,7 @@ class UringEventPort final : public kj::EventPort {
 
   const kj::MonotonicClock& clock_;
   kj::TimerImpl timer_;
+  kj::Duration busyPoll_ = 0 * kj::NANOSECONDS;
 };
 
 }  // namespace nodeagent::loop

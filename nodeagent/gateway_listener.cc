@@ -56,8 +56,8 @@ GatewayListener::GatewayListener(ServerContext& context, const ListenAddress& ad
 kj::Promise<void> GatewayListener::run() { return acceptLoop(); }
 
 kj::Promise<void> GatewayListener::acceptLoop() {
-  return context_.port.accept(listenFd_).then([this](int fd) {
-    connections_.add(serve(kj::AutoCloseFd(fd)));
+  return context_.port.acceptFd(listenFd_).then([this](kj::AutoCloseFd fd) {
+    connections_.add(serve(kj::mv(fd)));
     return acceptLoop();
   });
 }

@@ -87,14 +87,14 @@ SandboxFs& SandboxRuntime::files() {
 void SandboxRuntime::kill(kj::StringPtr reason) {
   if (ended_ || pendingReason_.size() > 0) return;
   pendingReason_ = kj::str(reason);
-  // SIGKILL to PID 1 of a pid namespace kills every process in it; the cgroup
-  // kill catches anything that got out of the namespace's process tree.
+  finalStats_ = cgroup_->stats();
+  // SIGKILL to PID 1 of a pid namespace kills every process in it; finish()
+  // runs when init has exited and sweeps the cgroup for anything left.
   if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), SIGKILL, nullptr, 0) < 0 &&
       errno != ESRCH) {
     log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"errno", errno}});
+    cgroup_->killAll();
   }
-  finalStats_ = cgroup_->stats();
-  cgroup_->killAll();
 }
 
 void SandboxRuntime::setTimeout(uint32_t seconds) {
@@ -134,8 +134,14 @@ void SandboxRuntime::finish() {
     finalStats_ = cgroup_->stats();
   }
   try {
-    cgroup_->killAll();
-    cgroup_->remove();
+    // The namespace's processes are dying with init; give them a moment to
+    // leave the cgroup, then kill whatever is still in it the slow way.
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions(
+                       [&]() { cgroup_->remove(std::chrono::milliseconds(200)); })) {
+      (void)e;
+      cgroup_->killAll();
+      cgroup_->remove();
+    }
   } catch (kj::Exception& e) {
     log::warn("sandbox.cgroup_cleanup_failed",
               {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});

@@ -472,6 +472,30 @@ TEST(Sandbox, InitIsASessionLeader) {
   EXPECT_EQ(sh(sandbox, "ps -o sid= -p 1 | tr -d ' '"), "1\n");
 }
 
+TEST(Sandbox, InvalidSpecsAreRejectedBeforeCloning) {
+  NODEAGENT_REQUIRE_ROOT();
+  LaunchSpec spec;
+  spec.sandboxId = "x";
+  spec.hostname = "ok";
+  spec.uidBase = nextUidBase();
+  spec.uidCount = 65536;
+  spec.initPath = initPath();
+  spec.skeletonDir = skeletonDir();
+  spec.workDir = scratchDir() + "/never-created";
+  spec.diskBytes = 1 << 20;
+  LaunchSpec bad = spec;
+  bad.hostname = "evil\n1.2.3.4 bank.example";
+  EXPECT_THROW(launch(bad), kj::Exception);
+  bad = spec;
+  bad.uidBase = 0;  // would map the sandbox's root to host root
+  EXPECT_THROW(launch(bad), kj::Exception);
+  bad = spec;
+  bad.skeletonDir = "relative";
+  EXPECT_THROW(launch(bad), kj::Exception);
+  struct stat st;
+  EXPECT_NE(stat(spec.workDir.c_str(), &st), 0);
+}
+
 TEST(Sandbox, NoFdLeaksInTheLauncher) {
   NODEAGENT_REQUIRE_ROOT();
   skeletonDir();

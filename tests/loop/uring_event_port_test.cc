@@ -292,6 +292,29 @@ TEST(UringEventPort, ReadsASignalfd) {
   ASSERT_EQ(pthread_sigmask(SIG_SETMASK, &old, nullptr), 0);
 }
 
+TEST(UringEventPort, BusyPollStillSleepsAndWakes) {
+  IoContext ctx;
+  ctx.port.setBusyPoll(2 * kj::MILLISECONDS);
+  auto pipe = makePipe();
+  kj::byte buf[4];
+  // Data that comes while spinning, and data that comes after the spin gave up.
+  for (int delayMs : {0, 1, 20}) {
+    int writeFd = pipe.b.get();
+    std::thread writer([writeFd, delayMs]() {
+      usleep(delayMs * 1000);
+      KJ_SYSCALL(::write(writeFd, "ok", 2));
+    });
+    EXPECT_EQ(ctx.port.read(pipe.a.get(), kj::arrayPtr(buf, 4)).wait(ctx.waitScope), 2u);
+    writer.join();
+  }
+  // A timer shorter than the spin budget still fires on time, a longer one too.
+  auto before = ctx.port.timer().now();
+  ctx.port.timer().afterDelay(500 * kj::MICROSECONDS).wait(ctx.waitScope);
+  ctx.port.timer().afterDelay(10 * kj::MILLISECONDS).wait(ctx.waitScope);
+  EXPECT_GE(ctx.port.timer().now() - before, 10 * kj::MILLISECONDS);
+  EXPECT_EQ(ctx.port.pendingOperations(), 0u);
+}
+
 TEST(UringEventPort, ExecutorWakesTheRingFromAnotherThread) {
   IoContext ctx;
   const kj::Executor& executor = kj::getCurrentThreadExecutor();
