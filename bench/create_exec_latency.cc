@@ -77,6 +77,7 @@ std::vector<double> timeIt(int iterations, F&& fn) {
 class NullOutput final : public nodeagent::api::OutputSink::Server {
   kj::Promise<void> stdout(StdoutContext) override { return kj::READY_NOW; }
   kj::Promise<void> stderr(StderrContext) override { return kj::READY_NOW; }
+  kj::Promise<void> done(DoneContext) override { return kj::READY_NOW; }
 };
 
 std::string json(const char* name, const Stats& s) {

@@ -38,6 +38,7 @@ ExecProcess::ExecProcess(loop::UringEventPort& port, SpawnedProcess spawned,
   KJ_IF_MAYBE(fd, spawned.stdinFd) { stdin_ = loop::wrapOutputFd(port, kj::mv(*fd)); }
 
   pumps_ = kj::joinPromises(kj::arr(pump(*stdout_, false), pump(*stderr_, true)))
+               .then([this]() { return output_.doneRequest().send().ignoreResult(); })
                .catch_([](kj::Exception&&) {
                  // The caller's sink went away; the process keeps running.
                })

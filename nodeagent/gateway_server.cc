@@ -6,6 +6,7 @@
 #include <kj/debug.h>
 
 #include "loop/fd_streams.h"
+#include "loop/serial_queue.h"
 #include "nodeagent/api_error.h"
 #include "nodeagent/version.h"
 
@@ -56,13 +57,18 @@ class ProcessImpl final : public api::Process::Server {
   }
 
   kj::Promise<void> writeStdin(WriteStdinContext context) override {
-    auto data = context.getParams().getData();
-    return process_->writeStdin(data).attach(kj::mv(context));
+    return stdinWrites_.add([this, context]() mutable {
+      auto data = context.getParams().getData();
+      return process_->writeStdin(data).attach(kj::mv(context));
+    });
   }
 
   kj::Promise<void> closeStdin(CloseStdinContext) override {
-    process_->closeStdin();
-    return kj::READY_NOW;
+    // After the writes before it, so no data is cut off.
+    return stdinWrites_.add([this]() -> kj::Promise<void> {
+      process_->closeStdin();
+      return kj::READY_NOW;
+    });
   }
 
   kj::Promise<void> pid(PidContext context) override {
@@ -72,6 +78,7 @@ class ProcessImpl final : public api::Process::Server {
 
  private:
   kj::Own<ExecProcess> process_;
+  loop::SerialQueue stdinWrites_;
 };
 
 // Receives an upload; the file appears under its name only at done().
@@ -89,13 +96,18 @@ class UploadSink final : public api::ByteSink::Server {
     }
     uint64_t at = offset_;
     offset_ += data.size();
-    return writeAll(data, at).attach(kj::mv(context));
+    return writes_.add([this, context, data, at]() mutable {
+      return writeAll(data, at).attach(kj::mv(context));
+    });
   }
 
   kj::Promise<void> done(DoneContext) override {
     done_ = true;
-    upload_->commit();
-    return kj::READY_NOW;
+    // Earlier stream calls may still be writing; commit after them.
+    return writes_.add([this]() -> kj::Promise<void> {
+      upload_->commit();
+      return kj::READY_NOW;
+    });
   }
 
  private:
@@ -112,6 +124,7 @@ class UploadSink final : public api::ByteSink::Server {
   uint64_t maxBytes_;
   uint64_t offset_ = 0;
   bool done_ = false;
+  loop::SerialQueue writes_;
 };
 
 class FilesImpl final : public api::Files::Server {
@@ -259,10 +272,11 @@ class SandboxImpl final : public api::Sandbox::Server {
 // is left, so info() answers and everything else says it has ended.
 class EndedSandboxImpl final : public api::Sandbox::Server {
  public:
-  explicit EndedSandboxImpl(kj::Own<StoredSandbox> record) : record_(kj::mv(record)) {}
+  explicit EndedSandboxImpl(kj::Own<capnp::MallocMessageBuilder> record)
+      : record_(kj::mv(record)) {}
 
   kj::Promise<void> info(InfoContext context) override {
-    fillInfo(context.getResults().initInfo(), record_->get());
+    fillInfo(context.getResults().initInfo(), rec());
     return kj::READY_NOW;
   }
   kj::Promise<void> kill(KillContext) override { return kj::READY_NOW; }  // already ended
@@ -273,11 +287,11 @@ class EndedSandboxImpl final : public api::Sandbox::Server {
 
  private:
   kj::Promise<void> ended() {
-    auto rec = record_->get();
-    return makeApiError(api::ErrorCode::NOT_RUNNING,
-                        kj::str("sandbox ", rec.getId(), " has ended (", rec.getEndReason(), ")"));
+    return makeApiError(api::ErrorCode::NOT_RUNNING, kj::str("sandbox ", rec().getId(),
+                                                             " has ended (", rec().getEndReason(), ")"));
   }
-  kj::Own<StoredSandbox> record_;
+  state::SandboxRecord::Reader rec() { return record_->getRoot<state::SandboxRecord>(); }
+  kj::Own<capnp::MallocMessageBuilder> record_;
 };
 
 class NodeImpl final : public api::Node::Server {
@@ -298,10 +312,8 @@ class NodeImpl final : public api::Node::Server {
       context.getResults().setSandbox(kj::heap<SandboxImpl>(ctx_, kj::mv(*sandbox), actor_));
       return kj::READY_NOW;
     }
-    kj::Vector<kj::Own<StoredSandbox>> records;
-    ctx_.supervisor.list("", records);
-    for (auto& r : records) {
-      if (r->get().getId() == id) {
+    for (auto& r : ctx_.supervisor.list("")) {
+      if (r->getRoot<state::SandboxRecord>().getId() == id) {
         context.getResults().setSandbox(kj::heap<EndedSandboxImpl>(kj::mv(r)));
         return kj::READY_NOW;
       }
@@ -310,18 +322,10 @@ class NodeImpl final : public api::Node::Server {
   }
 
   kj::Promise<void> list(ListContext context) override {
-    kj::Vector<kj::Own<StoredSandbox>> records;
-    ctx_.supervisor.list(context.getParams().getTenant(), records);
+    auto records = ctx_.supervisor.list(context.getParams().getTenant());
     auto out = context.getResults().initSandboxes(records.size());
     for (size_t i = 0; i < records.size(); ++i) {
-      auto rec = records[i]->get();
-      // A live sandbox's record in memory is the freshest (timeouts change).
-      KJ_IF_MAYBE(live, ctx_.supervisor.find(rec.getId())) {
-        fillInfo(out[i], (*live)->record());
-      }
-      else {
-        fillInfo(out[i], rec);
-      }
+      fillInfo(out[i], records[i]->getRoot<state::SandboxRecord>());
     }
     return kj::READY_NOW;
   }

@@ -50,11 +50,12 @@ int run(int argc, char** argv) {
 
   loop::IoContext io;
   StoreOptions storeOptions;
-  // A process crash loses nothing; after a power loss the store is still
-  // consistent but may miss the last commit, which re-adoption reconciles.
-  storeOptions.durability = Durability::kNoMetaSync;
+  // Commits run on the StoreWriter's thread, off the event loop, so they can
+  // afford full durability.
+  storeOptions.durability = Durability::kFull;
   auto store = Store::open(cfg.getStateDir(), storeOptions);
-  Supervisor supervisor(io.port, cfg, *store);
+  StoreWriter storeWriter(*store);
+  Supervisor supervisor(io.port, cfg, *store, storeWriter);
   supervisor.start();
 
   ServerContext context{supervisor, io.port, cfg.getMaxFileBytes(), cfg.getMaxMessageBytes()};
@@ -95,6 +96,7 @@ int run(int argc, char** argv) {
 
   // Sandboxes outlive the agent: nothing is killed on the way out.
   supervisor.audit("agent", "stop", "", "", "");
+  storeWriter.flush();
   for (auto& l : listeners) (void)l;
   for (auto text : cfg.getListen()) {
     ListenAddress address = parseListenAddress(text);

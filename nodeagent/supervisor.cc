@@ -1,6 +1,7 @@
 #include "nodeagent/supervisor.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -76,16 +77,56 @@ void makeDir(kj::StringPtr path, mode_t mode) {
   if (mkdir(path.cStr(), mode) < 0 && errno != EEXIST) KJ_FAIL_SYSCALL("mkdir", errno, path);
 }
 
+// One agent per cgroup root: a second one would take the first one's
+// sandboxes for orphans and end them. The lock lives as long as the agent.
+kj::AutoCloseFd lockCgroupRoot(kj::StringPtr cgroupRoot) {
+  makeDir("/run/lock", 01777);
+  kj::String path = kj::str("/run/lock/nodeagent-", cgroupRoot, ".lock");
+  int fd;
+  KJ_SYSCALL(fd = open(path.cStr(), O_RDWR | O_CREAT | O_CLOEXEC, 0600), path);
+  kj::AutoCloseFd lock(fd);
+  if (flock(lock, LOCK_EX | LOCK_NB) < 0) {
+    KJ_REQUIRE(errno != EWOULDBLOCK,
+               "another nodeagent already manages this cgroup root; set cgroupRoot to run two",
+               cgroupRoot, path);
+    KJ_FAIL_SYSCALL("flock", errno, path);
+  }
+  return lock;
+}
+
+template <typename T>
+kj::Own<capnp::MallocMessageBuilder> copyOf(typename T::Reader reader) {
+  auto message = kj::heap<capnp::MallocMessageBuilder>();
+  message->setRoot(reader);
+  return message;
+}
+
+kj::Own<capnp::MallocMessageBuilder> auditEntry(int64_t timeNs, kj::StringPtr actor,
+                                                kj::StringPtr action, kj::StringPtr sandboxId,
+                                                kj::StringPtr tenant, kj::StringPtr detail) {
+  auto message = kj::heap<capnp::MallocMessageBuilder>();
+  auto entry = message->initRoot<state::AuditEntry>();
+  entry.setTimeNs(timeNs);
+  entry.setActor(actor);
+  entry.setAction(action);
+  entry.setSandboxId(sandboxId);
+  entry.setTenant(tenant);
+  entry.setDetail(detail);
+  return message;
+}
+
 }  // namespace
 
 void Supervisor::ErrorLogger::taskFailed(kj::Exception&& e) {
   log::error("supervisor.task_failed", {{"error", e.getDescription().cStr()}});
 }
 
-Supervisor::Supervisor(loop::UringEventPort& port, config::Config::Reader config, Store& store)
+Supervisor::Supervisor(loop::UringEventPort& port, config::Config::Reader config, Store& store,
+                       StoreWriter& writer)
     : port_(port),
       config_(config),
       store_(store),
+      writer_(writer),
       cgroupMode_(isolator::detectCgroupMode()),
       tasks_(errorLogger_) {}
 
@@ -112,8 +153,41 @@ void Supervisor::start() {
     isolator::prepareSkeleton(info.skeletonDir.cStr(), info.usrDir.cStr());
     templates_.add(kj::mv(info));
   }
+  hostLock_ = lockCgroupRoot(config_.getCgroupRoot());
   cgroupTree_ = isolator::CgroupTree::open(config_.getCgroupRoot().cStr());
   endStaleRecords();
+  writer_.flush();
+  sweepOrphanCgroups();
+}
+
+void Supervisor::sweepOrphanCgroups() {
+  // A sandbox whose create never reached the store (the agent died between
+  // launch and commit) has a cgroup and no running record: end it.
+  auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
+  for (auto& [tenant, id] : tree.listSandboxes()) {
+    KJ_IF_MAYBE(stored, store_.getSandbox(id.c_str())) {
+      if ((*stored)->get().getState() != api::SandboxState::STOPPED) continue;
+    }
+    log::warn("sandbox.orphan_swept", {{"id", id.c_str()}, {"tenant", tenant.c_str()}});
+    try {
+      auto cgroup = isolator::SandboxCgroup::adopt(tree, tenant.c_str(), id.c_str());
+      cgroup->killAll();
+      cgroup->remove();
+    } catch (kj::Exception& e) {
+      log::warn("sandbox.orphan_sweep_failed",
+                {{"id", id.c_str()}, {"error", e.getDescription().cStr()}});
+    }
+    rmdir(kj::str(config_.getStateDir(), "/sandboxes/", id).cStr());
+  }
+}
+
+void Supervisor::persist(state::SandboxRecord::Reader record,
+                         kj::Maybe<kj::Own<capnp::MallocMessageBuilder>> audit) {
+  auto copy = copyOf<state::SandboxRecord>(record);
+  writer_.submit([copy = kj::mv(copy), audit = kj::mv(audit)](Store::WriteTxn& txn) mutable {
+    txn.putSandbox(copy->getRoot<state::SandboxRecord>().asReader());
+    KJ_IF_MAYBE(a, audit) { txn.appendAudit((*a)->getRoot<state::AuditEntry>().asReader()); }
+  });
 }
 
 void Supervisor::endStaleRecords() {
@@ -142,18 +216,9 @@ void Supervisor::endStaleRecords() {
     updated.setState(api::SandboxState::STOPPED);
     updated.setEndedAtNs(unixNowNs());
     updated.setEndReason("agent-restarted");
-    capnp::MallocMessageBuilder m;
-    auto entry = m.initRoot<state::AuditEntry>();
-    entry.setTimeNs(updated.getEndedAtNs());
-    entry.setActor("agent");
-    entry.setAction("end");
-    entry.setSandboxId(rec.getId());
-    entry.setTenant(rec.getSpec().getTenant());
-    entry.setDetail("reason=agent-restarted");
-    store_.update([&](Store::WriteTxn& txn) {
-      txn.putSandbox(updated.asReader());
-      txn.appendAudit(entry.asReader());
-    });
+    persist(updated.asReader(),
+            auditEntry(updated.getEndedAtNs(), "agent", "end", rec.getId(),
+                       rec.getSpec().getTenant(), "reason=agent-restarted"));
     log::warn("sandbox.ended_on_start", {{"id", rec.getId().cStr()}});
   }
 }
@@ -266,20 +331,10 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
                     O_PATH | O_DIRECTORY | O_CLOEXEC);
   KJ_SYSCALL(rootFd, "open sandbox root", launched.pid);
 
-  store_.update([&](Store::WriteTxn& txn) {
-    txn.putSandbox(rec.asReader());
-    capnp::MallocMessageBuilder m;
-    auto entry = m.initRoot<state::AuditEntry>();
-    entry.setTimeNs(now);
-    entry.setActor(actor);
-    entry.setAction("create");
-    entry.setSandboxId(id);
-    entry.setTenant(filled.getTenant());
-    entry.setDetail(kj::str("template=", filled.getTemplate(),
-                            " memory=", filled.getMemoryBytes(),
-                            " cpuMillis=", filled.getCpuMillis()));
-    txn.appendAudit(entry.asReader());
-  });
+  persist(rec.asReader(),
+          auditEntry(now, actor, "create", id, filled.getTenant(),
+                     kj::str("template=", filled.getTemplate(), " memory=",
+                             filled.getMemoryBytes(), " cpuMillis=", filled.getCpuMillis())));
 
   SandboxRuntime::Parts parts;
   parts.record = kj::mv(record);
@@ -308,12 +363,24 @@ kj::Maybe<kj::Own<SandboxRuntime>> Supervisor::find(kj::StringPtr id) {
   return nullptr;
 }
 
-void Supervisor::list(kj::StringPtr tenant, kj::Vector<kj::Own<StoredSandbox>>& out) {
-  for (auto& message : store_.listSandboxes()) {
-    auto rec = message->get();
-    if (tenant.size() > 0 && rec.getSpec().getTenant() != tenant) continue;
-    out.add(kj::mv(message));
+kj::Vector<kj::Own<capnp::MallocMessageBuilder>> Supervisor::list(kj::StringPtr tenant) {
+  std::map<std::string, kj::Own<capnp::MallocMessageBuilder>> merged;
+  auto wanted = [&](state::SandboxRecord::Reader rec) {
+    return tenant.size() == 0 || rec.getSpec().getTenant() == tenant;
+  };
+  for (auto& stored : store_.listSandboxes()) {
+    auto rec = stored->get();
+    if (wanted(rec)) merged[rec.getId().cStr()] = copyOf<state::SandboxRecord>(rec);
   }
+  // Memory is fresher than the store (timeouts move, writes are queued).
+  for (auto* registry : {&live_, &ended_}) {
+    for (auto& [id, sandbox] : *registry) {
+      if (wanted(sandbox->record())) merged[id] = copyOf<state::SandboxRecord>(sandbox->record());
+    }
+  }
+  kj::Vector<kj::Own<capnp::MallocMessageBuilder>> out;
+  for (auto& entry : merged) out.add(kj::mv(entry.second));
+  return out;
 }
 
 kj::Promise<void> Supervisor::kill(SandboxRuntime& sandbox, kj::StringPtr actor) {
@@ -337,31 +404,16 @@ kj::Promise<void> Supervisor::killAll(kj::StringPtr reason) {
 
 void Supervisor::audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr sandboxId,
                        kj::StringPtr tenant, kj::StringPtr detail) {
-  capnp::MallocMessageBuilder m;
-  auto entry = m.initRoot<state::AuditEntry>();
-  entry.setTimeNs(unixNowNs());
-  entry.setActor(actor);
-  entry.setAction(action);
-  entry.setSandboxId(sandboxId);
-  entry.setTenant(tenant);
-  entry.setDetail(detail);
-  store_.appendAudit(entry.asReader());
+  auto entry = auditEntry(unixNowNs(), actor, action, sandboxId, tenant, detail);
+  writer_.submit([entry = kj::mv(entry)](Store::WriteTxn& txn) mutable {
+    txn.appendAudit(entry->getRoot<state::AuditEntry>().asReader());
+  });
 }
 
 void Supervisor::onEnded(SandboxRuntime& sandbox) {
   auto rec = sandbox.record();
-  store_.update([&](Store::WriteTxn& txn) {
-    txn.putSandbox(rec);
-    capnp::MallocMessageBuilder m;
-    auto entry = m.initRoot<state::AuditEntry>();
-    entry.setTimeNs(rec.getEndedAtNs());
-    entry.setActor("agent");
-    entry.setAction("end");
-    entry.setSandboxId(rec.getId());
-    entry.setTenant(rec.getSpec().getTenant());
-    entry.setDetail(kj::str("reason=", rec.getEndReason()));
-    txn.appendAudit(entry.asReader());
-  });
+  persist(rec, auditEntry(rec.getEndedAtNs(), "agent", "end", rec.getId(),
+                          rec.getSpec().getTenant(), kj::str("reason=", rec.getEndReason())));
   for (auto it = uidSlots_.begin(); it != uidSlots_.end(); ++it) {
     if (it->second == sandbox.id().cStr()) {
       uidSlots_.erase(it);

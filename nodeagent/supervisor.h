@@ -12,6 +12,7 @@
 #include "loop/uring_event_port.h"
 #include "nodeagent/sandbox_runtime.h"
 #include "nodeagent/store.h"
+#include "nodeagent/store_writer.h"
 #include "schema/config.capnp.h"
 #include "schema/gateway.capnp.h"
 
@@ -21,7 +22,9 @@ class Supervisor {
  public:
   static constexpr kj::Duration kEndedRetention = 10 * kj::MINUTES;
 
-  Supervisor(loop::UringEventPort& port, config::Config::Reader config, Store& store);
+  // Reads come from `store`; every write goes through `writer`.
+  Supervisor(loop::UringEventPort& port, config::Config::Reader config, Store& store,
+             StoreWriter& writer);
   ~Supervisor() noexcept(false);
   KJ_DISALLOW_COPY(Supervisor);
 
@@ -33,8 +36,9 @@ class Supervisor {
   // A live sandbox, or one that ended less than kEndedRetention ago (its
   // info and usage stay readable); null otherwise.
   kj::Maybe<kj::Own<SandboxRuntime>> find(kj::StringPtr id);
-  // Records (live and ended) of one tenant, or of all when tenant is empty.
-  void list(kj::StringPtr tenant, kj::Vector<kj::Own<StoredSandbox>>& out);
+  // Records (live and ended) of one tenant, or of all when tenant is empty,
+  // ordered by id; the in-memory record wins over the stored one.
+  kj::Vector<kj::Own<capnp::MallocMessageBuilder>> list(kj::StringPtr tenant);
   kj::Promise<void> kill(SandboxRuntime& sandbox, kj::StringPtr actor);
   void audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr sandboxId,
              kj::StringPtr tenant, kj::StringPtr detail);
@@ -61,10 +65,16 @@ class Supervisor {
   uint32_t allocateUidSlot();
   void onEnded(SandboxRuntime& sandbox);
   void endStaleRecords();
+  void sweepOrphanCgroups();
+  // Queues the record (and an audit entry, if given) as one change.
+  void persist(state::SandboxRecord::Reader record,
+               kj::Maybe<kj::Own<capnp::MallocMessageBuilder>> audit);
 
   loop::UringEventPort& port_;
   config::Config::Reader config_;
   Store& store_;
+  StoreWriter& writer_;
+  kj::AutoCloseFd hostLock_;
   kj::Vector<TemplateInfo> templates_;
   isolator::CgroupMode cgroupMode_;
   kj::Maybe<kj::Own<isolator::CgroupTree>> cgroupTree_;

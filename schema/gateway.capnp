@@ -113,10 +113,13 @@ struct ExitStatus {
 }
 
 interface OutputSink {
-  # Output of a process, in order, per stream. The server waits for each call
-  # to return before sending more (flow control).
+  # Output of a process, in order, per stream, with flow control.
   stdout @0 (data :Data) -> stream;
   stderr @1 (data :Data) -> stream;
+  done @2 ();
+  # After the last output. The process's wait() answers only once done()
+  # has returned, so a sink that returns from done() after writing out
+  # everything it received never loses the tail of the output.
 }
 
 interface Process {

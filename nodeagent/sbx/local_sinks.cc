@@ -18,13 +18,23 @@ kj::Promise<void> writeFully(loop::UringEventPort& port, int fd, kj::ArrayPtr<co
 }
 
 kj::Promise<void> TerminalOutput::stdout(StdoutContext context) {
-  auto data = context.getParams().getData();
-  return writeFully(port_, STDOUT_FILENO, data, uint64_t(-1)).attach(kj::mv(context));
+  return writes_->add([this, context]() mutable {
+    auto data = context.getParams().getData();
+    return writeFully(port_, STDOUT_FILENO, data, uint64_t(-1)).attach(kj::mv(context));
+  });
 }
 
 kj::Promise<void> TerminalOutput::stderr(StderrContext context) {
-  auto data = context.getParams().getData();
-  return writeFully(port_, STDERR_FILENO, data, uint64_t(-1)).attach(kj::mv(context));
+  return writes_->add([this, context]() mutable {
+    auto data = context.getParams().getData();
+    return writeFully(port_, STDERR_FILENO, data, uint64_t(-1)).attach(kj::mv(context));
+  });
+}
+
+kj::Promise<void> TerminalOutput::done(DoneContext) {
+  // Returning only when everything is written is what lets wait() mean
+  // "all output delivered".
+  return writes_->drained();
 }
 
 LocalFileSink::LocalFileSink(loop::UringEventPort& port, kj::StringPtr path)
@@ -39,17 +49,22 @@ LocalFileSink::~LocalFileSink() noexcept(false) {
 }
 
 kj::Promise<void> LocalFileSink::write(WriteContext context) {
-  auto data = context.getParams().getData();
-  uint64_t at = offset_;
-  offset_ += data.size();
-  return writeFully(port_, fd_, data, at).attach(kj::mv(context));
+  return writes_.add([this, context]() mutable {
+    auto data = context.getParams().getData();
+    uint64_t at = offset_;
+    offset_ += data.size();
+    return writeFully(port_, fd_, data, at).attach(kj::mv(context));
+  });
 }
 
 kj::Promise<void> LocalFileSink::done(DoneContext) {
-  KJ_SYSCALL(fsync(fd_));
-  KJ_SYSCALL(rename(partialPath_.cStr(), path_.cStr()), path_);
-  done_ = true;
-  return kj::READY_NOW;
+  // Stream calls may still be writing: the file is whole only after them.
+  return writes_.add([this]() -> kj::Promise<void> {
+    KJ_SYSCALL(fsync(fd_));
+    KJ_SYSCALL(rename(partialPath_.cStr(), path_.cStr()), path_);
+    done_ = true;
+    return kj::READY_NOW;
+  });
 }
 
 }  // namespace nodeagent::sbx

@@ -5,6 +5,7 @@
 #include <kj/async.h>
 #include <kj/string.h>
 
+#include "loop/serial_queue.h"
 #include "loop/uring_event_port.h"
 #include "schema/gateway.capnp.h"
 
@@ -17,10 +18,11 @@ class TerminalOutput final : public api::OutputSink::Server {
   explicit TerminalOutput(loop::UringEventPort& port) : port_(port) {}
   kj::Promise<void> stdout(StdoutContext context) override;
   kj::Promise<void> stderr(StderrContext context) override;
+  kj::Promise<void> done(DoneContext context) override;
 
  private:
-  kj::Promise<void> writeAll(int fd, kj::ArrayPtr<const kj::byte> data);
   loop::UringEventPort& port_;
+  kj::Own<loop::SerialQueue> writes_ = kj::heap<loop::SerialQueue>();
 };
 
 // Writes a download into "<path>.sbx-partial" and renames it to `path` at done().
@@ -38,6 +40,7 @@ class LocalFileSink final : public api::ByteSink::Server {
   kj::AutoCloseFd fd_;
   uint64_t offset_ = 0;
   bool done_ = false;
+  loop::SerialQueue writes_;
 };
 
 // Writes all of `data` to `fd` at `offset` (-1: the fd's own position).

@@ -128,12 +128,28 @@ inline CommandResult runCommand(const std::vector<std::string>& argv,
 // One agent process for a test suite.
 class AgentProcess {
  public:
-  explicit AgentProcess(std::vector<std::string> extraArgs = {}, bool unixListen = true) {
+  // `extraConfig` is spliced into the agent's JSON config file (",\"tls\": {...}").
+  explicit AgentProcess(std::vector<std::string> extraArgs = {}, bool unixListen = true,
+                        const std::string& extraConfig = "") {
     char tmpl[] = "/tmp/nodeagent-e2e-XXXXXX";
     dir_ = mkdtemp(tmpl);
     chmod(dir_.c_str(), 0711);  // sandboxes mount their root below it under their own uid
     socket_ = dir_ + "/agent.sock";
-    std::vector<std::string> argv = {binDir() + "/nodeagent", "--state-dir", dir_ + "/state"};
+    // Tests run several agents at once: each gets its own cgroup subtree and
+    // uid range, as separate hosts would.
+    static int counter = 0;
+    cgroupRoot_ = "nodeagent-test-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+    uint64_t uidBase = 1000000000ull + uint64_t((getpid() * 7 + counter) % 400) * 6600000ull;
+    {
+      std::string config = "{\"cgroupRoot\": \"" + cgroupRoot_ + "\", \"uidBase\": " +
+                           std::to_string(uidBase) + ", \"maxSandboxes\": 100" + extraConfig +
+                           "}";
+      FILE* f = fopen((dir_ + "/config.json").c_str(), "w");
+      fputs(config.c_str(), f);
+      fclose(f);
+    }
+    std::vector<std::string> argv = {binDir() + "/nodeagent", "--config", dir_ + "/config.json",
+                                     "--state-dir", dir_ + "/state"};
     if (unixListen) {
       argv.push_back("--listen");
       argv.push_back("unix:" + socket_);
@@ -183,11 +199,23 @@ class AgentProcess {
       int status;
       waitpid(pid_, &status, 0);
     }
+    // The agent leaves its (empty) cgroup root behind; a test host cleans up.
+    for (const char* h : {"unified", "memory", "pids", "cpu", "cpuacct", "freezer", ""}) {
+      std::string base = std::string("/sys/fs/cgroup/") + h + (h[0] ? "/" : "") + cgroupRoot_;
+      std::string rm = "find '" + base + "' -depth -type d -exec rmdir {} + 2>/dev/null";
+      if (system(rm.c_str()) < 0) perror("rmdir");
+    }
     std::string cmd = "rm -rf '" + dir_ + "'";
     if (system(cmd.c_str()) != 0) perror("rm");
   }
 
   std::string target() const { return "unix:" + socket_; }
+  const std::string& cgroupRoot() const { return cgroupRoot_; }
+  // A sandbox's cgroup directory in one hierarchy ("pids", "unified", ...).
+  std::string cgroupDir(const std::string& hierarchy, const std::string& tenant,
+                        const std::string& id) const {
+    return "/sys/fs/cgroup/" + hierarchy + "/" + cgroupRoot_ + "/sandboxes/" + tenant + "/" + id;
+  }
   const std::string& dir() const { return dir_; }
   const std::string& socketPath() const { return socket_; }
   pid_t pid() const { return pid_; }
@@ -243,6 +271,7 @@ class AgentProcess {
   }
 
   std::vector<std::string> argv_;
+  std::string cgroupRoot_;
   std::string dir_;
   std::string socket_;
   std::string logPath_;

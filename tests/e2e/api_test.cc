@@ -29,6 +29,7 @@ class Collector final : public api::OutputSink::Server {
     err_->append(reinterpret_cast<const char*>(d.begin()), d.size());
     return kj::READY_NOW;
   }
+  kj::Promise<void> done(DoneContext) override { return kj::READY_NOW; }
 
  private:
   std::string* out_;

@@ -174,10 +174,10 @@ TEST_F(CliTest, TimeoutKillsTheSandbox) {
   EXPECT_NE(after.err.find("notRunning"), std::string::npos) << after.err;
 }
 
-std::vector<pid_t> cgroupPids(const std::string& id) {
+std::vector<pid_t> cgroupPids(AgentProcess& agent, const std::string& id) {
   std::vector<pid_t> pids;
-  for (const char* root : {"/sys/fs/cgroup/pids", "/sys/fs/cgroup"}) {
-    std::ifstream in(std::string(root) + "/nodeagent/sandboxes/e2e/" + id + "/cgroup.procs");
+  for (const char* hierarchy : {"pids", "unified"}) {
+    std::ifstream in(agent.cgroupDir(hierarchy, "e2e", id) + "/cgroup.procs");
     pid_t p;
     while (in >> p) pids.push_back(p);
     if (!pids.empty()) break;
@@ -192,14 +192,14 @@ TEST_F(CliTest, KilledSandboxLeavesNoProcess) {
                         "sleep 1000 >/dev/null 2>&1 & (setsid sleep 1001 >/dev/null 2>&1 &) ; "
                         "echo started"});
   EXPECT_EQ(r.out, "started\n");
-  std::vector<pid_t> pids = cgroupPids(id);
+  std::vector<pid_t> pids = cgroupPids(agent(), id);
   ASSERT_GE(pids.size(), 3u) << "init and two sleeps expected";
   ASSERT_EQ(agent().sbx({"kill", id}).exitCode, 0);
   for (pid_t p : pids) {
     EXPECT_NE(access(("/proc/" + std::to_string(p)).c_str(), F_OK), 0) << "pid " << p << " lives";
   }
-  EXPECT_NE(access(("/sys/fs/cgroup/pids/nodeagent/sandboxes/e2e/" + id).c_str(), F_OK), 0);
-  EXPECT_NE(access(("/sys/fs/cgroup/unified/nodeagent/sandboxes/e2e/" + id).c_str(), F_OK), 0);
+  EXPECT_NE(access(agent().cgroupDir("pids", "e2e", id).c_str(), F_OK), 0);
+  EXPECT_NE(access(agent().cgroupDir("unified", "e2e", id).c_str(), F_OK), 0);
 }
 
 TEST_F(CliTest, ListInfoUsageAsJson) {
@@ -292,6 +292,15 @@ TEST_F(CliTest, AuditLogRecordsAdminActions) {
   ASSERT_EQ(agent().sbx({"kill", id}).exitCode, 0);
   // The agent's LMDB store, read by a second process as an operator would.
   auto store = Store::open((agent().dir() + "/state").c_str());
+  // The agent commits on a writer thread: the end of the sandbox lands
+  // within moments of kill returning.
+  for (int i = 0; i < 100; ++i) {
+    auto record = store->getSandbox(id.c_str());
+    bool stopped = false;
+    KJ_IF_MAYBE(r, record) { stopped = (*r)->get().getState() == api::SandboxState::STOPPED; }
+    if (stopped) break;
+    usleep(20000);
+  }
   bool sawConfig = false, sawCreate = false, sawKill = false, sawEnd = false;
   uint64_t lastSeq = 0;
   for (auto& stored : store->readAudit(0, 100000)) {

@@ -7,11 +7,11 @@
 namespace nodeagent::testing {
 namespace {
 
-std::vector<pid_t> sandboxPids(const std::string& tenant, const std::string& id) {
+std::vector<pid_t> sandboxPids(AgentProcess& agent, const std::string& tenant,
+                               const std::string& id) {
   std::vector<pid_t> pids;
-  for (const char* root : {"/sys/fs/cgroup/pids", "/sys/fs/cgroup"}) {
-    std::ifstream in(std::string(root) + "/nodeagent/sandboxes/" + tenant + "/" + id +
-                     "/cgroup.procs");
+  for (const char* hierarchy : {"pids", "unified"}) {
+    std::ifstream in(agent.cgroupDir(hierarchy, tenant, id) + "/cgroup.procs");
     pid_t p;
     while (in >> p) pids.push_back(p);
     if (!pids.empty()) break;
@@ -26,7 +26,7 @@ TEST(AgentRestart, KillingTheAgentKillsNoSandboxAndARestartLeavesNoLeak) {
   std::string id = agent.create();
   ASSERT_EQ(agent.sbx({"exec", id, "--", "sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo ok"}).out,
             "ok\n");
-  auto pids = sandboxPids("e2e", id);
+  auto pids = sandboxPids(agent, "e2e", id);
   ASSERT_GE(pids.size(), 2u);
 
   kill(agent.pid(), SIGKILL);
@@ -56,7 +56,7 @@ TEST(AgentRestart, KillingTheAgentKillsNoSandboxAndARestartLeavesNoLeak) {
     }
     EXPECT_TRUE(gone) << "pid " << p << " survived";
   }
-  EXPECT_NE(access(("/sys/fs/cgroup/pids/nodeagent/sandboxes/e2e/" + id).c_str(), F_OK), 0);
+  EXPECT_NE(access(agent.cgroupDir("pids", "e2e", id).c_str(), F_OK), 0);
   // And it serves new sandboxes.
   auto r = agent.sbx({"run", "--template", "python", "--", "echo", "again"});
   EXPECT_EQ(r.out, "again\n") << r.err;

@@ -48,21 +48,21 @@ class TlsTest : public ::testing::Test {
     auto r = runCommand({"/bin/sh", "-c", script});
     ASSERT_EQ(r.exitCode, 0) << r.err;
     port_ = freeLoopbackPort();
-    std::ofstream(dir_ + "/config.json")
-        << "{\"tls\": {\"certFile\": \"" << dir_ << "/server.crt\", \"keyFile\": \"" << dir_
-        << "/server.key\", \"caFile\": \"" << dir_ << "/ca.crt\"}}";
+    tlsConfig_ = ", \"tls\": {\"certFile\": \"" + dir_ + "/server.crt\", \"keyFile\": \"" +
+                 dir_ + "/server.key\", \"caFile\": \"" + dir_ + "/ca.crt\"}";
   }
   void TearDown() override {
     if (!dir_.empty()) (void)!system(("rm -rf '" + dir_ + "'").c_str());
   }
 
   std::string dir_;
+  std::string tlsConfig_;
   int port_ = 0;
 };
 
 TEST_F(TlsTest, GatewayWithCertificateIsServedOthersAreNot) {
   std::string tcp = "tcp:127.0.0.1:" + std::to_string(port_);
-  AgentProcess agent({"--config", dir_ + "/config.json", "--listen", tcp}, false);
+  AgentProcess agent({"--listen", tcp}, false, tlsConfig_);
   std::vector<std::string> base = {binDir() + "/sbx", "--connect", tcp};
   auto withCert = [&](const std::string& who, std::vector<std::string> cmd) {
     std::vector<std::string> argv = base;
