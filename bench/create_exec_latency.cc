@@ -62,18 +62,6 @@ Stats summarize(std::vector<double> us) {
   return Stats{pct(0.5), pct(0.99), sum / us.size(), us.size()};
 }
 
-template <typename F>
-std::vector<double> timeIt(int iterations, F&& fn) {
-  std::vector<double> us;
-  fn();  // warm-up
-  for (int i = 0; i < iterations; ++i) {
-    auto start = Clock::now();
-    fn();
-    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
-  }
-  return us;
-}
-
 class NullOutput final : public nodeagent::api::OutputSink::Server {
   kj::Promise<void> stdout(StdoutContext) override { return kj::READY_NOW; }
   kj::Promise<void> stderr(StderrContext) override { return kj::READY_NOW; }
@@ -90,7 +78,7 @@ std::string json(const char* name, const Stats& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int iterations = 50;
+  int iterations = 100;
   std::string binDir;
   {
     char self[4096];
@@ -114,16 +102,15 @@ int main(int argc, char** argv) {
   chmod(dir.c_str(), 0711);
   std::string sock = dir + "/agent.sock";
 
-  // --- bubblewrap: the design brief's reference command.
+  // The peers and the agent run interleaved, one iteration of each in turn,
+  // so drift in the machine's speed hits all of them alike.
   std::vector<std::string> bwrap = {"bwrap", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib",
                                     "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink",
                                     "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev",
                                     "--unshare-all", "--die-with-parent", "/bin/true"};
   bool haveBwrap = spawnAndWait(bwrap) == 0;
-  Stats bwrapStats{};
-  if (haveBwrap) bwrapStats = summarize(timeIt(iterations, [&]() { spawnAndWait(bwrap); }));
 
-  // --- runc: a busybox rootfs, process /bin/true.
+  // runc: a busybox rootfs, process /bin/true.
   std::string bundle = dir + "/bundle";
   std::string setup = "set -e; mkdir -p " + bundle + "/rootfs/bin && cp /bin/busybox " + bundle +
                       "/rootfs/bin/busybox && ln -s busybox " + bundle +
@@ -132,15 +119,8 @@ int main(int argc, char** argv) {
                       "s/\"sh\"/\"\\/bin\\/true\"/' config.json";
   bool haveRunc = spawnAndWait({"/bin/sh", "-c", setup}) == 0 &&
                   spawnAndWait({"runc", "run", "--bundle", bundle, "bench-warm"}) == 0;
-  Stats runcStats{};
   int counter = 0;
-  if (haveRunc) {
-    runcStats = summarize(timeIt(iterations, [&]() {
-      spawnAndWait({"runc", "run", "--bundle", bundle, "bench-" + std::to_string(counter++)});
-    }));
-  }
 
-  // --- nodeagent.
   pid_t agent;
   {
     std::vector<std::string> a = {binDir + "/nodeagent", "--state-dir", dir + "/state",
@@ -152,18 +132,18 @@ int main(int argc, char** argv) {
   }
   for (int i = 0; i < 400 && access(sock.c_str(), F_OK) != 0; ++i) usleep(10000);
 
-  Stats oursStats{}, createStats{}, execStats{}, killStats{};
+  std::vector<double> oursUs, createUs, execUs, killUs, bwrapUs, runcUs;
   {
     nodeagent::loop::IoContext io;
     auto conn = nodeagent::connectToNode(io.port, nodeagent::parseListenAddress("unix:" + sock),
                                          nullptr, 8 << 20)
                     .wait(io.waitScope);
     auto node = conn->bootstrap().castAs<nodeagent::api::Node>();
-    std::vector<double> createUs, execUs, killUs;
     auto since = [](Clock::time_point t) {
       return std::chrono::duration<double, std::micro>(Clock::now() - t).count();
     };
-    auto once = [&]() {
+    // create -> exec `true` (pipelined) -> exit -> kill, with each phase timed.
+    auto ours = [&](bool record) {
       auto t0 = Clock::now();
       auto create = node.createRequest();
       create.initSpec().setTemplate("python");
@@ -175,23 +155,42 @@ int main(int argc, char** argv) {
       exec.setOutput(kj::heap<NullOutput>());
       auto waited = exec.send().getProcess().waitRequest().send();
       created.wait(io.waitScope);
-      createUs.push_back(since(t0));
+      double createTime = since(t0);
       auto t1 = Clock::now();
       auto status = waited.wait(io.waitScope);
       KJ_ASSERT(status.getStatus().getCode() == 0);
-      execUs.push_back(since(t1));
+      double execTime = since(t1);
       auto t2 = Clock::now();
       sandbox.killRequest().send().wait(io.waitScope);
-      killUs.push_back(since(t2));
+      if (record) {
+        killUs.push_back(since(t2));
+        createUs.push_back(createTime);
+        execUs.push_back(execTime);
+        oursUs.push_back(since(t0));
+      }
     };
-    oursStats = summarize(timeIt(iterations, once));
-    createStats = summarize(createUs);
-    execStats = summarize(execUs);
-    killStats = summarize(killUs);
+    ours(false);  // warm-up
+    for (int i = 0; i < iterations; ++i) {
+      ours(true);
+      if (haveBwrap) {
+        auto t = Clock::now();
+        spawnAndWait(bwrap);
+        bwrapUs.push_back(since(t));
+      }
+      if (haveRunc) {
+        auto t = Clock::now();
+        spawnAndWait({"runc", "run", "--bundle", bundle, "bench-" + std::to_string(counter++)});
+        runcUs.push_back(since(t));
+      }
+    }
   }
   kill(agent, SIGTERM);
   waitpid(agent, nullptr, 0);
   spawnAndWait({"rm", "-rf", dir});
+  Stats oursStats = summarize(oursUs), createStats = summarize(createUs),
+        execStats = summarize(execUs), killStats = summarize(killUs);
+  Stats bwrapStats = haveBwrap ? summarize(bwrapUs) : Stats{};
+  Stats runcStats = haveRunc ? summarize(runcUs) : Stats{};
 
   printf("{\n  \"benchmark\": \"create_exec_true_kill\",\n  \"iterations\": %d,\n", iterations);
   printf("  %s,\n", json("nodeagent", oursStats).c_str());

@@ -10,6 +10,8 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -109,6 +111,25 @@ struct ChildContext {
   syscall(SYS_execveat, c.init, "", c.argv, c.envp, AT_EMPTY_PATH);
   failChild(c, kStepExec);
 }
+
+int childEntry(void* context) { runChild(*static_cast<const ChildContext*>(context)); }
+
+// The child's stack while it shares our memory (CLONE_VM), until it execs.
+class ChildStack {
+ public:
+  static constexpr size_t kBytes = 64 * 1024;
+  ChildStack() {
+    base_ = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
+                 -1, 0);
+    if (base_ == MAP_FAILED) KJ_FAIL_SYSCALL("mmap child stack", errno);
+  }
+  ~ChildStack() { munmap(base_, kBytes); }
+  KJ_DISALLOW_COPY(ChildStack);
+  void* top() { return static_cast<char*>(base_) + kBytes; }
+
+ private:
+  void* base_;
+};
 
 // Moves an fd to >= 10 so that the child's dup2 onto 0..3 cannot overwrite a source.
 kj::AutoCloseFd highFd(kj::AutoCloseFd fd) {
@@ -218,28 +239,25 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
                        argv,
                        envp};
 
+  ChildStack stack;  // freed after the child has exec'd or been reaped (see below)
   // Block every signal across clone so no handler of the caller runs in the child; init
   // sets up its own mask and dispositions.
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
+  // CLONE_VM: the child shares our memory (on a stack of its own) until it
+  // execs, like posix_spawn, instead of copying the agent's page tables; that
+  // copy grows with the agent and cost milliseconds per launch. The child
+  // touches nothing but `context` (which outlives it here) and does only
+  // async-signal-safe syscalls. Unlike vfork we are not suspended: we must
+  // write its id maps while it waits.
   int pidfd = -1;
-  clone_args args;
-  memset(&args, 0, sizeof(args));
-  args.flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC |
-               CLONE_NEWNET | CLONE_PIDFD;
-  args.pidfd = uint64_t(uintptr_t(&pidfd));
-  if (spec.cgroup != nullptr) {
-    // Born in the v2 leaf: no migration (and no RCU grace period) needed for it.
-    args.flags |= CLONE_INTO_CGROUP;
-    args.cgroup = uint64_t(spec.cgroup->v2Fd());
-  }
-  args.exit_signal = SIGCHLD;
-  long pid = syscall(SYS_clone3, &args, sizeof(args));
-  if (pid == 0) runChild(context);
+  int flags = CLONE_VM | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS |
+              CLONE_NEWIPC | CLONE_NEWNET | CLONE_PIDFD | SIGCHLD;
+  long pid = clone(childEntry, stack.top(), flags, &context, &pidfd);
   int cloneErr = errno;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  if (pid < 0) failSyscall("clone3", cloneErr, "for sandbox " + spec.sandboxId);
+  if (pid < 0) failSyscall("clone", cloneErr, "for sandbox " + spec.sandboxId);
 
   LaunchedSandbox sandbox;
   sandbox.pid = pid_t(pid);
@@ -260,7 +278,7 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
 
   writeIdMap(sandbox.pid, "uid_map", spec);
   writeIdMap(sandbox.pid, "gid_map", spec);
-  if (spec.cgroup != nullptr) spec.cgroup->addProcessToV1(sandbox.pid);
+  if (spec.cgroup != nullptr) spec.cgroup->addProcess(sandbox.pid);
   char go = 'g';
   KJ_SYSCALL(send(sync, &go, 1, MSG_NOSIGNAL), "releasing init");
 

@@ -75,9 +75,14 @@ std::string testTenant() {
 }
 
 std::string initPath() {
-  const char* bin = getenv("NODEAGENT_BIN_DIR");
-  KJ_REQUIRE(bin != nullptr, "NODEAGENT_BIN_DIR is not set (run through ctest)");
-  return std::string(bin) + "/nodeagent-init";
+  if (const char* bin = getenv("NODEAGENT_BIN_DIR")) return std::string(bin) + "/nodeagent-init";
+  // Run by hand: tests live in build/tests, binaries in build/bin.
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  KJ_REQUIRE(n > 0, "cannot find the test binary; set NODEAGENT_BIN_DIR");
+  std::string dir(self, size_t(n));
+  dir = dir.substr(0, dir.rfind('/'));
+  return dir.substr(0, dir.rfind('/')) + "/bin/nodeagent-init";
 }
 
 uint32_t nextUidBase() {
