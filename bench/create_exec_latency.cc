@@ -58,7 +58,9 @@ Stats summarize(std::vector<double> us) {
   std::sort(us.begin(), us.end());
   double sum = 0;
   for (double v : us) sum += v;
-  auto pct = [&](double p) { return us[std::min(us.size() - 1, size_t(p * (us.size() - 1) + 0.5))]; };
+  auto pct = [&](double p) {
+    return us[std::min(us.size() - 1, size_t(p * (us.size() - 1) + 0.5))];
+  };
   return Stats{pct(0.5), pct(0.99), sum / us.size(), us.size()};
 }
 
@@ -70,8 +72,9 @@ class NullOutput final : public nodeagent::api::OutputSink::Server {
 
 std::string json(const char* name, const Stats& s) {
   char buf[256];
-  snprintf(buf, sizeof(buf), "\"%s\": {\"p50_us\": %.1f, \"p99_us\": %.1f, \"mean_us\": %.1f, \"n\": %zu}",
-           name, s.p50Us, s.p99Us, s.meanUs, s.n);
+  snprintf(buf, sizeof(buf),
+           "\"%s\": {\"p50_us\": %.1f, \"p99_us\": %.1f, \"mean_us\": %.1f, \"n\": %zu}", name,
+           s.p50Us, s.p99Us, s.meanUs, s.n);
   return buf;
 }
 
@@ -104,17 +107,33 @@ int main(int argc, char** argv) {
 
   // The peers and the agent run interleaved, one iteration of each in turn,
   // so drift in the machine's speed hits all of them alike.
-  std::vector<std::string> bwrap = {"bwrap", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib",
-                                    "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink",
-                                    "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev",
-                                    "--unshare-all", "--die-with-parent", "/bin/true"};
+  std::vector<std::string> bwrap = {"bwrap",
+                                    "--ro-bind",
+                                    "/usr",
+                                    "/usr",
+                                    "--symlink",
+                                    "usr/lib",
+                                    "/lib",
+                                    "--symlink",
+                                    "usr/lib64",
+                                    "/lib64",
+                                    "--symlink",
+                                    "usr/bin",
+                                    "/bin",
+                                    "--proc",
+                                    "/proc",
+                                    "--dev",
+                                    "/dev",
+                                    "--unshare-all",
+                                    "--die-with-parent",
+                                    "/bin/true"};
   bool haveBwrap = spawnAndWait(bwrap) == 0;
 
   // runc: a busybox rootfs, process /bin/true.
   std::string bundle = dir + "/bundle";
   std::string setup = "set -e; mkdir -p " + bundle + "/rootfs/bin && cp /bin/busybox " + bundle +
-                      "/rootfs/bin/busybox && ln -s busybox " + bundle +
-                      "/rootfs/bin/true && cd " + bundle +
+                      "/rootfs/bin/busybox && ln -s busybox " + bundle + "/rootfs/bin/true && cd " +
+                      bundle +
                       " && runc spec && sed -i 's/\"terminal\": true/\"terminal\": false/; "
                       "s/\"sh\"/\"\\/bin\\/true\"/' config.json";
   bool haveRunc = spawnAndWait({"/bin/sh", "-c", setup}) == 0 &&
@@ -123,8 +142,8 @@ int main(int argc, char** argv) {
 
   pid_t agent;
   {
-    std::vector<std::string> a = {binDir + "/nodeagent", "--state-dir", dir + "/state",
-                                  "--listen", "unix:" + sock, "--log-level", "warn"};
+    std::vector<std::string> a = {binDir + "/nodeagent", "--state-dir", dir + "/state", "--listen",
+                                  "unix:" + sock,        "--log-level", "warn"};
     std::vector<char*> args;
     for (auto& s : a) args.push_back(const_cast<char*>(s.c_str()));
     args.push_back(nullptr);

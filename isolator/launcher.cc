@@ -9,9 +9,8 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sched.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -112,7 +111,9 @@ struct ChildContext {
   failChild(c, kStepExec);
 }
 
-int childEntry(void* context) { runChild(*static_cast<const ChildContext*>(context)); }
+int childEntry(void* context) {
+  runChild(*static_cast<const ChildContext*>(context));
+}
 
 // The child's stack while it shares our memory (CLONE_VM), until it execs.
 class ChildStack {
@@ -252,8 +253,8 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   // async-signal-safe syscalls. Unlike vfork we are not suspended: we must
   // write its id maps while it waits.
   int pidfd = -1;
-  int flags = CLONE_VM | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS |
-              CLONE_NEWIPC | CLONE_NEWNET | CLONE_PIDFD | SIGCHLD;
+  int flags = CLONE_VM | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC |
+              CLONE_NEWNET | CLONE_PIDFD | SIGCHLD;
   long pid = clone(childEntry, stack.top(), flags, &context, &pidfd);
   int cloneErr = errno;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);

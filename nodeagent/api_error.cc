@@ -27,8 +27,7 @@ kj::StringPtr errorCodeName(api::ErrorCode code) {
   return "internal";
 }
 
-kj::Exception makeApiError(api::ErrorCode code, kj::StringPtr message, const char* file,
-                           int line) {
+kj::Exception makeApiError(api::ErrorCode code, kj::StringPtr message, const char* file, int line) {
   return kj::Exception(kj::Exception::Type::FAILED, file, line,
                        kj::str(kPrefix, errorCodeName(code), ": ", message));
 }
@@ -39,7 +38,7 @@ void throwApiError(api::ErrorCode code, kj::StringPtr message, const char* file,
 
 kj::Maybe<api::ErrorCode> apiErrorCode(const kj::Exception& e) {
   kj::StringPtr text = e.getDescription();
-  KJ_IF_MAYBE(start, findCode(text)) {
+  KJ_IF_MAYBE (start, findCode(text)) {
     for (auto enumerant : capnp::Schema::from<api::ErrorCode>().getEnumerants()) {
       kj::StringPtr name = enumerant.getProto().getName();
       size_t end = *start + name.size();
@@ -54,9 +53,9 @@ kj::Maybe<api::ErrorCode> apiErrorCode(const kj::Exception& e) {
 
 kj::String apiErrorMessage(const kj::Exception& e) {
   kj::StringPtr text = e.getDescription();
-  KJ_IF_MAYBE(start, findCode(text)) {
+  KJ_IF_MAYBE (start, findCode(text)) {
     kj::StringPtr rest = text.slice(*start);
-    KJ_IF_MAYBE(colon, rest.findFirst(':')) {
+    KJ_IF_MAYBE (colon, rest.findFirst(':')) {
       size_t skip = *colon + 1;
       while (skip < rest.size() && rest[skip] == ' ') ++skip;
       return kj::str(rest.slice(skip));

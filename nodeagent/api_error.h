@@ -19,8 +19,7 @@ kj::Exception makeApiError(api::ErrorCode code, kj::StringPtr message,
                            const char* file = __builtin_FILE(), int line = __builtin_LINE());
 
 [[noreturn]] void throwApiError(api::ErrorCode code, kj::StringPtr message,
-                                const char* file = __builtin_FILE(),
-                                int line = __builtin_LINE());
+                                const char* file = __builtin_FILE(), int line = __builtin_LINE());
 
 // The code of an exception raised by throwApiError, here or on the far side
 // of an RPC connection. Null for any other exception.

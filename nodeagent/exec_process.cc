@@ -35,7 +35,9 @@ ExecProcess::ExecProcess(loop::UringEventPort& port, SpawnedProcess spawned,
       output_(kj::mv(output)),
       pumps_(nullptr),
       done_(nullptr) {
-  KJ_IF_MAYBE(fd, spawned.stdinFd) { stdin_ = loop::wrapOutputFd(port, kj::mv(*fd)); }
+  KJ_IF_MAYBE (fd, spawned.stdinFd) {
+    stdin_ = loop::wrapOutputFd(port, kj::mv(*fd));
+  }
 
   pumps_ = kj::joinPromises(kj::arr(pump(*stdout_, false), pump(*stderr_, true)))
                .then([this]() { return output_.doneRequest().send().ignoreResult(); })
@@ -45,7 +47,7 @@ ExecProcess::ExecProcess(loop::UringEventPort& port, SpawnedProcess spawned,
                .fork();
 
   kj::Promise<int> exited = kj::mv(exitStatus);
-  KJ_IF_MAYBE(t, timeout) {
+  KJ_IF_MAYBE (t, timeout) {
     exited = exited.exclusiveJoin(port.timer().afterDelay(*t).then([this]() -> kj::Promise<int> {
       timedOut_ = true;
       sendSignal(pidfd_, SIGKILL);
@@ -56,16 +58,17 @@ ExecProcess::ExecProcess(loop::UringEventPort& port, SpawnedProcess spawned,
   }
 
   done_ = exited
-              .then([this](int status) -> kj::Promise<ExitInfo> {
-                ExitInfo info = classify(status);
-                return pumps_.addBranch()
-                    .exclusiveJoin(port_.timer().afterDelay(kDrainGrace))
-                    .then([info]() { return info; });
-              },
-                    [](kj::Exception&&) -> kj::Promise<ExitInfo> {
-                      // init is gone: the sandbox was killed under the process.
-                      return ExitInfo{api::ExitReason::KILLED, 0, SIGKILL};
-                    })
+              .then(
+                  [this](int status) -> kj::Promise<ExitInfo> {
+                    ExitInfo info = classify(status);
+                    return pumps_.addBranch()
+                        .exclusiveJoin(port_.timer().afterDelay(kDrainGrace))
+                        .then([info]() { return info; });
+                  },
+                  [](kj::Exception&&) -> kj::Promise<ExitInfo> {
+                    // init is gone: the sandbox was killed under the process.
+                    return ExitInfo{api::ExitReason::KILLED, 0, SIGKILL};
+                  })
               .fork();
 }
 
@@ -79,21 +82,21 @@ ExitInfo ExecProcess::classify(int status) {
 kj::Promise<void> ExecProcess::pump(kj::AsyncInputStream& in, bool isStderr) {
   auto buffer = kj::heapArray<kj::byte>(kChunkBytes);
   auto read = in.tryRead(buffer.begin(), 1, buffer.size());
-  return read.then([this, &in, isStderr, buffer = kj::mv(buffer)](size_t n) mutable
-                   -> kj::Promise<void> {
-    if (n == 0) return kj::READY_NOW;
-    kj::Promise<void> sent = nullptr;
-    if (isStderr) {
-      auto request = output_.stderrRequest();
-      request.setData(buffer.slice(0, n));
-      sent = request.send();
-    } else {
-      auto request = output_.stdoutRequest();
-      request.setData(buffer.slice(0, n));
-      sent = request.send();
-    }
-    return sent.then([this, &in, isStderr]() { return pump(in, isStderr); });
-  });
+  return read.then(
+      [this, &in, isStderr, buffer = kj::mv(buffer)](size_t n) mutable -> kj::Promise<void> {
+        if (n == 0) return kj::READY_NOW;
+        kj::Promise<void> sent = nullptr;
+        if (isStderr) {
+          auto request = output_.stderrRequest();
+          request.setData(buffer.slice(0, n));
+          sent = request.send();
+        } else {
+          auto request = output_.stdoutRequest();
+          request.setData(buffer.slice(0, n));
+          sent = request.send();
+        }
+        return sent.then([this, &in, isStderr]() { return pump(in, isStderr); });
+      });
 }
 
 void ExecProcess::signal(int signo) {
@@ -107,11 +110,15 @@ void ExecProcess::signal(int signo) {
 }
 
 kj::Promise<void> ExecProcess::writeStdin(kj::ArrayPtr<const kj::byte> data) {
-  KJ_IF_MAYBE(in, stdin_) { return (*in)->write(data.begin(), data.size()); }
+  KJ_IF_MAYBE (in, stdin_) {
+    return (*in)->write(data.begin(), data.size());
+  }
   throwApiError(api::ErrorCode::INVALID_ARGUMENT,
                 "stdin is closed (or was not requested with stdin = true)");
 }
 
-void ExecProcess::closeStdin() { stdin_ = nullptr; }
+void ExecProcess::closeStdin() {
+  stdin_ = nullptr;
+}
 
 }  // namespace nodeagent

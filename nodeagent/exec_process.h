@@ -2,8 +2,8 @@
 // its pidfd, and the promise of its exit.
 #pragma once
 
-#include <kj/async.h>
 #include <kj/async-io.h>
+#include <kj/async.h>
 #include <kj/refcount.h>
 #include <kj/timer.h>
 

@@ -53,7 +53,9 @@ GatewayListener::GatewayListener(ServerContext& context, const ListenAddress& ad
   log::info("gateway.listening", {{"address", description_.cStr()}});
 }
 
-kj::Promise<void> GatewayListener::run() { return acceptLoop(); }
+kj::Promise<void> GatewayListener::run() {
+  return acceptLoop();
+}
 
 kj::Promise<void> GatewayListener::acceptLoop() {
   return context_.port.acceptFd(listenFd_).then([this](kj::AutoCloseFd fd) {
@@ -77,18 +79,17 @@ kj::Promise<void> GatewayListener::serve(kj::AutoCloseFd fd) {
   return authenticated
       .then([this](kj::AuthenticatedStream&& conn) {
         kj::String actor;
-        KJ_IF_MAYBE(tlsPeer, kj::dynamicDowncastIfAvailable<kj::TlsPeerIdentity>(
-                                 *conn.peerIdentity)) {
+        KJ_IF_MAYBE (tlsPeer,
+                     kj::dynamicDowncastIfAvailable<kj::TlsPeerIdentity>(*conn.peerIdentity)) {
           actor = kj::str("tls:CN=", tlsPeer->getCommonName());
-        }
-        else {
+        } else {
           actor = conn.peerIdentity->toString();
         }
         log::debug("gateway.connected", {{"actor", actor.cStr()}});
         auto node = newNodeServer(context_, kj::mv(actor));
-        auto connection = kj::heap<RpcConnection>(kj::mv(conn.stream),
-                                                  capnp::rpc::twoparty::Side::SERVER,
-                                                  context_.maxMessageBytes, kj::mv(node));
+        auto connection =
+            kj::heap<RpcConnection>(kj::mv(conn.stream), capnp::rpc::twoparty::Side::SERVER,
+                                    context_.maxMessageBytes, kj::mv(node));
         auto done = connection->onDisconnect();
         return done.attach(kj::mv(connection));
       })

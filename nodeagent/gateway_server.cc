@@ -28,10 +28,18 @@ void fillInfo(api::SandboxInfo::Builder info, state::SandboxRecord::Reader rec) 
 void fillFileInfo(api::FileInfo::Builder out, const FileEntry& e) {
   out.setName(e.name);
   switch (e.type) {
-    case FileEntry::Type::kFile: out.setType(api::FileInfo::Type::FILE); break;
-    case FileEntry::Type::kDirectory: out.setType(api::FileInfo::Type::DIRECTORY); break;
-    case FileEntry::Type::kSymlink: out.setType(api::FileInfo::Type::SYMLINK); break;
-    case FileEntry::Type::kOther: out.setType(api::FileInfo::Type::OTHER); break;
+    case FileEntry::Type::kFile:
+      out.setType(api::FileInfo::Type::FILE);
+      break;
+    case FileEntry::Type::kDirectory:
+      out.setType(api::FileInfo::Type::DIRECTORY);
+      break;
+    case FileEntry::Type::kSymlink:
+      out.setType(api::FileInfo::Type::SYMLINK);
+      break;
+    case FileEntry::Type::kOther:
+      out.setType(api::FileInfo::Type::OTHER);
+      break;
   }
   out.setSize(e.size);
   out.setMode(e.mode);
@@ -96,9 +104,8 @@ class UploadSink final : public api::ByteSink::Server {
     }
     uint64_t at = offset_;
     offset_ += data.size();
-    return writes_.add([this, context, data, at]() mutable {
-      return writeAll(data, at).attach(kj::mv(context));
-    });
+    return writes_.add(
+        [this, context, data, at]() mutable { return writeAll(data, at).attach(kj::mv(context)); });
   }
 
   kj::Promise<void> done(DoneContext) override {
@@ -137,8 +144,8 @@ class FilesImpl final : public api::Files::Server {
     auto params = context.getParams();
     uint32_t mode = params.getMode() == 0 ? 0644 : params.getMode();
     auto upload = sandbox_->files().beginUpload(params.getPath(), mode);
-    context.getResults().setSink(kj::heap<UploadSink>(ctx_.port, kj::mv(upload),
-                                                      ctx_.maxFileBytes));
+    context.getResults().setSink(
+        kj::heap<UploadSink>(ctx_.port, kj::mv(upload), ctx_.maxFileBytes));
     return kj::READY_NOW;
   }
 
@@ -287,8 +294,9 @@ class EndedSandboxImpl final : public api::Sandbox::Server {
 
  private:
   kj::Promise<void> ended() {
-    return makeApiError(api::ErrorCode::NOT_RUNNING, kj::str("sandbox ", rec().getId(),
-                                                             " has ended (", rec().getEndReason(), ")"));
+    return makeApiError(
+        api::ErrorCode::NOT_RUNNING,
+        kj::str("sandbox ", rec().getId(), " has ended (", rec().getEndReason(), ")"));
   }
   state::SandboxRecord::Reader rec() { return record_->getRoot<state::SandboxRecord>(); }
   kj::Own<capnp::MallocMessageBuilder> record_;
@@ -308,7 +316,7 @@ class NodeImpl final : public api::Node::Server {
 
   kj::Promise<void> open(OpenContext context) override {
     kj::StringPtr id = context.getParams().getId();
-    KJ_IF_MAYBE(sandbox, ctx_.supervisor.find(id)) {
+    KJ_IF_MAYBE (sandbox, ctx_.supervisor.find(id)) {
       context.getResults().setSandbox(kj::heap<SandboxImpl>(ctx_, kj::mv(*sandbox), actor_));
       return kj::READY_NOW;
     }
@@ -340,8 +348,7 @@ class NodeImpl final : public api::Node::Server {
     auto names = ctx_.supervisor.templateNames();
     auto templates = info.initTemplates(names.size());
     for (size_t i = 0; i < names.size(); ++i) templates.set(i, names[i]);
-    info.setCgroupMode(ctx_.supervisor.cgroupMode() == isolator::CgroupMode::kV2 ? "v2"
-                                                                                 : "hybrid");
+    info.setCgroupMode(ctx_.supervisor.cgroupMode() == isolator::CgroupMode::kV2 ? "v2" : "hybrid");
     info.setMaxMessageBytes(ctx_.maxMessageBytes);
     return kj::READY_NOW;
   }

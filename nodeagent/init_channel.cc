@@ -13,16 +13,14 @@ namespace nodeagent {
 
 InitChannel::InitChannel(loop::UringEventPort& port, kj::AutoCloseFd control)
     : port_(port), control_(kj::mv(control)), disconnected_(nullptr) {
-  disconnected_ = readLoop()
-                      .catch_([this](kj::Exception&& e) { failAll(e); })
-                      .eagerlyEvaluate(nullptr)
-                      .fork();
+  disconnected_ =
+      readLoop().catch_([this](kj::Exception&& e) { failAll(e); }).eagerlyEvaluate(nullptr).fork();
 }
 
 InitChannel::~InitChannel() noexcept(false) {}
 
 kj::Promise<SpawnedProcess> InitChannel::spawn(const SpawnRequest& request) {
-  KJ_IF_MAYBE(e, broken_) {
+  KJ_IF_MAYBE (e, broken_) {
     throwApiError(api::ErrorCode::NOT_RUNNING,
                   kj::str("sandbox init is gone: ", e->getDescription()));
   }
@@ -54,12 +52,12 @@ kj::Promise<SpawnedProcess> InitChannel::spawn(const SpawnRequest& request) {
 
 kj::Promise<int> InitChannel::exitStatus(int pid) {
   ExitSlot& slot = exits_[pid];
-  KJ_IF_MAYBE(status, slot.status) {
+  KJ_IF_MAYBE (status, slot.status) {
     int s = *status;
     exits_.erase(pid);
     return s;
   }
-  KJ_IF_MAYBE(e, broken_) {
+  KJ_IF_MAYBE (e, broken_) {
     exits_.erase(pid);
     return kj::cp(*e);
   }
@@ -84,8 +82,7 @@ kj::Promise<void> InitChannel::readLoop() {
                        event.getTag());
             auto fds = kj::mv(received.fds);
             // fds: [stdin (if requested)], stdout, stderr, pidfd.
-            KJ_REQUIRE(fds.size() == 3 || fds.size() == 4, "spawned without its fds",
-                       fds.size());
+            KJ_REQUIRE(fds.size() == 3 || fds.size() == 4, "spawned without its fds", fds.size());
             SpawnedProcess p;
             p.pid = event.getSpawned().getPid();
             size_t i = 0;
@@ -101,19 +98,18 @@ kj::Promise<void> InitChannel::readLoop() {
             auto it = pendingSpawns_.find(event.getTag());
             KJ_REQUIRE(it != pendingSpawns_.end(), "init answered an unknown spawn",
                        event.getTag());
-            it->second->reject(makeApiError(api::ErrorCode::INVALID_ARGUMENT,
-                                            event.getSpawnFailed()));
+            it->second->reject(
+                makeApiError(api::ErrorCode::INVALID_ARGUMENT, event.getSpawnFailed()));
             pendingSpawns_.erase(it);
             break;
           }
           case initproto::Event::EXITED: {
             auto exited = event.getExited();
             ExitSlot& slot = exits_[exited.getPid()];
-            KJ_IF_MAYBE(waiter, slot.waiter) {
+            KJ_IF_MAYBE (waiter, slot.waiter) {
               (*waiter)->fulfill(exited.getWaitStatus());
               exits_.erase(exited.getPid());
-            }
-            else {
+            } else {
               slot.status = exited.getWaitStatus();
             }
             break;
@@ -132,7 +128,9 @@ void InitChannel::failAll(const kj::Exception& e) {
   for (auto& entry : pendingSpawns_) entry.second->reject(kj::cp(e));
   pendingSpawns_.clear();
   for (auto& entry : exits_) {
-    KJ_IF_MAYBE(waiter, entry.second.waiter) { (*waiter)->reject(kj::cp(e)); }
+    KJ_IF_MAYBE (waiter, entry.second.waiter) {
+      (*waiter)->reject(kj::cp(e));
+    }
   }
   for (auto it = exits_.begin(); it != exits_.end();) {
     it = it->second.waiter != nullptr ? exits_.erase(it) : std::next(it);

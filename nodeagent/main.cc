@@ -49,6 +49,7 @@ int run(int argc, char** argv) {
   kj::AutoCloseFd signalFd(sfd);
 
   loop::IoContext io;
+  io.port.setBusyPoll(cfg.getBusyPollMicros() * kj::MICROSECONDS);
   StoreOptions storeOptions;
   // Commits run on the StoreWriter's thread, off the event loop, so they can
   // afford full durability.
@@ -72,7 +73,9 @@ int run(int argc, char** argv) {
   for (auto text : cfg.getListen()) {
     ListenAddress address = parseListenAddress(text);
     kj::Maybe<kj::TlsContext&> tlsRef;
-    KJ_IF_MAYBE(t, tls) { tlsRef = **t; }
+    KJ_IF_MAYBE (t, tls) {
+      tlsRef = **t;
+    }
     auto listener = kj::heap<GatewayListener>(context, address, tlsRef);
     serving.add(listener->run());
     listeners.add(kj::mv(listener));
@@ -81,10 +84,9 @@ int run(int argc, char** argv) {
   // The effective configuration, so an audit reader sees what every later
   // action ran under.
   capnp::JsonCodec json;
-  KJ_IF_MAYBE(file, config.file) {
+  KJ_IF_MAYBE (file, config.file) {
     supervisor.audit("agent", "config", "", "", kj::str("file=", *file, " ", json.encode(cfg)));
-  }
-  else {
+  } else {
     supervisor.audit("agent", "config", "", "", kj::str("defaults ", json.encode(cfg)));
   }
   log::info("agent.started", {{"version", kVersion}, {"state_dir", cfg.getStateDir().cStr()}});

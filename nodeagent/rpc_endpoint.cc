@@ -59,9 +59,9 @@ kj::Own<kj::TlsContext> newMutualTlsContext(const TlsFiles& files) {
   options.useSystemTrustStore = false;
   options.verifyClients = true;
   auto ca = kj::heap<kj::TlsCertificate>(readWholeFile(files.caFile));
-  auto keypair = kj::heap<kj::TlsKeypair>(kj::TlsKeypair{
-      kj::TlsPrivateKey(readWholeFile(files.keyFile)),
-      kj::TlsCertificate(readWholeFile(files.certFile))});
+  auto keypair =
+      kj::heap<kj::TlsKeypair>(kj::TlsKeypair{kj::TlsPrivateKey(readWholeFile(files.keyFile)),
+                                              kj::TlsCertificate(readWholeFile(files.certFile))});
   options.trustedCertificates = kj::arrayPtr(ca.get(), 1);
   options.defaultKeypair = *keypair;
   options.minVersion = kj::TlsVersion::TLS_1_2;
@@ -135,7 +135,7 @@ kj::Promise<kj::Own<RpcConnection>> connectToNode(loop::UringEventPort& port,
     socklen_t len;
     sockaddr_storage addr = tcpAddress(address, &len);
     stream = loop::connectSocket(port, reinterpret_cast<sockaddr*>(&addr), len);
-    KJ_IF_MAYBE(t, tls) {
+    KJ_IF_MAYBE (t, tls) {
       kj::String host = kj::str(address.host);
       stream = stream.then([t, host = kj::mv(host)](kj::Own<kj::AsyncIoStream> s) {
         return t->wrapClient(kj::mv(s), host);
@@ -143,8 +143,8 @@ kj::Promise<kj::Own<RpcConnection>> connectToNode(loop::UringEventPort& port,
     }
   }
   return stream.then([maxMessageBytes](kj::Own<kj::AsyncIoStream> s) {
-    return kj::heap<RpcConnection>(kj::mv(s), capnp::rpc::twoparty::Side::CLIENT,
-                                   maxMessageBytes, nullptr);
+    return kj::heap<RpcConnection>(kj::mv(s), capnp::rpc::twoparty::Side::CLIENT, maxMessageBytes,
+                                   nullptr);
   });
 }
 

@@ -2,9 +2,9 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <stdio.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <stdio.h>
 #include <sys/fsuid.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -44,12 +44,18 @@ class ScopedFsIds {
 [[noreturn]] void throwErrno(int error, kj::StringPtr what, kj::StringPtr path) {
   api::ErrorCode code;
   switch (error) {
-    case ENOENT: code = api::ErrorCode::NOT_FOUND; break;
+    case ENOENT:
+      code = api::ErrorCode::NOT_FOUND;
+      break;
     case EEXIST:
-    case ENOTEMPTY: code = api::ErrorCode::ALREADY_EXISTS; break;
+    case ENOTEMPTY:
+      code = api::ErrorCode::ALREADY_EXISTS;
+      break;
     case ENOSPC:
     case EDQUOT:
-    case EFBIG: code = api::ErrorCode::LIMIT_EXCEEDED; break;
+    case EFBIG:
+      code = api::ErrorCode::LIMIT_EXCEEDED;
+      break;
     case ENOTDIR:
     case EISDIR:
     case ELOOP:
@@ -57,12 +63,14 @@ class ScopedFsIds {
     case EACCES:
     case EPERM:
     case ENAMETOOLONG:
-    case EINVAL: code = api::ErrorCode::INVALID_PATH; break;
-    default: code = api::ErrorCode::INTERNAL;
+    case EINVAL:
+      code = api::ErrorCode::INVALID_PATH;
+      break;
+    default:
+      code = api::ErrorCode::INTERNAL;
   }
   if (code == api::ErrorCode::ALREADY_EXISTS && error == ENOTEMPTY) {
-    throwApiError(api::ErrorCode::INVALID_PATH,
-                  kj::str(what, " ", path, ": directory not empty"));
+    throwApiError(api::ErrorCode::INVALID_PATH, kj::str(what, " ", path, ": directory not empty"));
   }
   throwApiError(code, kj::str(what, " ", path, ": ", strerror(error)));
 }
@@ -160,8 +168,7 @@ kj::String SandboxFs::normalize(kj::StringPtr path) {
     kj::ArrayPtr<const char> part(path.begin() + start, i - start);
     if (part.size() == 0 || (part.size() == 1 && part[0] == '.')) continue;
     if (part.size() == 2 && part[0] == '.' && part[1] == '.') {
-      throwApiError(api::ErrorCode::INVALID_PATH,
-                    kj::str("path ", path, " has a '..' component"));
+      throwApiError(api::ErrorCode::INVALID_PATH, kj::str("path ", path, " has a '..' component"));
     }
     if (out.size() > 0) out.add('/');
     out.addAll(part);
@@ -188,7 +195,7 @@ kj::AutoCloseFd SandboxFs::openParent(kj::StringPtr path, kj::String* name) {
   kj::String rel = normalize(path);
   if (rel.size() == 0) throwApiError(api::ErrorCode::INVALID_PATH, "the root has no parent");
   kj::StringPtr relPtr = rel;
-  KJ_IF_MAYBE(slash, relPtr.findLast('/')) {
+  KJ_IF_MAYBE (slash, relPtr.findLast('/')) {
     *name = kj::str(relPtr.slice(*slash + 1));
     return resolve(kj::str(relPtr.slice(0, *slash)), O_PATH | O_DIRECTORY);
   }
@@ -253,7 +260,9 @@ FileEntry SandboxFs::stat(kj::StringPtr path) {
   KJ_SYSCALL(fstatat(fd, "", &st, AT_EMPTY_PATH));
   kj::StringPtr relPtr = rel;
   kj::StringPtr name = relPtr;
-  KJ_IF_MAYBE(slash, relPtr.findLast('/')) { name = relPtr.slice(*slash + 1); }
+  KJ_IF_MAYBE (slash, relPtr.findLast('/')) {
+    name = relPtr.slice(*slash + 1);
+  }
   return makeEntry(rel.size() == 0 ? "/"_kj : name, st);
 }
 
@@ -270,11 +279,10 @@ void SandboxFs::mkdir(kj::StringPtr path, bool parents) {
     kj::Maybe<size_t> slash = rest.findFirst('/');
     kj::String part;
     bool last = true;
-    KJ_IF_MAYBE(s, slash) {
+    KJ_IF_MAYBE (s, slash) {
       part = kj::str(rest.slice(0, *s));
       last = false;
-    }
-    else {
+    } else {
       part = kj::str(rest);
     }
     if (last || parents) {
@@ -288,7 +296,9 @@ void SandboxFs::mkdir(kj::StringPtr path, bool parents) {
     int next = openat(dir, part.cStr(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (next < 0) throwErrno(errno, "mkdir", path);
     dir = kj::AutoCloseFd(next);
-    KJ_IF_MAYBE(s, slash) { rest = rest.slice(*s + 1); }
+    KJ_IF_MAYBE (s, slash) {
+      rest = rest.slice(*s + 1);
+    }
   }
 }
 

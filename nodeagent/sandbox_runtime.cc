@@ -44,13 +44,15 @@ void SandboxRuntime::requireRunning() {
 }
 
 kj::Promise<kj::Own<ExecProcess>> SandboxRuntime::exec(api::ExecRequest::Reader request,
-                                                        api::OutputSink::Client output) {
+                                                       api::OutputSink::Client output) {
   requireRunning();
   if (request.getArgv().size() == 0) {
     throwApiError(api::ErrorCode::INVALID_ARGUMENT, "exec needs at least argv[0]");
   }
   SpawnRequest spawn;
-  spawn.argv = KJ_MAP(arg, request.getArgv()) { return kj::str(arg); };
+  spawn.argv = KJ_MAP(arg, request.getArgv()) {
+    return kj::str(arg);
+  };
   // The sandbox's env first, then the exec's: a later KEY=... wins in init.
   kj::Vector<kj::String> env;
   env.add(kj::str("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
@@ -90,8 +92,7 @@ void SandboxRuntime::kill(kj::StringPtr reason) {
   finalStats_ = cgroup_->stats();
   // SIGKILL to PID 1 of a pid namespace kills every process in it; finish()
   // runs when init has exited and sweeps the cgroup for anything left.
-  if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), SIGKILL, nullptr, 0) < 0 &&
-      errno != ESRCH) {
+  if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), SIGKILL, nullptr, 0) < 0 && errno != ESRCH) {
     log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"errno", errno}});
     cgroup_->killAll();
   }
@@ -136,8 +137,8 @@ void SandboxRuntime::finish() {
   try {
     // The namespace's processes are dying with init; give them a moment to
     // leave the cgroup, then kill whatever is still in it the slow way.
-    KJ_IF_MAYBE(e, kj::runCatchingExceptions(
-                       [&]() { cgroup_->remove(std::chrono::milliseconds(200)); })) {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions(
+                        [&]() { cgroup_->remove(std::chrono::milliseconds(200)); })) {
       (void)e;
       cgroup_->killAll();
       cgroup_->remove();
@@ -160,7 +161,8 @@ void SandboxRuntime::finish() {
 }
 
 void SandboxRuntime::fillUsage(api::Usage::Builder usage) {
-  isolator::CgroupStats stats = ended_ || pendingReason_.size() > 0 ? finalStats_ : cgroup_->stats();
+  isolator::CgroupStats stats =
+      ended_ || pendingReason_.size() > 0 ? finalStats_ : cgroup_->stats();
   usage.setCpuUserNs(stats.cpuUserNs);
   usage.setCpuSystemNs(stats.cpuSystemNs);
   usage.setMemoryCurrentBytes(ended_ ? 0 : stats.memoryCurrentBytes);

@@ -52,7 +52,9 @@ class SandboxRuntime final : public kj::Refcounted {
   void countRequest() { ++rpcRequests_; }
 
   // Resolves when the sandbox has ended and been cleaned up.
-  kj::Promise<void> whenEnded() { return ended_ ? kj::Promise<void>(kj::READY_NOW) : endedFork_.addBranch(); }
+  kj::Promise<void> whenEnded() {
+    return ended_ ? kj::Promise<void>(kj::READY_NOW) : endedFork_.addBranch();
+  }
 
  private:
   void requireRunning();

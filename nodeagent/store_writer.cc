@@ -62,17 +62,18 @@ void StoreWriter::run() {
 }
 
 void StoreWriter::commit(kj::Vector<Change>& batch) {
-  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
-                store_.update([&](Store::WriteTxn& txn) {
-                  for (auto& change : batch) change(txn);
-                });
-              })) {
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                 store_.update([&](Store::WriteTxn& txn) {
+                   for (auto& change : batch) change(txn);
+                 });
+               })) {
     // One bad change must not sink its neighbours: commit them one by one.
-    log::warn("store.batch_failed", {{"changes", uint64_t(batch.size())},
-                                     {"error", e->getDescription().cStr()}});
+    log::warn("store.batch_failed",
+              {{"changes", uint64_t(batch.size())}, {"error", e->getDescription().cStr()}});
     for (auto& change : batch) {
-      KJ_IF_MAYBE(single, kj::runCatchingExceptions(
-                              [&]() { store_.update([&](Store::WriteTxn& txn) { change(txn); }); })) {
+      KJ_IF_MAYBE (single, kj::runCatchingExceptions([&]() {
+                     store_.update([&](Store::WriteTxn& txn) { change(txn); });
+                   })) {
         log::error("store.change_lost", {{"error", single->getDescription().cStr()}});
       }
     }

@@ -47,7 +47,7 @@ kj::String defaultInitPath() {
   KJ_REQUIRE(n > 0, "cannot read /proc/self/exe");
   self[n] = '\0';
   kj::StringPtr path = self;
-  KJ_IF_MAYBE(slash, path.findLast('/')) {
+  KJ_IF_MAYBE (slash, path.findLast('/')) {
     return kj::str(path.slice(0, *slash), "/nodeagent-init");
   }
   return kj::str("nodeagent-init");
@@ -63,11 +63,10 @@ void requireSearchableByOthers(kj::StringPtr dir) {
     KJ_SYSCALL(stat(path.cStr(), &st), path);
     KJ_REQUIRE((st.st_mode & S_IXOTH) != 0,
                "state directory's parents must be searchable by others (chmod o+x)", path);
-    KJ_IF_MAYBE(slash, path.findLast('/')) {
+    KJ_IF_MAYBE (slash, path.findLast('/')) {
       if (*slash == 0) return;
       path = kj::str(path.slice(0, *slash));
-    }
-    else {
+    } else {
       return;
     }
   }
@@ -142,14 +141,10 @@ void Supervisor::start() {
   makeDir(kj::str(stateDir, "/sandboxes"), 0711);
   requireSearchableByOthers(kj::str(stateDir, "/sandboxes"));
   for (auto t : effectiveTemplates(config_)) {
-    TemplateInfo info{kj::str(t.getName()),
-                      kj::str(t.getUsrDir()),
-                      kj::str(stateDir, "/templates/", t.getName()),
-                      t.getMemoryBytes(),
-                      t.getCpuMillis(),
-                      t.getPidsMax(),
-                      t.getDiskBytes(),
-                      t.getTimeoutSeconds()};
+    TemplateInfo info{
+        kj::str(t.getName()), kj::str(t.getUsrDir()), kj::str(stateDir, "/templates/", t.getName()),
+        t.getMemoryBytes(),   t.getCpuMillis(),       t.getPidsMax(),
+        t.getDiskBytes(),     t.getTimeoutSeconds()};
     isolator::prepareSkeleton(info.skeletonDir.cStr(), info.usrDir.cStr());
     templates_.add(kj::mv(info));
   }
@@ -165,7 +160,7 @@ void Supervisor::sweepOrphanCgroups() {
   // launch and commit) has a cgroup and no running record: end it.
   auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
   for (auto& [tenant, id] : tree.listSandboxes()) {
-    KJ_IF_MAYBE(stored, store_.getSandbox(id.c_str())) {
+    KJ_IF_MAYBE (stored, store_.getSandbox(id.c_str())) {
       if ((*stored)->get().getState() != api::SandboxState::STOPPED) continue;
     }
     log::warn("sandbox.orphan_swept", {{"id", id.c_str()}, {"tenant", tenant.c_str()}});
@@ -186,7 +181,9 @@ void Supervisor::persist(state::SandboxRecord::Reader record,
   auto copy = copyOf<state::SandboxRecord>(record);
   writer_.submit([copy = kj::mv(copy), audit = kj::mv(audit)](Store::WriteTxn& txn) mutable {
     txn.putSandbox(copy->getRoot<state::SandboxRecord>().asReader());
-    KJ_IF_MAYBE(a, audit) { txn.appendAudit((*a)->getRoot<state::AuditEntry>().asReader()); }
+    KJ_IF_MAYBE (a, audit) {
+      txn.appendAudit((*a)->getRoot<state::AuditEntry>().asReader());
+    }
   });
 }
 
@@ -196,17 +193,17 @@ void Supervisor::endStaleRecords() {
   for (auto& message : store_.listSandboxes()) {
     auto rec = message->get();
     if (rec.getState() == api::SandboxState::STOPPED) continue;
-    KJ_IF_MAYBE(tree, cgroupTree_) {
+    KJ_IF_MAYBE (tree, cgroupTree_) {
       try {
-        auto cgroup = isolator::SandboxCgroup::adopt(**tree, rec.getSpec().getTenant(),
-                                                     rec.getId());
+        auto cgroup =
+            isolator::SandboxCgroup::adopt(**tree, rec.getSpec().getTenant(), rec.getId());
         // The init was the old agent's child; its parent is gone, so the
         // kernel's reaper (or a subreaper) collects it.
         cgroup->killAll();
         cgroup->remove();
       } catch (kj::Exception& e) {
-        log::warn("sandbox.stale_cleanup", {{"id", rec.getId().cStr()},
-                                            {"error", e.getDescription().cStr()}});
+        log::warn("sandbox.stale_cleanup",
+                  {{"id", rec.getId().cStr()}, {"error", e.getDescription().cStr()}});
       }
     }
     rmdir(kj::str(config_.getStateDir(), "/sandboxes/", rec.getId()).cStr());
@@ -216,9 +213,8 @@ void Supervisor::endStaleRecords() {
     updated.setState(api::SandboxState::STOPPED);
     updated.setEndedAtNs(unixNowNs());
     updated.setEndReason("agent-restarted");
-    persist(updated.asReader(),
-            auditEntry(updated.getEndedAtNs(), "agent", "end", rec.getId(),
-                       rec.getSpec().getTenant(), "reason=agent-restarted"));
+    persist(updated.asReader(), auditEntry(updated.getEndedAtNs(), "agent", "end", rec.getId(),
+                                           rec.getSpec().getTenant(), "reason=agent-restarted"));
     log::warn("sandbox.ended_on_start", {{"id", rec.getId().cStr()}});
   }
 }
@@ -232,7 +228,9 @@ const Supervisor::TemplateInfo& Supervisor::requireTemplate(kj::StringPtr name) 
 }
 
 kj::Array<kj::String> Supervisor::templateNames() {
-  return KJ_MAP(t, templates_) { return kj::str(t.name); };
+  return KJ_MAP(t, templates_) {
+    return kj::str(t.name);
+  };
 }
 
 uint32_t Supervisor::allocateUidSlot() {
@@ -255,9 +253,8 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
                   "network modes other than 'off' are not served by this node yet");
   }
   if (live_.size() >= config_.getMaxSandboxes()) {
-    throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
-                  kj::str("this node runs its maximum of ", config_.getMaxSandboxes(),
-                          " sandboxes"));
+    throwApiError(api::ErrorCode::LIMIT_EXCEEDED, kj::str("this node runs its maximum of ",
+                                                          config_.getMaxSandboxes(), " sandboxes"));
   }
 
   auto record = kj::heap<capnp::MallocMessageBuilder>();
@@ -282,9 +279,9 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   }
   uint32_t hostCpuMillis = uint32_t(sysconf(_SC_NPROCESSORS_ONLN)) * 1000;
   if (filled.getCpuMillis() > hostCpuMillis) {
-    throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
-                  kj::str("cpu ", filled.getCpuMillis(), "m exceeds this node's ",
-                          hostCpuMillis, "m"));
+    throwApiError(
+        api::ErrorCode::LIMIT_EXCEEDED,
+        kj::str("cpu ", filled.getCpuMillis(), "m exceeds this node's ", hostCpuMillis, "m"));
   }
 
   uint32_t slot = allocateUidSlot();
@@ -299,8 +296,8 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   limits.memoryBytes = filled.getMemoryBytes();
   limits.pidsMax = filled.getPidsMax();
   limits.cpuMillis = filled.getCpuMillis();
-  auto cgroup = isolator::SandboxCgroup::create(*KJ_ASSERT_NONNULL(cgroupTree_),
-                                                filled.getTenant(), id, limits);
+  auto cgroup = isolator::SandboxCgroup::create(*KJ_ASSERT_NONNULL(cgroupTree_), filled.getTenant(),
+                                                id, limits);
   rec.setCgroupPath(kj::str("sandboxes/", filled.getTenant(), "/", id));
 
   kj::String workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
@@ -316,8 +313,8 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   launchSpec.hostname = id.cStr();
   launchSpec.uidBase = uidBase;
   launchSpec.uidCount = config_.getUidRangeSize();
-  launchSpec.initPath = config_.getInitPath().size() > 0 ? config_.getInitPath().cStr()
-                                                         : defaultInitPath().cStr();
+  launchSpec.initPath =
+      config_.getInitPath().size() > 0 ? config_.getInitPath().cStr() : defaultInitPath().cStr();
   launchSpec.skeletonDir = tmpl.skeletonDir.cStr();
   launchSpec.usrDir = tmpl.usrDir.cStr();
   launchSpec.workDir = workDir.cStr();
@@ -327,14 +324,14 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   isolator::LaunchedSandbox launched = isolator::launch(launchSpec);
   rec.setInitPid(launched.pid);
 
-  int rootFd = open(kj::str("/proc/", launched.pid, "/root").cStr(),
-                    O_PATH | O_DIRECTORY | O_CLOEXEC);
+  int rootFd =
+      open(kj::str("/proc/", launched.pid, "/root").cStr(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   KJ_SYSCALL(rootFd, "open sandbox root", launched.pid);
 
   persist(rec.asReader(),
           auditEntry(now, actor, "create", id, filled.getTenant(),
-                     kj::str("template=", filled.getTemplate(), " memory=",
-                             filled.getMemoryBytes(), " cpuMillis=", filled.getCpuMillis())));
+                     kj::str("template=", filled.getTemplate(), " memory=", filled.getMemoryBytes(),
+                             " cpuMillis=", filled.getCpuMillis())));
 
   SandboxRuntime::Parts parts;
   parts.record = kj::mv(record);
@@ -344,8 +341,8 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   parts.control = kj::mv(launched.control);
   parts.rootDir = kj::AutoCloseFd(rootFd);
   parts.workDir = kj::mv(workDir);
-  auto runtime = kj::refcounted<SandboxRuntime>(
-      port_, kj::mv(parts), [this](SandboxRuntime& s) { onEnded(s); });
+  auto runtime = kj::refcounted<SandboxRuntime>(port_, kj::mv(parts),
+                                                [this](SandboxRuntime& s) { onEnded(s); });
   uidSlots_.emplace(slot, id.cStr());
   live_.emplace(id.cStr(), kj::addRef(*runtime));
   log::info("sandbox.created", {{"id", id.cStr()},

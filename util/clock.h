@@ -13,7 +13,11 @@ inline int64_t readClockNs(clockid_t clock) {
 }
 
 // Wall-clock time for records people read; monotonic time for durations.
-inline int64_t unixNowNs() { return readClockNs(CLOCK_REALTIME); }
-inline int64_t monotonicNowNs() { return readClockNs(CLOCK_MONOTONIC); }
+inline int64_t unixNowNs() {
+  return readClockNs(CLOCK_REALTIME);
+}
+inline int64_t monotonicNowNs() {
+  return readClockNs(CLOCK_MONOTONIC);
+}
 
 }  // namespace nodeagent

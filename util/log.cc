@@ -13,10 +13,14 @@ std::atomic<int> minimumLevel{static_cast<int>(Level::kInfo)};
 
 const char* levelName(Level level) {
   switch (level) {
-    case Level::kDebug: return "debug";
-    case Level::kInfo: return "info";
-    case Level::kWarn: return "warn";
-    case Level::kError: return "error";
+    case Level::kDebug:
+      return "debug";
+    case Level::kInfo:
+      return "info";
+    case Level::kWarn:
+      return "warn";
+    case Level::kError:
+      return "error";
   }
   return "info";
 }
@@ -34,17 +38,29 @@ void appendTimestamp(std::string& out) {
 
 }  // namespace
 
-Value::Value(std::string_view s) { appendJsonString(json_, s); }
+Value::Value(std::string_view s) {
+  appendJsonString(json_, s);
+}
 
 void appendJsonString(std::string& out, std::string_view s) {
   out += '"';
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           char esc[8];
@@ -58,7 +74,9 @@ void appendJsonString(std::string& out, std::string_view s) {
   out += '"';
 }
 
-void setLevel(Level level) { minimumLevel.store(static_cast<int>(level)); }
+void setLevel(Level level) {
+  minimumLevel.store(static_cast<int>(level));
+}
 
 bool parseLevel(std::string_view name, Level* out) {
   for (Level l : {Level::kDebug, Level::kInfo, Level::kWarn, Level::kError}) {

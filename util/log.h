@@ -1,7 +1,8 @@
 // Structured logs: one JSON object per line on stderr.
 //
 //   log::info("sandbox.created", {{"id", id}, {"tenant", tenant}});
-//   -> {"ts":"2026-11-22T00:31:55.123Z","level":"info","event":"sandbox.created","id":"...","tenant":"..."}
+//   ->
+//   {"ts":"2026-11-22T00:31:55.123Z","level":"info","event":"sandbox.created","id":"...","tenant":"..."}
 #pragma once
 
 #include <cstdint>
@@ -39,10 +40,18 @@ void setLevel(Level level);
 bool parseLevel(std::string_view name, Level* out);
 void write(Level level, std::string_view event, std::initializer_list<Field> fields);
 
-inline void debug(std::string_view e, std::initializer_list<Field> f = {}) { write(Level::kDebug, e, f); }
-inline void info(std::string_view e, std::initializer_list<Field> f = {}) { write(Level::kInfo, e, f); }
-inline void warn(std::string_view e, std::initializer_list<Field> f = {}) { write(Level::kWarn, e, f); }
-inline void error(std::string_view e, std::initializer_list<Field> f = {}) { write(Level::kError, e, f); }
+inline void debug(std::string_view e, std::initializer_list<Field> f = {}) {
+  write(Level::kDebug, e, f);
+}
+inline void info(std::string_view e, std::initializer_list<Field> f = {}) {
+  write(Level::kInfo, e, f);
+}
+inline void warn(std::string_view e, std::initializer_list<Field> f = {}) {
+  write(Level::kWarn, e, f);
+}
+inline void error(std::string_view e, std::initializer_list<Field> f = {}) {
+  write(Level::kError, e, f);
+}
 
 // Appends `s` to `out` as a JSON string literal (with quotes).
 void appendJsonString(std::string& out, std::string_view s);

@@ -8,8 +8,8 @@
 namespace nodeagent::sbx {
 
 void usageError(kj::String message) {
-  kj::throwFatalException(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
-                                        kj::str("usage: ", message)));
+  kj::throwFatalException(
+      kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__, kj::str("usage: ", message)));
 }
 
 Args::Args(kj::ArrayPtr<const kj::StringPtr> words, kj::ArrayPtr<const kj::StringPtr> valueFlags) {
@@ -28,11 +28,10 @@ Args::Args(kj::ArrayPtr<const kj::StringPtr> words, kj::ArrayPtr<const kj::Strin
     if (w.startsWith("--") || (w.size() == 2 && w[0] == '-')) {
       kj::String name;
       kj::Maybe<kj::String> value;
-      KJ_IF_MAYBE(eq, w.findFirst('=')) {
+      KJ_IF_MAYBE (eq, w.findFirst('=')) {
         name = kj::str(w.slice(0, *eq));
         value = kj::str(w.slice(*eq + 1));
-      }
-      else {
+      } else {
         name = kj::str(w);
         if (takesValue(name)) {
           if (i + 1 >= words.size()) usageError(kj::str(name, " needs a value"));
@@ -58,7 +57,9 @@ kj::Maybe<kj::StringPtr> Args::value(kj::StringPtr flag) const {
   kj::Maybe<kj::StringPtr> result;
   for (auto& f : flags_) {
     if (f.name == flag) {
-      KJ_IF_MAYBE(v, f.value) { result = kj::StringPtr(*v); }
+      KJ_IF_MAYBE (v, f.value) {
+        result = kj::StringPtr(*v);
+      }
     }
   }
   return result;
@@ -68,7 +69,9 @@ kj::Array<kj::StringPtr> Args::values(kj::StringPtr flag) const {
   kj::Vector<kj::StringPtr> out;
   for (auto& f : flags_) {
     if (f.name == flag) {
-      KJ_IF_MAYBE(v, f.value) { out.add(*v); }
+      KJ_IF_MAYBE (v, f.value) {
+        out.add(*v);
+      }
     }
   }
   return out.releaseAsArray();
@@ -77,7 +80,8 @@ kj::Array<kj::StringPtr> Args::values(kj::StringPtr flag) const {
 uint64_t parseBytes(kj::StringPtr text) {
   char* end = nullptr;
   double number = strtod(text.cStr(), &end);
-  if (end == text.cStr() || number < 0 || !std::isfinite(number)) usageError(kj::str("not a size: ", text));
+  if (end == text.cStr() || number < 0 || !std::isfinite(number))
+    usageError(kj::str("not a size: ", text));
   kj::StringPtr unit = end;
   double scale = 1;
   if (unit == "" || unit == "B") {

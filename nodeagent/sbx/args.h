@@ -17,7 +17,7 @@ class Args {
   Args(kj::ArrayPtr<const kj::StringPtr> words, kj::ArrayPtr<const kj::StringPtr> valueFlags);
 
   bool has(kj::StringPtr flag) const;
-  kj::Maybe<kj::StringPtr> value(kj::StringPtr flag) const;  // the last one given
+  kj::Maybe<kj::StringPtr> value(kj::StringPtr flag) const;   // the last one given
   kj::Array<kj::StringPtr> values(kj::StringPtr flag) const;  // every one, in order
   kj::ArrayPtr<const kj::StringPtr> positional() const { return positional_; }
   kj::ArrayPtr<const kj::StringPtr> command() const { return command_; }

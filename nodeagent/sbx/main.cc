@@ -26,10 +26,10 @@ constexpr uint64_t kMaxMessageBytes = 8 << 20;
 constexpr size_t kUploadChunkBytes = 256 * 1024;
 constexpr int kCliErrorExit = 125;  // sbx's own failure, as opposed to the command's exit code
 
-const kj::StringPtr kValueFlags[] = {
-    "--connect", "--tls-cert", "--tls-key", "--tls-ca", "--template", "--tenant", "--memory",
-    "--cpus",    "--pids",     "--disk",    "--timeout", "--network", "--env",    "--meta",
-    "--cwd",     "--exec-timeout"};
+const kj::StringPtr kValueFlags[] = {"--connect",  "--tls-cert", "--tls-key", "--tls-ca",
+                                     "--template", "--tenant",   "--memory",  "--cpus",
+                                     "--pids",     "--disk",     "--timeout", "--network",
+                                     "--env",      "--meta",     "--cwd",     "--exec-timeout"};
 
 const char kUsage[] =
     "usage: sbx [--connect unix:PATH|tcp:HOST:PORT] COMMAND ...\n"
@@ -51,48 +51,62 @@ kj::Own<Session> connect(const Args& args) {
   auto session = kj::heap<Session>();
   kj::StringPtr target = kDefaultSocket;
   if (const char* env = getenv("SBX_CONNECT")) target = env;
-  KJ_IF_MAYBE(flag, args.value("--connect")) { target = *flag; }
+  KJ_IF_MAYBE (flag, args.value("--connect")) {
+    target = *flag;
+  }
   ListenAddress address = parseListenAddress(target);
-  KJ_IF_MAYBE(cert, args.value("--tls-cert")) {
-    session->tls = newMutualTlsContext(TlsFiles{kj::str(*cert),
-                                                kj::str(args.value("--tls-key").orDefault("")),
-                                                kj::str(args.value("--tls-ca").orDefault(""))});
+  KJ_IF_MAYBE (cert, args.value("--tls-cert")) {
+    session->tls =
+        newMutualTlsContext(TlsFiles{kj::str(*cert), kj::str(args.value("--tls-key").orDefault("")),
+                                     kj::str(args.value("--tls-ca").orDefault(""))});
   }
   kj::Maybe<kj::TlsContext&> tlsRef;
-  KJ_IF_MAYBE(t, session->tls) { tlsRef = **t; }
+  KJ_IF_MAYBE (t, session->tls) {
+    tlsRef = **t;
+  }
   if (address.kind == ListenAddress::Kind::kTcp && tlsRef == nullptr) {
     usageError(kj::str("tcp endpoints need --tls-cert, --tls-key and --tls-ca"));
   }
-  session->connection =
-      connectToNode(session->io.port, address, tlsRef, kMaxMessageBytes).wait(session->io.waitScope);
+  session->connection = connectToNode(session->io.port, address, tlsRef, kMaxMessageBytes)
+                            .wait(session->io.waitScope);
   session->node = session->connection->bootstrap().castAs<api::Node>();
   return session;
 }
 
 void setKeyValues(capnp::List<api::KeyValue>::Builder out, kj::ArrayPtr<const kj::StringPtr> in) {
   for (size_t i = 0; i < in.size(); ++i) {
-    KJ_IF_MAYBE(eq, in[i].findFirst('=')) {
+    KJ_IF_MAYBE (eq, in[i].findFirst('=')) {
       out[i].setKey(kj::str(in[i].slice(0, *eq)));
       out[i].setValue(in[i].slice(*eq + 1));
-    }
-    else {
+    } else {
       usageError(kj::str("expected KEY=VALUE, got '", in[i], "'"));
     }
   }
 }
 
 void fillSpec(const Args& args, api::SandboxSpec::Builder spec) {
-  KJ_IF_MAYBE(t, args.value("--template")) { spec.setTemplate(*t); }
-  else {
+  KJ_IF_MAYBE (t, args.value("--template")) {
+    spec.setTemplate(*t);
+  } else {
     usageError(kj::str("--template is required"));
   }
   spec.setTenant(args.value("--tenant").orDefault("default"));
-  KJ_IF_MAYBE(v, args.value("--memory")) { spec.setMemoryBytes(parseBytes(*v)); }
-  KJ_IF_MAYBE(v, args.value("--cpus")) { spec.setCpuMillis(parseCpuMillis(*v)); }
-  KJ_IF_MAYBE(v, args.value("--pids")) { spec.setPidsMax(parseUint(*v, "--pids")); }
-  KJ_IF_MAYBE(v, args.value("--disk")) { spec.setDiskBytes(parseBytes(*v)); }
-  KJ_IF_MAYBE(v, args.value("--timeout")) { spec.setTimeoutSeconds(parseUint(*v, "--timeout")); }
-  KJ_IF_MAYBE(v, args.value("--network")) {
+  KJ_IF_MAYBE (v, args.value("--memory")) {
+    spec.setMemoryBytes(parseBytes(*v));
+  }
+  KJ_IF_MAYBE (v, args.value("--cpus")) {
+    spec.setCpuMillis(parseCpuMillis(*v));
+  }
+  KJ_IF_MAYBE (v, args.value("--pids")) {
+    spec.setPidsMax(parseUint(*v, "--pids"));
+  }
+  KJ_IF_MAYBE (v, args.value("--disk")) {
+    spec.setDiskBytes(parseBytes(*v));
+  }
+  KJ_IF_MAYBE (v, args.value("--timeout")) {
+    spec.setTimeoutSeconds(parseUint(*v, "--timeout"));
+  }
+  KJ_IF_MAYBE (v, args.value("--network")) {
     if (*v == "off") {
       spec.setNetwork(api::NetworkMode::OFF);
     } else if (*v == "restricted") {
@@ -141,7 +155,7 @@ int execIn(Session& s, api::Sandbox::Client sandbox, const Args& args) {
   setKeyValues(exec.initEnv(env.size()), env);
   exec.setCwd(args.value("--cwd").orDefault("/"));
   exec.setStdin(forward);
-  KJ_IF_MAYBE(v, args.value("--exec-timeout")) {
+  KJ_IF_MAYBE (v, args.value("--exec-timeout")) {
     exec.setTimeoutSeconds(parseUint(*v, "--exec-timeout"));
   }
   request.setOutput(kj::heap<TerminalOutput>(s.io.port));
@@ -154,8 +168,8 @@ int execIn(Session& s, api::Sandbox::Client sandbox, const Args& args) {
     int fd = dup(STDIN_FILENO);
     if (fd >= 0) {
       stdinStream = loop::wrapInputFd(s.io.port, kj::AutoCloseFd(fd));
-      input = forwardStdin(s.io.port, process, *stdinStream, buffer)
-                  .catch_([](kj::Exception&&) {});  // the process may exit before reading stdin
+      input = forwardStdin(s.io.port, process, *stdinStream, buffer).catch_([](kj::Exception&&) {
+      });  // the process may exit before reading stdin
     } else {
       input = process.closeStdinRequest().send().ignoreResult();
     }
@@ -185,7 +199,9 @@ kj::StringPtr requireId(const Args& args, size_t index = 0) {
   return args.positional()[index];
 }
 
-int cmdExec(Session& s, const Args& args) { return execIn(s, openSandbox(s, requireId(args)), args); }
+int cmdExec(Session& s, const Args& args) {
+  return execIn(s, openSandbox(s, requireId(args)), args);
+}
 
 int cmdRun(Session& s, const Args& args) {
   auto request = s.node.createRequest();
@@ -197,7 +213,9 @@ int cmdRun(Session& s, const Args& args) {
       kj::runCatchingExceptions([&]() { code = execIn(s, sandbox, args); });
   // The sandbox goes whatever happened to the command.
   sandbox.killRequest().send().ignoreResult().catch_([](kj::Exception&&) {}).wait(s.io.waitScope);
-  KJ_IF_MAYBE(e, failure) { kj::throwFatalException(kj::mv(*e)); }
+  KJ_IF_MAYBE (e, failure) {
+    kj::throwFatalException(kj::mv(*e));
+  }
   return code;
 }
 
@@ -235,7 +253,7 @@ int cmdKill(Session& s, const Args& args) {
 
 // "ID:PATH" -> {ID, PATH}; anything without a colon is a local path.
 bool splitRemote(kj::StringPtr text, kj::String* id, kj::String* path) {
-  KJ_IF_MAYBE(colon, text.findFirst(':')) {
+  KJ_IF_MAYBE (colon, text.findFirst(':')) {
     *id = kj::str(text.slice(0, *colon));
     *path = kj::str(text.slice(*colon + 1));
     return id->size() > 0;
@@ -245,15 +263,15 @@ bool splitRemote(kj::StringPtr text, kj::String* id, kj::String* path) {
 
 kj::Promise<void> upload(Session& s, int fd, api::ByteSink::Client sink,
                          kj::ArrayPtr<kj::byte> buffer, uint64_t offset) {
-  return s.io.port.read(fd, buffer, offset).then([&s, fd, sink, buffer, offset](size_t n) mutable
-                                                 -> kj::Promise<void> {
-    if (n == 0) return sink.doneRequest().send().ignoreResult();
-    auto request = sink.writeRequest();
-    request.setData(buffer.slice(0, n));
-    return request.send().then([&s, fd, sink, buffer, offset, n]() mutable {
-      return upload(s, fd, kj::mv(sink), buffer, offset + n);
-    });
-  });
+  return s.io.port.read(fd, buffer, offset)
+      .then([&s, fd, sink, buffer, offset](size_t n) mutable -> kj::Promise<void> {
+        if (n == 0) return sink.doneRequest().send().ignoreResult();
+        auto request = sink.writeRequest();
+        request.setData(buffer.slice(0, n));
+        return request.send().then([&s, fd, sink, buffer, offset, n]() mutable {
+          return upload(s, fd, kj::mv(sink), buffer, offset + n);
+        });
+      });
 }
 
 int cmdCp(Session& s, const Args& args) {
@@ -336,14 +354,12 @@ int main(int argc, char** argv) {
     return nodeagent::sbx::dispatch(argc, argv);
   } catch (kj::Exception& e) {
     kj::StringPtr text = e.getDescription();
-    KJ_IF_MAYBE(code, nodeagent::apiErrorCode(e)) {
+    KJ_IF_MAYBE (code, nodeagent::apiErrorCode(e)) {
       fprintf(stderr, "sbx: %s: %s\n", nodeagent::errorCodeName(*code).cStr(),
               nodeagent::apiErrorMessage(e).cStr());
-    }
-    else if (text.startsWith("usage: ")) {
+    } else if (text.startsWith("usage: ")) {
       fprintf(stderr, "sbx: %s\n", text.cStr());
-    }
-    else {
+    } else {
       fprintf(stderr, "sbx: %s\n", nodeagent::apiErrorMessage(e).cStr());
     }
     return 125;  // sbx's own failure (see kCliErrorExit)

@@ -12,10 +12,14 @@ namespace {
 
 kj::StringPtr stateName(api::SandboxState state) {
   switch (state) {
-    case api::SandboxState::CREATING: return "creating";
-    case api::SandboxState::RUNNING: return "running";
-    case api::SandboxState::PAUSED: return "paused";
-    case api::SandboxState::STOPPED: return "stopped";
+    case api::SandboxState::CREATING:
+      return "creating";
+    case api::SandboxState::RUNNING:
+      return "running";
+    case api::SandboxState::PAUSED:
+      return "paused";
+    case api::SandboxState::STOPPED:
+      return "stopped";
   }
   return "unknown";
 }
@@ -85,23 +89,22 @@ kj::String renderListJson(capnp::List<api::SandboxInfo>::Reader sandboxes) {
 
 kj::String renderInfoText(api::SandboxInfo::Reader info) {
   auto spec = info.getSpec();
-  return kj::str("id:        ", info.getId(), "\n",
-                 "tenant:    ", spec.getTenant(), "\n",
-                 "template:  ", spec.getTemplate(), "\n",
-                 "state:     ", stateName(info.getState()), "\n",
-                 "memory:    ", formatBytes(spec.getMemoryBytes()), "\n",
+  return kj::str("id:        ", info.getId(), "\n", "tenant:    ", spec.getTenant(), "\n",
+                 "template:  ", spec.getTemplate(), "\n", "state:     ", stateName(info.getState()),
+                 "\n", "memory:    ", formatBytes(spec.getMemoryBytes()), "\n",
                  "cpus:      ", spec.getCpuMillis() / 1000.0, "\n",
                  "pids:      ", spec.getPidsMax(), "\n",
                  "disk:      ", formatBytes(spec.getDiskBytes()), "\n",
                  "created:   ", formatTime(info.getCreatedAtNs()), "\n",
                  "expires:   ", formatTime(info.getExpiresAtNs()), "\n",
-                 info.getEndedAtNs() > 0
-                     ? kj::str("ended:     ", formatTime(info.getEndedAtNs()), " (",
-                               info.getEndReason(), ")\n")
-                     : kj::str());
+                 info.getEndedAtNs() > 0 ? kj::str("ended:     ", formatTime(info.getEndedAtNs()),
+                                                   " (", info.getEndReason(), ")\n")
+                                         : kj::str());
 }
 
-kj::String renderInfoJson(api::SandboxInfo::Reader info) { return toJson(info); }
+kj::String renderInfoJson(api::SandboxInfo::Reader info) {
+  return toJson(info);
+}
 
 kj::String renderUsageText(api::Usage::Reader u) {
   return kj::str("cpu user:     ", formatSeconds(u.getCpuUserNs()), "\n",
@@ -109,11 +112,12 @@ kj::String renderUsageText(api::Usage::Reader u) {
                  "wall running: ", formatSeconds(u.getWallRunningNs()), "\n",
                  "memory now:   ", formatBytes(u.getMemoryCurrentBytes()), "\n",
                  "memory peak:  ", formatBytes(u.getMemoryPeakBytes()), "\n",
-                 "processes:    ", u.getPidsCurrent(), "\n",
-                 "execs:        ", u.getExecs(), "\n",
+                 "processes:    ", u.getPidsCurrent(), "\n", "execs:        ", u.getExecs(), "\n",
                  "rpc requests: ", u.getRpcRequests(), "\n");
 }
 
-kj::String renderUsageJson(api::Usage::Reader usage) { return toJson(usage); }
+kj::String renderUsageJson(api::Usage::Reader usage) {
+  return toJson(usage);
+}
 
 }  // namespace nodeagent::sbx

@@ -35,8 +35,7 @@ struct CommandResult {
 };
 
 // Runs argv with `input` on stdin; collects stdout and stderr separately.
-inline CommandResult runCommand(const std::vector<std::string>& argv,
-                                const std::string& input = "",
+inline CommandResult runCommand(const std::vector<std::string>& argv, const std::string& input = "",
                                 const std::vector<std::string>& extraEnv = {}) {
   int inPipe[2], outPipe[2], errPipe[2];
   EXPECT_EQ(pipe2(inPipe, O_CLOEXEC), 0);
@@ -141,9 +140,9 @@ class AgentProcess {
     cgroupRoot_ = "nodeagent-test-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
     uint64_t uidBase = 1000000000ull + uint64_t((getpid() * 7 + counter) % 400) * 6600000ull;
     {
-      std::string config = "{\"cgroupRoot\": \"" + cgroupRoot_ + "\", \"uidBase\": " +
-                           std::to_string(uidBase) + ", \"maxSandboxes\": 100" + extraConfig +
-                           "}";
+      std::string config = "{\"cgroupRoot\": \"" + cgroupRoot_ +
+                           "\", \"uidBase\": " + std::to_string(uidBase) +
+                           ", \"maxSandboxes\": 100" + extraConfig + "}";
       FILE* f = fopen((dir_ + "/config.json").c_str(), "w");
       fputs(config.c_str(), f);
       fclose(f);
@@ -172,8 +171,8 @@ class AgentProcess {
   // Waits until the agent accepts connections (`sbx ls` works).
   bool waitReady(const std::string& connect = "") {
     for (int i = 0; i < 200; ++i) {
-      auto r = runCommand({binDir() + "/sbx", "--connect", connect.empty() ? target() : connect,
-                           "ls"});
+      auto r =
+          runCommand({binDir() + "/sbx", "--connect", connect.empty() ? target() : connect, "ls"});
       if (r.exitCode == 0) return true;
       int status;
       if (waitpid(pid_, &status, WNOHANG) == pid_) {

@@ -190,14 +190,12 @@ TEST_F(ApiTest, ClientThatDisconnectsMidUploadLeavesNoFile) {
     EXPECT_TRUE(clean);
     auto stat = files.statRequest();
     stat.setPath("/tmp/partial");
-    auto failed = stat.send().then([](auto&&) -> kj::Maybe<kj::Exception> { return nullptr; },
-                                   [](kj::Exception&& e) -> kj::Maybe<kj::Exception> {
-                                     return kj::mv(e);
-                                   });
-    KJ_IF_MAYBE(e, failed.wait(io.waitScope)) {
+    auto failed =
+        stat.send().then([](auto&&) -> kj::Maybe<kj::Exception> { return nullptr; },
+                         [](kj::Exception&& e) -> kj::Maybe<kj::Exception> { return kj::mv(e); });
+    KJ_IF_MAYBE (e, failed.wait(io.waitScope)) {
       EXPECT_EQ(apiErrorCode(*e), api::ErrorCode::NOT_FOUND) << e->getDescription().cStr();
-    }
-    else {
+    } else {
       ADD_FAILURE() << "a half-uploaded file appeared";
     }
     sandbox.killRequest().send().wait(io.waitScope);

@@ -92,8 +92,8 @@ TEST_F(CliTest, StdinIsForwarded) {
 
 TEST_F(CliTest, RunCreatesExecsAndKills) {
   auto before = agent().sbx({"ls"});
-  auto r = agent().sbx({"run", "--template", "python", "--tenant", "e2e-run", "--", "python3",
-                        "-c", "import os; print(os.getpid())"});
+  auto r = agent().sbx({"run", "--template", "python", "--tenant", "e2e-run", "--", "python3", "-c",
+                        "import os; print(os.getpid())"});
   EXPECT_EQ(r.exitCode, 0) << r.err;
   EXPECT_EQ(r.out, "2\n");  // init is 1; the command is its first child
   auto list = agent().sbx({"ls", "--tenant", "e2e-run"});
@@ -135,7 +135,8 @@ TEST_F(CliTest, FileRoundTripOf100MiB) {
   auto localSum = runCommand({"/bin/sh", "-c", "sha256sum " + local + " | cut -d' ' -f1"});
   auto up = agent().sbx({"cp", local, id + ":/tmp/big.bin"});
   ASSERT_EQ(up.exitCode, 0) << up.err;
-  auto inside = agent().sbx({"exec", id, "--", "sh", "-c", "sha256sum /tmp/big.bin | cut -d' ' -f1"});
+  auto inside =
+      agent().sbx({"exec", id, "--", "sh", "-c", "sha256sum /tmp/big.bin | cut -d' ' -f1"});
   EXPECT_EQ(inside.out, localSum.out);
   std::string back = agent().dir() + "/back.bin";
   auto down = agent().sbx({"cp", id + ":/tmp/big.bin", back});
@@ -167,8 +168,7 @@ TEST_F(CliTest, TimeoutKillsTheSandbox) {
   auto r = agent().sbx({"exec", id, "--", "sleep", "30"});
   EXPECT_EQ(r.exitCode, 128 + 9);
   auto info = agent().sbx({"info", id, "--json"});
-  EXPECT_NE(info.out.find("\"endReason\": \"timeout\""), std::string::npos)
-      << info.out << info.err;
+  EXPECT_NE(info.out.find("\"endReason\": \"timeout\""), std::string::npos) << info.out << info.err;
   auto after = agent().sbx({"exec", id, "--", "true"});
   EXPECT_NE(after.exitCode, 0);
   EXPECT_NE(after.err.find("notRunning"), std::string::npos) << after.err;
@@ -297,7 +297,9 @@ TEST_F(CliTest, AuditLogRecordsAdminActions) {
   for (int i = 0; i < 100; ++i) {
     auto record = store->getSandbox(id.c_str());
     bool stopped = false;
-    KJ_IF_MAYBE(r, record) { stopped = (*r)->get().getState() == api::SandboxState::STOPPED; }
+    KJ_IF_MAYBE (r, record) {
+      stopped = (*r)->get().getState() == api::SandboxState::STOPPED;
+    }
     if (stopped) break;
     usleep(20000);
   }
@@ -323,7 +325,7 @@ TEST_F(CliTest, AuditLogRecordsAdminActions) {
   EXPECT_TRUE(sawConfig && sawCreate && sawKill && sawEnd);
   auto record = store->getSandbox(id.c_str());
   ASSERT_TRUE(record != nullptr);
-  KJ_IF_MAYBE(r, record) {
+  KJ_IF_MAYBE (r, record) {
     EXPECT_EQ((*r)->get().getState(), api::SandboxState::STOPPED);
     EXPECT_EQ((*r)->get().getEndReason(), "killed");
   }

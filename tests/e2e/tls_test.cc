@@ -1,7 +1,7 @@
 // Gateways over TCP with mutual TLS (needs root, and the openssl command to
 // make a throwaway CA).
-#include <sys/socket.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <fstream>
 
@@ -33,7 +33,8 @@ class TlsTest : public ::testing::Test {
     // A CA, a server cert for 127.0.0.1, a gateway cert, and a stranger's
     // cert from another CA.
     std::string script =
-        "set -e; cd " + dir_ + "\n"
+        "set -e; cd " + dir_ +
+        "\n"
         "gen() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
         "-days 1 -subj /CN=$2 -keyout $1.key -out $1.crt $3 2>/dev/null; }\n"
         "gen ca test-ca\n"
@@ -48,8 +49,8 @@ class TlsTest : public ::testing::Test {
     auto r = runCommand({"/bin/sh", "-c", script});
     ASSERT_EQ(r.exitCode, 0) << r.err;
     port_ = freeLoopbackPort();
-    tlsConfig_ = ", \"tls\": {\"certFile\": \"" + dir_ + "/server.crt\", \"keyFile\": \"" +
-                 dir_ + "/server.key\", \"caFile\": \"" + dir_ + "/ca.crt\"}";
+    tlsConfig_ = ", \"tls\": {\"certFile\": \"" + dir_ + "/server.crt\", \"keyFile\": \"" + dir_ +
+                 "/server.key\", \"caFile\": \"" + dir_ + "/ca.crt\"}";
   }
   void TearDown() override {
     if (!dir_.empty()) (void)!system(("rm -rf '" + dir_ + "'").c_str());

@@ -40,8 +40,10 @@ class SandboxFsTest : public ::testing::Test {
   }
 
   api::ErrorCode codeOf(kj::FunctionParam<void()> fn) {
-    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { fn(); })) {
-      KJ_IF_MAYBE(code, apiErrorCode(*e)) { return *code; }
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { fn(); })) {
+      KJ_IF_MAYBE (code, apiErrorCode(*e)) {
+        return *code;
+      }
       ADD_FAILURE() << "untyped error: " << e->getDescription().cStr();
       return api::ErrorCode::INTERNAL;
     }
@@ -58,10 +60,9 @@ TEST(SandboxFsNormalize, CleansAndRejects) {
   EXPECT_EQ(SandboxFs::normalize("/"), "");
   EXPECT_EQ(SandboxFs::normalize("rel/x"), "rel/x");
   for (const char* bad : {"../x", "/a/../b", "..", "/a/.."}) {
-    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { SandboxFs::normalize(bad); })) {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { SandboxFs::normalize(bad); })) {
       EXPECT_EQ(apiErrorCode(*e), api::ErrorCode::INVALID_PATH) << bad;
-    }
-    else {
+    } else {
       ADD_FAILURE() << bad << " accepted";
     }
   }
@@ -69,12 +70,13 @@ TEST(SandboxFsNormalize, CleansAndRejects) {
   EXPECT_TRUE(kj::runCatchingExceptions([&]() {
                 SandboxFs::normalize(kj::StringPtr(nul.data(), nul.size()));
               }) != nullptr);
-  EXPECT_TRUE(kj::runCatchingExceptions([&]() {
-                SandboxFs::normalize(kj::str(kj::repeat('a', 5000)));
-              }) != nullptr);
+  EXPECT_TRUE(kj::runCatchingExceptions(
+                  [&]() { SandboxFs::normalize(kj::str(kj::repeat('a', 5000))); }) != nullptr);
 }
 
-TEST_F(SandboxFsTest, ReadsInsideTheRoot) { EXPECT_EQ(readVia("/inside"), "SANDBOX\n"); }
+TEST_F(SandboxFsTest, ReadsInsideTheRoot) {
+  EXPECT_EQ(readVia("/inside"), "SANDBOX\n");
+}
 
 TEST_F(SandboxFsTest, SymlinksResolveInsideTheRoot) {
   ASSERT_EQ(symlink((base_ + "/outside").c_str(), (root_ + "/abs").c_str()), 0);

@@ -9,8 +9,8 @@ namespace {
 
 TEST(SbxArgs, FlagsPositionalsAndCommand) {
   const kj::StringPtr valueFlags[] = {"--memory", "--env"};
-  const kj::StringPtr words[] = {"ID",  "--memory", "512M", "--env=A=1", "--env",
-                                 "B=2", "-i",       "--",   "sh",        "-c", "--x"};
+  const kj::StringPtr words[] = {"ID", "--memory", "512M", "--env=A=1", "--env", "B=2",
+                                 "-i", "--",       "sh",   "-c",        "--x"};
   Args args(words, valueFlags);
   ASSERT_EQ(args.positional().size(), 1u);
   EXPECT_EQ(args.positional()[0], "ID");
@@ -27,10 +27,9 @@ TEST(SbxArgs, FlagsPositionalsAndCommand) {
 TEST(SbxArgs, MissingValueIsAUsageError) {
   const kj::StringPtr valueFlags[] = {"--memory"};
   const kj::StringPtr words[] = {"--memory"};
-  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { Args args(words, valueFlags); })) {
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { Args args(words, valueFlags); })) {
     EXPECT_TRUE(e->getDescription().startsWith("usage: "));
-  }
-  else {
+  } else {
     ADD_FAILURE();
   }
 }

@@ -17,12 +17,12 @@ inline bool runningUnderCi() {
 
 }  // namespace nodeagent::testing
 
-#define NODEAGENT_REQUIRE_ROOT()                                                          \
-  do {                                                                                    \
-    if (geteuid() != 0) {                                                                 \
-      if (::nodeagent::testing::runningUnderCi()) {                                       \
-        FAIL() << "privileged test needs root and CI=true forbids skipping";              \
-      }                                                                                   \
-      GTEST_SKIP() << "privileged test: needs root (run as root, or in CI)";              \
-    }                                                                                     \
+#define NODEAGENT_REQUIRE_ROOT()                                             \
+  do {                                                                       \
+    if (geteuid() != 0) {                                                    \
+      if (::nodeagent::testing::runningUnderCi()) {                          \
+        FAIL() << "privileged test needs root and CI=true forbids skipping"; \
+      }                                                                      \
+      GTEST_SKIP() << "privileged test: needs root (run as root, or in CI)"; \
+    }                                                                        \
   } while (0)
