@@ -3,6 +3,8 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <map>
+
 #include <kj/debug.h>
 
 #include "e2e/agent_harness.h"
@@ -225,6 +227,82 @@ TEST_F(ApiTest, ClientThatDisconnectsMidOutputDoesNotHurtTheAgent) {
   auto r = agent_->sbx({"exec", id.cStr(), "--", "echo", "still here"});
   EXPECT_EQ(r.out, "still here\n");
   agent_->sbx({"kill", id.cStr()});
+}
+
+template <typename T>
+kj::Maybe<api::ErrorCode> errorOf(kj::Promise<T>&& promise, kj::WaitScope& ws) {
+  return promise.then([](auto&&) -> kj::Maybe<api::ErrorCode> { return nullptr; },
+                      [](kj::Exception&& e) -> kj::Maybe<api::ErrorCode> {
+                        KJ_IF_MAYBE(code, apiErrorCode(e)) { return *code; }
+                        return api::ErrorCode::INTERNAL;
+                      })
+      .wait(ws);
+}
+
+TEST_F(ApiTest, FilesListStatMkdirRemove) {
+  loop::IoContext io;
+  auto conn = connect(io);
+  auto node = conn->bootstrap().castAs<api::Node>();
+  auto sandbox = create(node, io.waitScope);
+  auto files = sandbox.filesRequest().send().getFiles();
+
+  auto mkdir = files.mkdirRequest();
+  mkdir.setPath("/work/a/b");
+  mkdir.setParents(true);
+  mkdir.send().wait(io.waitScope);
+  auto again = files.mkdirRequest();
+  again.setPath("/work");
+  EXPECT_EQ(errorOf(again.send(), io.waitScope), api::ErrorCode::ALREADY_EXISTS);
+
+  auto write = files.writeRequest();
+  write.setPath("/work/a/hello.txt");
+  write.setMode(0600);
+  auto sink = write.send().getSink();
+  auto chunk = sink.writeRequest();
+  chunk.setData(kj::StringPtr("hello").asBytes());
+  chunk.send().wait(io.waitScope);
+  sink.doneRequest().send().wait(io.waitScope);
+
+  auto list = files.listRequest();
+  list.setPath("/work/a");
+  auto listed = list.send().wait(io.waitScope);
+  std::map<std::string, api::FileInfo::Type> seen;
+  for (auto e : listed.getEntries()) seen[e.getName().cStr()] = e.getType();
+  EXPECT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen["b"], api::FileInfo::Type::DIRECTORY);
+  EXPECT_EQ(seen["hello.txt"], api::FileInfo::Type::FILE);
+
+  auto stat = files.statRequest();
+  stat.setPath("/work/a/hello.txt");
+  auto st = stat.send().wait(io.waitScope);
+  EXPECT_EQ(st.getInfo().getSize(), 5u);
+  EXPECT_EQ(st.getInfo().getMode(), 0600u);
+
+  auto missing = files.statRequest();
+  missing.setPath("/work/nope");
+  EXPECT_EQ(errorOf(missing.send(), io.waitScope), api::ErrorCode::NOT_FOUND);
+  auto escape = files.listRequest();
+  escape.setPath("/work/../../etc");
+  EXPECT_EQ(errorOf(escape.send(), io.waitScope), api::ErrorCode::INVALID_PATH);
+
+  auto notEmpty = files.removeRequest();
+  notEmpty.setPath("/work");
+  EXPECT_EQ(errorOf(notEmpty.send(), io.waitScope), api::ErrorCode::INVALID_PATH);
+  auto remove = files.removeRequest();
+  remove.setPath("/work");
+  remove.setRecursive(true);
+  remove.send().wait(io.waitScope);
+  auto gone = files.statRequest();
+  gone.setPath("/work");
+  EXPECT_EQ(errorOf(gone.send(), io.waitScope), api::ErrorCode::NOT_FOUND);
+
+  // Reading a directory is a typed error, not a hang or a crash.
+  auto read = files.readRequest();
+  read.setPath("/etc");
+  struct Sink final : public api::ByteSink::Server {};
+  read.setSink(kj::heap<Sink>());
+  EXPECT_EQ(errorOf(read.send(), io.waitScope), api::ErrorCode::INVALID_PATH);
+  sandbox.killRequest().send().wait(io.waitScope);
 }
 
 TEST_F(ApiTest, GarbageOnTheSocketIsRefused) {
