@@ -57,7 +57,6 @@ int run(int argc, char** argv) {
   auto store = Store::open(cfg.getStateDir(), storeOptions);
   StoreWriter storeWriter(*store);
   Supervisor supervisor(io.port, cfg, *store, storeWriter);
-  supervisor.start();
 
   ServerContext context{supervisor, io.port, cfg.getMaxFileBytes(), cfg.getMaxMessageBytes()};
   kj::Maybe<kj::Own<kj::TlsContext>> tls;
@@ -80,6 +79,9 @@ int run(int argc, char** argv) {
     serving.add(listener->run());
     listeners.add(kj::mv(listener));
   }
+  // Listening sockets are bound above, before anything on the host is
+  // touched: an agent that cannot have its address changes nothing.
+  supervisor.start();
   supervisor.audit("agent", "start", "", "", kj::str("version=", kVersion));
   // The effective configuration, so an audit reader sees what every later
   // action ran under.

@@ -51,6 +51,17 @@ std::string trim(std::string s) {
   return s;
 }
 
+TEST_F(CliTest, SocketIsPrivateToRoot) {
+  struct stat st;
+  ASSERT_EQ(stat(agent().socketPath().c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  // A second agent on the same socket refuses to start rather than steal it.
+  auto second = runCommand({binDir() + "/nodeagent", "--state-dir", agent().dir() + "/state2",
+                            "--listen", agent().target()});
+  EXPECT_NE(second.exitCode, 0);
+}
+
 TEST_F(CliTest, ExitCodesAndSeparateStreams) {
   std::string id = agent().create();
   ASSERT_FALSE(id.empty());
