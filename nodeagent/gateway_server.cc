@@ -14,6 +14,8 @@ namespace nodeagent {
 namespace {
 
 constexpr size_t kFileChunkBytes = 256 * 1024;
+// Keeps a listing well inside any peer's message limit (about 100 bytes an entry).
+constexpr size_t kMaxListEntries = 10000;
 
 void fillInfo(api::SandboxInfo::Builder info, state::SandboxRecord::Reader rec) {
   info.setId(rec.getId());
@@ -166,7 +168,9 @@ class FilesImpl final : public api::Files::Server {
 
   kj::Promise<void> list(ListContext context) override {
     sandbox_->countRequest();
-    auto entries = sandbox_->files().list(context.getParams().getPath());
+    bool truncated = false;
+    auto entries = sandbox_->files().list(context.getParams().getPath(), kMaxListEntries, &truncated);
+    context.getResults().setTruncated(truncated);
     auto out = context.getResults().initEntries(entries.size());
     for (size_t i = 0; i < entries.size(); ++i) fillFileInfo(out[i], entries[i]);
     return kj::READY_NOW;

@@ -12,10 +12,9 @@
 namespace nodeagent {
 
 InitChannel::InitChannel(loop::UringEventPort& port, kj::AutoCloseFd control)
-    : port_(port), control_(kj::mv(control)), disconnected_(nullptr) {
-  disconnected_ =
-      readLoop().catch_([this](kj::Exception&& e) { failAll(e); }).eagerlyEvaluate(nullptr).fork();
-}
+    : port_(port),
+      control_(kj::mv(control)),
+      readTask_(readLoop().catch_([this](kj::Exception&& e) { failAll(e); }).eagerlyEvaluate(nullptr)) {}
 
 InitChannel::~InitChannel() noexcept(false) {}
 
@@ -36,22 +35,28 @@ kj::Promise<SpawnedProcess> InitChannel::spawn(const SpawnRequest& request) {
   spawn.setCwd(request.cwd);
   spawn.setStdinOpen(request.stdinOpen);
 
-  auto bytes = isolator::encodeInitMessage(message);
-  if (bytes.size() > isolator::kMaxInitMessageBytes) {
+  size_t size = capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word);
+  if (size > isolator::kMaxInitMessageBytes) {
     throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
-                  kj::str("argv and environment take ", bytes.size(), " bytes; the limit is ",
+                  kj::str("argv and environment take ", size, " bytes; the limit is ",
                           isolator::kMaxInitMessageBytes));
   }
+  auto bytes = isolator::encodeInitMessage(message);
   auto paf = kj::newPromiseAndFulfiller<SpawnedProcess>();
   pendingSpawns_.emplace(tag, kj::mv(paf.fulfiller));
   auto sent = loop::sendWithFds(port_, control_, bytes.asPtr(), nullptr);
-  return sent.attach(kj::mv(bytes)).then([promise = kj::mv(paf.promise)]() mutable {
-    return kj::mv(promise);
-  });
+  return sent.attach(kj::mv(bytes))
+      .then([promise = kj::mv(paf.promise)]() mutable { return kj::mv(promise); },
+            [this, tag](kj::Exception&& e) -> kj::Promise<SpawnedProcess> {
+              pendingSpawns_.erase(tag);
+              return kj::mv(e);
+            });
 }
 
 kj::Promise<int> InitChannel::exitStatus(int pid) {
-  ExitSlot& slot = exits_[pid];
+  auto found = exits_.find(pid);
+  KJ_REQUIRE(found != exits_.end(), "exitStatus() of a pid that was not spawned", pid);
+  ExitSlot& slot = found->second;
   KJ_IF_MAYBE (status, slot.status) {
     int s = *status;
     exits_.erase(pid);
@@ -90,6 +95,7 @@ kj::Promise<void> InitChannel::readLoop() {
             p.stdoutFd = kj::mv(fds[i++]);
             p.stderrFd = kj::mv(fds[i++]);
             p.pidfd = kj::mv(fds[i++]);
+            exits_.emplace(p.pid, ExitSlot{});
             it->second->fulfill(kj::mv(p));
             pendingSpawns_.erase(it);
             break;
@@ -105,7 +111,9 @@ kj::Promise<void> InitChannel::readLoop() {
           }
           case initproto::Event::EXITED: {
             auto exited = event.getExited();
-            ExitSlot& slot = exits_[exited.getPid()];
+            auto found = exits_.find(exited.getPid());
+            if (found == exits_.end()) break;  // not a process we spawned
+            ExitSlot& slot = found->second;
             KJ_IF_MAYBE (waiter, slot.waiter) {
               (*waiter)->fulfill(exited.getWaitStatus());
               exits_.erase(exited.getPid());

@@ -42,9 +42,6 @@ class InitChannel {
   // resolved; an exit that arrived earlier is kept until asked for.
   kj::Promise<int> exitStatus(int pid);
 
-  // Resolves when init closes the socket (it died, or the sandbox was killed).
-  kj::Promise<void> onDisconnect() { return disconnected_.addBranch(); }
-
  private:
   struct PendingSpawn;
   struct ExitSlot {
@@ -59,9 +56,9 @@ class InitChannel {
   kj::AutoCloseFd control_;
   uint64_t nextTag_ = 1;
   std::map<uint64_t, kj::Own<kj::PromiseFulfiller<SpawnedProcess>>> pendingSpawns_;
-  std::map<int, ExitSlot> exits_;
+  std::map<int, ExitSlot> exits_;  // only pids init reported as spawned
   kj::Maybe<kj::Exception> broken_;
-  kj::ForkedPromise<void> disconnected_;
+  kj::Promise<void> readTask_;
 };
 
 }  // namespace nodeagent

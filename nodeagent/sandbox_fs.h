@@ -55,12 +55,19 @@ class SandboxFs {
 
   // Throws nodeagent.invalidPath for ".." components, NUL bytes, empty or
   // over-long paths, nodeagent.notFound for missing files.
-  kj::AutoCloseFd openForRead(kj::StringPtr path);  // regular files only, O_NONBLOCK
+  // Regular files on the sandbox's own disk only (not fifos, devices or
+  // kernel interfaces such as its /proc); a leased file is `unavailable`.
+  kj::AutoCloseFd openForRead(kj::StringPtr path);
   kj::Own<PendingUpload> beginUpload(kj::StringPtr path, uint32_t mode);
-  kj::Array<FileEntry> list(kj::StringPtr path);
+  // At most `limit` entries; *truncated says whether there were more.
+  kj::Array<FileEntry> list(kj::StringPtr path, size_t limit, bool* truncated);
   FileEntry stat(kj::StringPtr path);  // does not follow a final symlink
   void mkdir(kj::StringPtr path, bool parents);
   void remove(kj::StringPtr path, bool recursive);
+
+  // Closes the root: the sandbox ended, and the fd would keep its disk
+  // (a tmpfs) alive. Every later call fails with notRunning.
+  void close() { root_ = nullptr; }
 
   // Checks and normalizes a sandbox path: "/a//b/./c" -> "a/b/c" ("" = root).
   static kj::String normalize(kj::StringPtr path);

@@ -18,7 +18,6 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, EndedCal
       record_(kj::mv(parts.record)),
       id_(kj::str(record_->getRoot<state::SandboxRecord>().getId())),
       cgroup_(kj::mv(parts.cgroup)),
-      initPid_(parts.initPid),
       initPidfd_(kj::mv(parts.initPidfd)),
       channel_(port, kj::mv(parts.control)),
       fs_(kj::mv(parts.rootDir), record().getUidBase(), record().getUidBase()),
@@ -89,12 +88,21 @@ SandboxFs& SandboxRuntime::files() {
 void SandboxRuntime::kill(kj::StringPtr reason) {
   if (ended_ || pendingReason_.size() > 0) return;
   pendingReason_ = kj::str(reason);
-  finalStats_ = cgroup_->stats();
+  captureFinalStats();
   // SIGKILL to PID 1 of a pid namespace kills every process in it; finish()
   // runs when init has exited and sweeps the cgroup for anything left.
   if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), SIGKILL, nullptr, 0) < 0 && errno != ESRCH) {
     log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"errno", errno}});
-    cgroup_->killAll();
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { cgroup_->killAll(); })) {
+      log::error("sandbox.kill_failed", {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+    }
+  }
+}
+
+void SandboxRuntime::captureFinalStats() {
+  // Usage as of the end; the cgroup goes away with the sandbox.
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { finalStats_ = cgroup_->stats(); })) {
+    log::warn("sandbox.stats_failed", {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
   }
 }
 
@@ -132,7 +140,7 @@ void SandboxRuntime::finish() {
   waitid(idtype_t(P_PIDFD), initPidfd_.get(), &info, WEXITED | WNOHANG);
   if (pendingReason_.size() == 0) {
     pendingReason_ = kj::str("init-exited");
-    finalStats_ = cgroup_->stats();
+    captureFinalStats();
   }
   try {
     // The namespace's processes are dying with init; give them a moment to
@@ -148,6 +156,7 @@ void SandboxRuntime::finish() {
               {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
   }
   rmdir(workDir_.cStr());
+  fs_.close();  // the root fd would keep the sandbox's tmpfs alive
   ended_ = true;
   endedMonoNs_ = monotonicNowNs();
   timeoutTask_ = nullptr;

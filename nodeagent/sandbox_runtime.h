@@ -61,12 +61,12 @@ class SandboxRuntime final : public kj::Refcounted {
   kj::Promise<void> watchInit();
   void armTimeout();
   void finish();
+  void captureFinalStats();
 
   loop::UringEventPort& port_;
   kj::Own<capnp::MallocMessageBuilder> record_;
   kj::String id_;
   kj::Own<isolator::SandboxCgroup> cgroup_;
-  pid_t initPid_;
   kj::AutoCloseFd initPidfd_;
   InitChannel channel_;
   SandboxFs fs_;

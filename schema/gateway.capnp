@@ -153,7 +153,7 @@ interface Files {
   # Paths are resolved inside the sandbox root; nothing can escape it.
   write @0 (path :Text, mode :UInt32) -> (sink :ByteSink);  # replaces the file at done()
   read @1 (path :Text, sink :ByteSink) -> (size :UInt64);   # streams the file into sink
-  list @2 (path :Text) -> (entries :List(FileInfo));
+  list @2 (path :Text) -> (entries :List(FileInfo), truncated :Bool);  # at most 10,000 entries
   stat @3 (path :Text) -> (info :FileInfo);
   mkdir @4 (path :Text, parents :Bool);
   remove @5 (path :Text, recursive :Bool);

@@ -291,6 +291,16 @@ TEST_F(CliTest, PathsNeverEscapeTheSandbox) {
   r = agent().sbx({"exec", id, "--", "cat", "/tmp/abs"});
   EXPECT_EQ(r.out, "overwritten\n");
 
+  // Kernel interfaces are not files to move: the agent would read them with
+  // its own eyes (e.g. real kernel addresses in kallsyms).
+  for (const char* special : {"/proc/kallsyms", "/proc/1/status", "/proc/1/environ"}) {
+    r = agent().sbx({"cp", id + ":" + special, out});
+    EXPECT_NE(r.exitCode, 0) << special;
+    EXPECT_NE(r.err.find("invalidPath"), std::string::npos) << special << r.err;
+  }
+  r = agent().sbx({"cp", id + ":/dev/zero", out});
+  EXPECT_NE(r.err.find("invalidPath"), std::string::npos) << r.err;
+
   // A fifo does not block the agent.
   agent().sbx({"exec", id, "--", "mkfifo", "/tmp/fifo"});
   r = agent().sbx({"cp", id + ":/tmp/fifo", out});

@@ -2,6 +2,7 @@
 #include "nodeagent/sandbox_fs.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -119,7 +120,8 @@ TEST_F(SandboxFsTest, UploadAppearsOnlyOnCommit) {
     auto abandoned = fs_->beginUpload("/tmp/abandoned", 0644);
     ASSERT_EQ(write(abandoned->fd(), "x", 1), 1);
   }
-  EXPECT_EQ(fs_->list("/tmp").size(), 1u) << "the abandoned temporary is gone";
+  bool truncated;
+  EXPECT_EQ(fs_->list("/tmp", 100, &truncated).size(), 1u) << "the abandoned temporary is gone";
 }
 
 TEST_F(SandboxFsTest, UploadOntoSymlinkReplacesTheLink) {
@@ -148,8 +150,12 @@ TEST_F(SandboxFsTest, MkdirListStatRemove) {
   EXPECT_EQ(codeOf([&]() { fs_->mkdir("/x/y", false); }), api::ErrorCode::NOT_FOUND);
   std::ofstream(root_ + "/a/b/file") << "12345";
   ASSERT_EQ(symlink("/inside", (root_ + "/a/link").c_str()), 0);
-  auto entries = fs_->list("/a");
+  bool truncated = true;
+  auto entries = fs_->list("/a", 100, &truncated);
   ASSERT_EQ(entries.size(), 2u);
+  EXPECT_FALSE(truncated);
+  EXPECT_EQ(fs_->list("/a", 1, &truncated).size(), 1u);
+  EXPECT_TRUE(truncated);
   auto st = fs_->stat("/a/b/file");
   EXPECT_EQ(st.type, FileEntry::Type::kFile);
   EXPECT_EQ(st.size, 5u);
@@ -160,6 +166,45 @@ TEST_F(SandboxFsTest, MkdirListStatRemove) {
   EXPECT_NE(access((root_ + "/a").c_str(), F_OK), 0);
   EXPECT_EQ(access((root_ + "/inside").c_str(), F_OK), 0) << "symlink target untouched";
   EXPECT_EQ(codeOf([&]() { fs_->remove("/", true); }), api::ErrorCode::INVALID_PATH);
+}
+
+TEST_F(SandboxFsTest, MkdirFollowsSymlinksInsideTheRootOnly) {
+  mkdir((root_ + "/usr").c_str(), 0755);
+  mkdir((root_ + "/usr/lib").c_str(), 0755);
+  ASSERT_EQ(symlink("usr/lib", (root_ + "/lib").c_str()), 0);
+  fs_->mkdir("/lib/x/y", true);
+  EXPECT_EQ(access((root_ + "/usr/lib/x/y").c_str(), F_OK), 0);
+  // A symlink to a host directory resolves inside the root, where it is missing.
+  ASSERT_EQ(symlink(base_.c_str(), (root_ + "/out").c_str()), 0);
+  EXPECT_EQ(codeOf([&]() { fs_->mkdir("/out/evil", true); }), api::ErrorCode::NOT_FOUND);
+  EXPECT_NE(access((base_ + "/evil").c_str(), F_OK), 0);
+  // `parents` accepts an existing directory, never an existing file.
+  EXPECT_EQ(codeOf([&]() { fs_->mkdir("/inside", true); }), api::ErrorCode::INVALID_PATH);
+}
+
+TEST_F(SandboxFsTest, LeasedFileIsUnavailableNotAHang) {
+  signal(SIGIO, SIG_IGN);  // the lease holder (us, here) is told of the break attempt
+  int fd = open((root_ + "/leased").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fcntl(fd, F_SETLEASE, F_WRLCK), 0) << strerror(errno);
+  EXPECT_EQ(codeOf([&]() { readVia("/leased"); }), api::ErrorCode::UNAVAILABLE);
+  fcntl(fd, F_SETLEASE, F_UNLCK);
+  close(fd);
+}
+
+TEST_F(SandboxFsTest, DeepTreesAreRefusedNotACrash) {
+  std::string path = root_ + "/deep";
+  mkdir(path.c_str(), 0755);
+  int dir = open(path.c_str(), O_RDONLY | O_DIRECTORY);
+  for (int i = 0; i < 300; ++i) {  // deeper than the agent walks
+    ASSERT_EQ(mkdirat(dir, "d", 0755), 0);
+    int next = openat(dir, "d", O_RDONLY | O_DIRECTORY);
+    close(dir);
+    dir = next;
+  }
+  close(dir);
+  EXPECT_EQ(codeOf([&]() { fs_->remove("/deep", true); }), api::ErrorCode::LIMIT_EXCEEDED);
+  (void)!system(("rm -rf '" + path + "'").c_str());
 }
 
 TEST_F(SandboxFsTest, RecursiveRemoveDoesNotFollowSymlinks) {
