@@ -58,10 +58,20 @@ kj::Promise<void> GatewayListener::run() {
 }
 
 kj::Promise<void> GatewayListener::acceptLoop() {
-  return context_.port.acceptFd(listenFd_).then([this](kj::AutoCloseFd fd) {
-    connections_.add(serve(kj::mv(fd)));
-    return acceptLoop();
-  });
+  return context_.port.acceptFd(listenFd_).then(
+      [this](kj::AutoCloseFd fd) {
+        connections_.add(serve(kj::mv(fd)));
+        return acceptLoop();
+      },
+      [this](kj::Exception&& e) {
+        // Out of fds, or a connection aborted before we took it: keep
+        // listening; a pause lets fds free up instead of spinning.
+        log::warn("gateway.accept_failed",
+                  {{"address", description_.cStr()}, {"error", e.getDescription().cStr()}});
+        return context_.port.timer().afterDelay(100 * kj::MILLISECONDS).then([this]() {
+          return acceptLoop();
+        });
+      });
 }
 
 kj::Promise<void> GatewayListener::serve(kj::AutoCloseFd fd) {

@@ -1,5 +1,6 @@
 #include "nodeagent/gateway_server.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <capnp/message.h>
@@ -94,12 +95,14 @@ class ProcessImpl final : public api::Process::Server {
 // Receives an upload; the file appears under its name only at done().
 class UploadSink final : public api::ByteSink::Server {
  public:
-  UploadSink(loop::UringEventPort& port, kj::Own<PendingUpload> upload, uint64_t maxBytes)
-      : port_(port), upload_(kj::mv(upload)), maxBytes_(maxBytes) {}
+  UploadSink(loop::UringEventPort& port, kj::Own<SandboxRuntime> sandbox,
+             kj::Own<PendingUpload> upload, uint64_t maxBytes)
+      : port_(port), sandbox_(kj::mv(sandbox)), upload_(kj::mv(upload)), maxBytes_(maxBytes) {}
 
   kj::Promise<void> write(WriteContext context) override {
     auto data = context.getParams().getData();
     if (done_) throwApiError(api::ErrorCode::INVALID_ARGUMENT, "write after done()");
+    requireRunning();
     if (offset_ + data.size() > maxBytes_) {
       throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
                     kj::str("file larger than this node's limit of ", maxBytes_, " bytes"));
@@ -111,10 +114,11 @@ class UploadSink final : public api::ByteSink::Server {
   }
 
   kj::Promise<void> done(DoneContext) override {
+    requireRunning();
     done_ = true;
     // Earlier stream calls may still be writing; commit after them.
     return writes_.add([this]() -> kj::Promise<void> {
-      upload_->commit();
+      KJ_ASSERT_NONNULL(upload_)->commit();
       return kj::READY_NOW;
     });
   }
@@ -122,14 +126,24 @@ class UploadSink final : public api::ByteSink::Server {
  private:
   kj::Promise<void> writeAll(kj::ArrayPtr<const kj::byte> data, uint64_t at) {
     if (data.size() == 0) return kj::READY_NOW;
-    return port_.write(upload_->fd(), data, at).then([this, data, at](size_t n) {
+    return port_.write(KJ_ASSERT_NONNULL(upload_)->fd(), data, at).then([this, data, at](size_t n) {
       if (n == 0) throwApiError(api::ErrorCode::LIMIT_EXCEEDED, "the sandbox's disk is full");
       return writeAll(data.slice(n, data.size()), at + n);
     });
   }
 
+  // An upload into an ended sandbox lets go of its fds (they would keep the
+  // sandbox's disk alive) and fails.
+  void requireRunning() {
+    if (!sandbox_->running()) {
+      upload_ = nullptr;
+      throwApiError(api::ErrorCode::NOT_RUNNING, kj::str("sandbox ", sandbox_->id(), " has ended"));
+    }
+  }
+
   loop::UringEventPort& port_;
-  kj::Own<PendingUpload> upload_;
+  kj::Own<SandboxRuntime> sandbox_;
+  kj::Maybe<kj::Own<PendingUpload>> upload_;
   uint64_t maxBytes_;
   uint64_t offset_ = 0;
   bool done_ = false;
@@ -147,16 +161,23 @@ class FilesImpl final : public api::Files::Server {
     uint32_t mode = params.getMode() == 0 ? 0644 : params.getMode();
     auto upload = sandbox_->files().beginUpload(params.getPath(), mode);
     context.getResults().setSink(
-        kj::heap<UploadSink>(ctx_.port, kj::mv(upload), ctx_.maxFileBytes));
+        kj::heap<UploadSink>(ctx_.port, kj::addRef(*sandbox_), kj::mv(upload), ctx_.maxFileBytes));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> read(ReadContext context) override {
     sandbox_->countRequest();
     auto params = context.getParams();
-    auto download = kj::heap<Download>(
-        loop::wrapInputFd(ctx_.port, sandbox_->files().openForRead(params.getPath())),
-        params.getSink());
+    kj::AutoCloseFd file = sandbox_->files().openForRead(params.getPath());
+    struct stat st;
+    KJ_SYSCALL(fstat(file, &st));
+    if (uint64_t(st.st_size) > ctx_.maxFileBytes) {
+      throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
+                    kj::str(params.getPath(), " is larger than this node's limit of ",
+                            ctx_.maxFileBytes, " bytes"));
+    }
+    auto download = kj::heap<Download>(loop::wrapInputFd(ctx_.port, kj::mv(file)), params.getSink(),
+                                       ctx_.maxFileBytes);
     auto& d = *download;
     return pump(d)
         .then([context, &d]() mutable {
@@ -169,7 +190,8 @@ class FilesImpl final : public api::Files::Server {
   kj::Promise<void> list(ListContext context) override {
     sandbox_->countRequest();
     bool truncated = false;
-    auto entries = sandbox_->files().list(context.getParams().getPath(), kMaxListEntries, &truncated);
+    auto entries =
+        sandbox_->files().list(context.getParams().getPath(), kMaxListEntries, &truncated);
     context.getResults().setTruncated(truncated);
     auto out = context.getResults().initEntries(entries.size());
     for (size_t i = 0; i < entries.size(); ++i) fillFileInfo(out[i], entries[i]);
@@ -199,11 +221,15 @@ class FilesImpl final : public api::Files::Server {
 
  private:
   struct Download {
-    Download(kj::Own<kj::AsyncInputStream> in, api::ByteSink::Client sink)
-        : in(kj::mv(in)), sink(kj::mv(sink)), buffer(kj::heapArray<kj::byte>(kFileChunkBytes)) {}
+    Download(kj::Own<kj::AsyncInputStream> in, api::ByteSink::Client sink, uint64_t limit)
+        : in(kj::mv(in)),
+          sink(kj::mv(sink)),
+          buffer(kj::heapArray<kj::byte>(kFileChunkBytes)),
+          limit(limit) {}
     kj::Own<kj::AsyncInputStream> in;
     api::ByteSink::Client sink;
     kj::Array<kj::byte> buffer;
+    uint64_t limit;  // a file that grows while we read stops here
     uint64_t total = 0;
   };
 
@@ -212,6 +238,10 @@ class FilesImpl final : public api::Files::Server {
         .then([&d](size_t n) -> kj::Promise<void> {
           if (n == 0) return kj::READY_NOW;
           d.total += n;
+          if (d.total > d.limit) {
+            throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
+                          kj::str("file grew past this node's limit of ", d.limit, " bytes"));
+          }
           auto request = d.sink.writeRequest();
           request.setData(d.buffer.slice(0, n));
           // send() resolves once flow control allows more; the data was copied
@@ -324,11 +354,9 @@ class NodeImpl final : public api::Node::Server {
       context.getResults().setSandbox(kj::heap<SandboxImpl>(ctx_, kj::mv(*sandbox), actor_));
       return kj::READY_NOW;
     }
-    for (auto& r : ctx_.supervisor.list("")) {
-      if (r->getRoot<state::SandboxRecord>().getId() == id) {
-        context.getResults().setSandbox(kj::heap<EndedSandboxImpl>(kj::mv(r)));
-        return kj::READY_NOW;
-      }
+    KJ_IF_MAYBE (record, ctx_.supervisor.findRecord(id)) {
+      context.getResults().setSandbox(kj::heap<EndedSandboxImpl>(kj::mv(*record)));
+      return kj::READY_NOW;
     }
     throwApiError(api::ErrorCode::NOT_FOUND, kj::str("no sandbox ", id, " on this node"));
   }

@@ -14,7 +14,8 @@ namespace nodeagent {
 InitChannel::InitChannel(loop::UringEventPort& port, kj::AutoCloseFd control)
     : port_(port),
       control_(kj::mv(control)),
-      readTask_(readLoop().catch_([this](kj::Exception&& e) { failAll(e); }).eagerlyEvaluate(nullptr)) {}
+      readTask_(
+          readLoop().catch_([this](kj::Exception&& e) { failAll(e); }).eagerlyEvaluate(nullptr)) {}
 
 InitChannel::~InitChannel() noexcept(false) {}
 

@@ -4,6 +4,7 @@
 //
 // Flags override the config file; the file overrides the embedded defaults.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -32,6 +33,16 @@ kj::Promise<int> nextStopSignal(loop::UringEventPort& port, int signalFd) {
   });
 }
 
+// Each sandbox holds several fds (control socket, pidfd, root, pipes of its
+// processes); the usual soft limit of 1024 would cap the node far too low.
+void raiseFdLimit() {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
 int run(int argc, char** argv) {
   LoadedConfig config = loadConfigFromArgs(argc, argv);
   auto cfg = config.get();
@@ -48,6 +59,7 @@ int run(int argc, char** argv) {
   KJ_SYSCALL(sfd = signalfd(-1, &stopSignals, SFD_CLOEXEC));
   kj::AutoCloseFd signalFd(sfd);
 
+  raiseFdLimit();
   loop::IoContext io;
   io.port.setBusyPoll(cfg.getBusyPollMicros() * kj::MICROSECONDS);
   StoreOptions storeOptions;
@@ -62,9 +74,10 @@ int run(int argc, char** argv) {
   kj::Maybe<kj::Own<kj::TlsContext>> tls;
   auto tlsConfig = cfg.getTls();
   if (tlsConfig.getCertFile().size() > 0) {
-    tls = newMutualTlsContext(TlsFiles{kj::str(tlsConfig.getCertFile()),
-                                       kj::str(tlsConfig.getKeyFile()),
-                                       kj::str(tlsConfig.getCaFile())});
+    tls = newMutualTlsContext(
+        TlsFiles{kj::str(tlsConfig.getCertFile()), kj::str(tlsConfig.getKeyFile()),
+                 kj::str(tlsConfig.getCaFile())},
+        io.port.timer());
   }
 
   kj::Vector<kj::Own<GatewayListener>> listeners;
@@ -98,10 +111,10 @@ int run(int argc, char** argv) {
   });
   kj::joinPromises(serving.releaseAsArray()).exclusiveJoin(kj::mv(stop)).wait(io.waitScope);
 
-  // Sandboxes outlive the agent: nothing is killed on the way out.
+  // Nothing is killed on the way out: the sandboxes keep running. (Until
+  // re-adoption exists, the next start ends them cleanly; see Supervisor.)
   supervisor.audit("agent", "stop", "", "", "");
   storeWriter.flush();
-  for (auto& l : listeners) (void)l;
   for (auto text : cfg.getListen()) {
     ListenAddress address = parseListenAddress(text);
     if (address.kind == ListenAddress::Kind::kUnix) unlink(address.path.cStr());

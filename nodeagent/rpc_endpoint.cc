@@ -54,8 +54,10 @@ capnp::ReaderOptions readerOptionsFor(uint64_t maxMessageBytes) {
   return options;
 }
 
-kj::Own<kj::TlsContext> newMutualTlsContext(const TlsFiles& files) {
+kj::Own<kj::TlsContext> newMutualTlsContext(const TlsFiles& files, kj::Timer& timer) {
   kj::TlsContext::Options options;
+  options.timer = timer;
+  options.acceptTimeout = 10 * kj::SECONDS;
   options.useSystemTrustStore = false;
   options.verifyClients = true;
   auto ca = kj::heap<kj::TlsCertificate>(readWholeFile(files.caFile));

@@ -19,7 +19,9 @@ struct TlsFiles {
 
 // A TLS context for mutual authentication: our keypair from the files, and
 // only peers whose certificates chain to caFile are accepted.
-kj::Own<kj::TlsContext> newMutualTlsContext(const TlsFiles& files);
+// `timer` bounds handshakes, so a peer that connects and says nothing does
+// not hold a connection forever.
+kj::Own<kj::TlsContext> newMutualTlsContext(const TlsFiles& files, kj::Timer& timer);
 
 // A listening socket for `address`; a unix socket is created mode 0600 and a
 // stale one left by a dead agent is replaced.

@@ -3,14 +3,14 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/openat2.h>
-#include <stdio.h>
 #include <linux/capability.h>
 #include <linux/magic.h>
+#include <linux/openat2.h>
+#include <stdio.h>
 #include <sys/fsuid.h>
-#include <sys/statfs.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 

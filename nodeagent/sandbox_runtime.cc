@@ -94,7 +94,8 @@ void SandboxRuntime::kill(kj::StringPtr reason) {
   if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), SIGKILL, nullptr, 0) < 0 && errno != ESRCH) {
     log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"errno", errno}});
     KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { cgroup_->killAll(); })) {
-      log::error("sandbox.kill_failed", {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+      log::error("sandbox.kill_failed",
+                 {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
     }
   }
 }

@@ -19,7 +19,7 @@
 //
 // Threading: reads may run on any thread, concurrently (the environment is
 // opened with MDB_NOTLS, so a read transaction is not tied to its thread).
-// Writes belong to one thread, the agent's loop thread; a write that starts
+// Writes belong to one thread (in the agent, the StoreWriter's); a write that starts
 // while another write of this Store is in progress is a bug and throws rather
 // than blocking on LMDB's writer lock. Don't fork() with a Store open; open it
 // again in the child.

@@ -1,15 +1,18 @@
 #include "nodeagent/supervisor.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <capnp/serialize.h>
 #include <kj/debug.h>
 
 #include "isolator/launcher.h"
+#include "isolator/names.h"
 #include "isolator/template.h"
 #include "nodeagent/api_error.h"
 #include "nodeagent/config.h"
@@ -22,16 +25,6 @@ namespace {
 constexpr uint64_t kMinMemoryBytes = 16ull << 20;
 constexpr uint64_t kMinDiskBytes = 1ull << 20;
 constexpr uint32_t kMaxTimeoutSeconds = 7 * 24 * 3600;
-
-bool validName(kj::StringPtr name, size_t maxLength) {
-  if (name.size() == 0 || name.size() > maxLength) return false;
-  for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_';
-    if (!ok) return false;
-  }
-  return true;
-}
 
 kj::String newSandboxId() {
   uint64_t bits;
@@ -243,7 +236,7 @@ uint32_t Supervisor::allocateUidSlot() {
 }
 
 kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::StringPtr actor) {
-  if (!validName(spec.getTenant(), 64)) {
+  if (!isolator::isValidName(spec.getTenant())) {
     throwApiError(api::ErrorCode::INVALID_ARGUMENT,
                   "tenant must be 1-64 characters of [A-Za-z0-9_-]");
   }
@@ -302,10 +295,13 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
 
   kj::String workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
   makeDir(workDir, 0700);
+  bool handedOver = false;  // once the runtime owns the cgroup, it cleans up
   KJ_ON_SCOPE_FAILURE({
-    cgroup->killAll();
-    cgroup->remove();
-    rmdir(workDir.cStr());
+    if (!handedOver) {
+      cgroup->killAll();
+      cgroup->remove();
+      rmdir(workDir.cStr());
+    }
   });
 
   isolator::LaunchSpec launchSpec;
@@ -326,7 +322,13 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
 
   int rootFd =
       open(kj::str("/proc/", launched.pid, "/root").cStr(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-  KJ_SYSCALL(rootFd, "open sandbox root", launched.pid);
+  if (rootFd < 0) {
+    int error = errno;
+    syscall(SYS_pidfd_send_signal, launched.pidfd.get(), SIGKILL, nullptr, 0);
+    isolator::reap(launched);
+    KJ_FAIL_SYSCALL("open sandbox root", error, launched.pid);
+  }
+  kj::AutoCloseFd rootDir(rootFd);
 
   persist(rec.asReader(),
           auditEntry(now, actor, "create", id, filled.getTenant(),
@@ -335,11 +337,12 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
 
   SandboxRuntime::Parts parts;
   parts.record = kj::mv(record);
+  handedOver = true;
   parts.cgroup = kj::mv(cgroup);
   parts.initPid = launched.pid;
   parts.initPidfd = kj::mv(launched.pidfd);
   parts.control = kj::mv(launched.control);
-  parts.rootDir = kj::AutoCloseFd(rootFd);
+  parts.rootDir = kj::mv(rootDir);
   parts.workDir = kj::mv(workDir);
   auto runtime = kj::refcounted<SandboxRuntime>(port_, kj::mv(parts),
                                                 [this](SandboxRuntime& s) { onEnded(s); });
@@ -378,6 +381,13 @@ kj::Vector<kj::Own<capnp::MallocMessageBuilder>> Supervisor::list(kj::StringPtr 
   kj::Vector<kj::Own<capnp::MallocMessageBuilder>> out;
   for (auto& entry : merged) out.add(kj::mv(entry.second));
   return out;
+}
+
+kj::Maybe<kj::Own<capnp::MallocMessageBuilder>> Supervisor::findRecord(kj::StringPtr id) {
+  KJ_IF_MAYBE (stored, store_.getSandbox(id)) {
+    return copyOf<state::SandboxRecord>((*stored)->get());
+  }
+  return nullptr;
 }
 
 kj::Promise<void> Supervisor::kill(SandboxRuntime& sandbox, kj::StringPtr actor) {

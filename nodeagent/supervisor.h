@@ -39,6 +39,8 @@ class Supervisor {
   // Records (live and ended) of one tenant, or of all when tenant is empty,
   // ordered by id; the in-memory record wins over the stored one.
   kj::Vector<kj::Own<capnp::MallocMessageBuilder>> list(kj::StringPtr tenant);
+  // The stored record of a sandbox no longer held in memory.
+  kj::Maybe<kj::Own<capnp::MallocMessageBuilder>> findRecord(kj::StringPtr id);
   kj::Promise<void> kill(SandboxRuntime& sandbox, kj::StringPtr actor);
   void audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr sandboxId,
              kj::StringPtr tenant, kj::StringPtr detail);

@@ -1,6 +1,7 @@
 #include "nodeagent/sbx/local_sinks.h"
 
 #include <fcntl.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <kj/debug.h>
@@ -38,8 +39,13 @@ kj::Promise<void> TerminalOutput::done(DoneContext) {
 }
 
 LocalFileSink::LocalFileSink(loop::UringEventPort& port, kj::StringPtr path)
-    : port_(port), path_(kj::str(path)), partialPath_(kj::str(path, ".sbx-partial")) {
-  int fd = open(partialPath_.cStr(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    : port_(port), path_(kj::str(path)) {
+  // A fresh name, never followed through a symlink: sbx often runs as root
+  // in shared directories such as /tmp.
+  uint64_t r = 0;
+  KJ_SYSCALL(getrandom(&r, sizeof(r), 0));
+  partialPath_ = kj::str(path, ".sbx-partial-", kj::hex(r));
+  int fd = open(partialPath_.cStr(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0) KJ_FAIL_SYSCALL("open", errno, partialPath_);
   fd_ = kj::AutoCloseFd(fd);
 }

@@ -58,7 +58,8 @@ kj::Own<Session> connect(const Args& args) {
   KJ_IF_MAYBE (cert, args.value("--tls-cert")) {
     session->tls =
         newMutualTlsContext(TlsFiles{kj::str(*cert), kj::str(args.value("--tls-key").orDefault("")),
-                                     kj::str(args.value("--tls-ca").orDefault(""))});
+                                     kj::str(args.value("--tls-ca").orDefault(""))},
+                            session->io.port.timer());
   }
   kj::Maybe<kj::TlsContext&> tlsRef;
   KJ_IF_MAYBE (t, session->tls) {
@@ -269,7 +270,8 @@ kj::Promise<void> upload(Session& s, int fd, api::ByteSink::Client sink,
         auto request = sink.writeRequest();
         request.setData(buffer.slice(0, n));
         return request.send().then([&s, fd, sink, buffer, offset, n]() mutable {
-          return upload(s, fd, kj::mv(sink), buffer, offset + n);
+          uint64_t next = offset == uint64_t(-1) ? offset : offset + n;
+          return upload(s, fd, kj::mv(sink), buffer, next);
         });
       });
 }
@@ -290,7 +292,9 @@ int cmdCp(Session& s, const Args& args) {
     request.setMode(st.st_mode & 0777);
     auto sink = request.send().getSink();
     auto buffer = kj::heapArray<kj::byte>(kUploadChunkBytes);
-    upload(s, file, sink, buffer, 0).wait(s.io.waitScope);
+    // Regular files are read at explicit offsets; pipes and ttys in order.
+    uint64_t start = S_ISREG(st.st_mode) ? 0 : uint64_t(-1);
+    upload(s, file, sink, buffer, start).wait(s.io.waitScope);
     return 0;
   }
   if (splitRemote(args.positional()[0], &id, &path)) {

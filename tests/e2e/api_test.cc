@@ -234,11 +234,14 @@ TEST_F(ApiTest, ClientThatDisconnectsMidOutputDoesNotHurtTheAgent) {
 
 template <typename T>
 kj::Maybe<api::ErrorCode> errorOf(kj::Promise<T>&& promise, kj::WaitScope& ws) {
-  return promise.then([](auto&&) -> kj::Maybe<api::ErrorCode> { return nullptr; },
-                      [](kj::Exception&& e) -> kj::Maybe<api::ErrorCode> {
-                        KJ_IF_MAYBE(code, apiErrorCode(e)) { return *code; }
-                        return api::ErrorCode::INTERNAL;
-                      })
+  return promise
+      .then([](auto&&) -> kj::Maybe<api::ErrorCode> { return nullptr; },
+            [](kj::Exception&& e) -> kj::Maybe<api::ErrorCode> {
+              KJ_IF_MAYBE (code, apiErrorCode(e)) {
+                return *code;
+              }
+              return api::ErrorCode::INTERNAL;
+            })
       .wait(ws);
 }
 
