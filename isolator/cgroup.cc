@@ -490,6 +490,54 @@ CgroupStats SandboxCgroup::stats() const {
   return s;
 }
 
+uint64_t SandboxCgroup::oomKills() const {
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
+  if (tree_.mode() == CgroupMode::kV2) {
+    const Leaf& leaf = leaves_.front();
+    return readKeyed(leaf.dir, "memory.events", "oom_kill", leaf.path);
+  }
+  const Leaf& memory = *findLeaf(&CgroupHierarchy::memory);
+  return readKeyed(memory.dir, "memory.oom_control", "oom_kill", memory.path);
+}
+
+const SandboxCgroup::Leaf* SandboxCgroup::v1Freezer() const {
+  if (tree_.mode() == CgroupMode::kV2) return nullptr;
+  const Leaf* freezer = findLeaf(&CgroupHierarchy::freezer);
+  KJ_REQUIRE(freezer != nullptr && !freezer->hierarchy.v2, "no v1 freezer on this host");
+  return freezer;
+}
+
+void SandboxCgroup::freeze() {
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
+  // On hybrid hosts the v1 freezer, not the unified leaf's cgroup.freeze: killAll()
+  // freezes and thaws through v1, and one freezer must not be left holding tasks the
+  // other released.
+  if (const Leaf* freezer = v1Freezer()) {
+    writeFileAt(freezer->dir, "freezer.state", "FROZEN", freezer->path);
+  } else {
+    writeFileAt(leaves_.front().dir, "cgroup.freeze", "1", leaves_.front().path);
+  }
+}
+
+void SandboxCgroup::thaw() {
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
+  if (const Leaf* freezer = v1Freezer()) {
+    writeFileAt(freezer->dir, "freezer.state", "THAWED", freezer->path);
+  } else {
+    writeFileAt(leaves_.front().dir, "cgroup.freeze", "0", leaves_.front().path);
+  }
+}
+
+bool SandboxCgroup::frozen() const {
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
+  if (const Leaf* freezer = v1Freezer()) {
+    // FREEZING while some task has not stopped yet.
+    return readFileAt(freezer->dir, "freezer.state", freezer->path) == "FROZEN\n";
+  }
+  const Leaf& leaf = leaves_.front();
+  return readKeyed(leaf.dir, "cgroup.events", "frozen", leaf.path) != 0;
+}
+
 void SandboxCgroup::remove(std::chrono::milliseconds timeout) {
   KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
   auto deadline = Clock::now() + timeout;

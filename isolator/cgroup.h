@@ -151,12 +151,25 @@ class SandboxCgroup {
   // SIGKILLs every process; returns without waiting for them to exit.
   void killAll(KillMethod method = KillMethod::kAuto);
   CgroupStats stats() const;
+  // The OOM killer's kill count in this cgroup (one file, cheap enough per exec).
+  uint64_t oomKills() const;
+
+  // Pause: freeze() asks the kernel to stop every task (v1 freezer.state on hybrid hosts,
+  // cgroup.freeze on v2) and returns at once; freezing finishes asynchronously, and
+  // frozen() says when it has (tasks in uninterruptible sleep can take a while). Calling
+  // freeze() again nudges a freezer that has not finished. thaw() lets them run again.
+  // On v1 a frozen task does not die of SIGKILL until thawed; killAll() handles that.
+  void freeze();
+  void thaw();
+  bool frozen() const;
   // Waits up to `timeout` for the cgroup to empty, then removes the leaves and the
   // tenant dirs if now empty. Throws if processes remain. The object is spent afterwards.
   void remove(std::chrono::milliseconds timeout = std::chrono::milliseconds(2000));
 
  private:
   const Leaf* findLeaf(bool CgroupHierarchy::*controller) const;
+  // The v1 freezer leaf on hybrid hosts, null on v2 (which freezes through its leaf).
+  const Leaf* v1Freezer() const;
   void killWithFreezer(const Leaf& freezer);
 
   CgroupTree& tree_;

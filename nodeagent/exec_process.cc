@@ -9,11 +9,11 @@
 
 #include "loop/fd_streams.h"
 #include "nodeagent/api_error.h"
+#include "util/clock.h"
 
 namespace nodeagent {
 namespace {
 
-constexpr size_t kChunkBytes = 64 * 1024;
 // After the process exits, output still in its pipes is delivered; a
 // background child that inherited the pipes must not hold wait() forever.
 constexpr kj::Duration kDrainGrace = 250 * kj::MILLISECONDS;
@@ -25,29 +25,26 @@ int sendSignal(int pidfd, int signo) {
 }  // namespace
 
 ExecProcess::ExecProcess(loop::UringEventPort& port, SpawnedProcess spawned,
-                         api::OutputSink::Client output, kj::Promise<int> exitStatus,
-                         kj::Maybe<kj::Duration> timeout)
+                         kj::Maybe<api::OutputSink::Client> output, kj::Promise<int> exitStatus,
+                         Options options)
     : port_(port),
       pid_(spawned.pid),
+      argv_(kj::mv(options.argv)),
+      startedAtNs_(unixNowNs()),
       pidfd_(kj::mv(spawned.pidfd)),
-      stdout_(loop::wrapInputFd(port, kj::mv(spawned.stdoutFd))),
-      stderr_(loop::wrapInputFd(port, kj::mv(spawned.stderrFd))),
-      output_(kj::mv(output)),
-      pumps_(nullptr),
+      output_(port.timer(), loop::wrapInputFd(port, kj::mv(spawned.stdoutFd)),
+              loop::wrapInputFd(port, kj::mv(spawned.stderrFd))),
+      oomKilledSince_(kj::mv(options.oomKilledSince)),
       done_(nullptr) {
   KJ_IF_MAYBE (fd, spawned.stdinFd) {
     stdin_ = loop::wrapOutputFd(port, kj::mv(*fd));
   }
-
-  pumps_ = kj::joinPromises(kj::arr(pump(*stdout_, false), pump(*stderr_, true)))
-               .then([this]() { return output_.doneRequest().send().ignoreResult(); })
-               .catch_([](kj::Exception&&) {
-                 // The caller's sink went away; the process keeps running.
-               })
-               .fork();
+  KJ_IF_MAYBE (sink, output) {
+    output_.follow(kj::mv(*sink));  // nothing was read yet: it misses nothing
+  }
 
   kj::Promise<int> exited = kj::mv(exitStatus);
-  KJ_IF_MAYBE (t, timeout) {
+  KJ_IF_MAYBE (t, options.timeout) {
     exited = exited.exclusiveJoin(port.timer().afterDelay(*t).then([this]() -> kj::Promise<int> {
       timedOut_ = true;
       sendSignal(pidfd_, SIGKILL);
@@ -60,49 +57,44 @@ ExecProcess::ExecProcess(loop::UringEventPort& port, SpawnedProcess spawned,
   done_ = exited
               .then(
                   [this](int status) -> kj::Promise<ExitInfo> {
-                    ExitInfo info = classify(status);
-                    return pumps_.addBranch()
+                    ExitInfo info = ended(classify(status));
+                    return output_.whenDrained()
                         .exclusiveJoin(port_.timer().afterDelay(kDrainGrace))
                         .then([info]() { return info; });
                   },
-                  [](kj::Exception&&) -> kj::Promise<ExitInfo> {
+                  [this](kj::Exception&&) -> kj::Promise<ExitInfo> {
                     // init is gone: the sandbox was killed under the process.
-                    return ExitInfo{api::ExitReason::KILLED, 0, SIGKILL};
+                    return ended(ExitInfo{api::ExitReason::KILLED, 0, SIGKILL});
                   })
               .fork();
+}
+
+ExitInfo ExecProcess::ended(ExitInfo info) {
+  exitInfo_ = info;
+  endedAtNs_ = unixNowNs();
+  return info;
 }
 
 ExitInfo ExecProcess::classify(int status) {
   if (WIFEXITED(status)) return ExitInfo{api::ExitReason::EXITED, WEXITSTATUS(status), 0};
   int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
   if (timedOut_) return ExitInfo{api::ExitReason::TIMEOUT, 0, sig};
+  // The OOM killer's weapon is SIGKILL; its count in the cgroup tells it
+  // apart from anyone else's.
+  if (sig == SIGKILL && oomKilledSince_()) return ExitInfo{api::ExitReason::OOM, 0, sig};
   return ExitInfo{api::ExitReason::SIGNALED, 0, sig};
 }
 
-kj::Promise<void> ExecProcess::pump(kj::AsyncInputStream& in, bool isStderr) {
-  auto buffer = kj::heapArray<kj::byte>(kChunkBytes);
-  auto read = in.tryRead(buffer.begin(), 1, buffer.size());
-  return read.then(
-      [this, &in, isStderr, buffer = kj::mv(buffer)](size_t n) mutable -> kj::Promise<void> {
-        if (n == 0) return kj::READY_NOW;
-        kj::Promise<void> sent = nullptr;
-        if (isStderr) {
-          auto request = output_.stderrRequest();
-          request.setData(buffer.slice(0, n));
-          sent = request.send();
-        } else {
-          auto request = output_.stdoutRequest();
-          request.setData(buffer.slice(0, n));
-          sent = request.send();
-        }
-        return sent.then([this, &in, isStderr]() { return pump(in, isStderr); });
-      });
+kj::Promise<ProcessOutput::Offsets> ExecProcess::attach(api::OutputSink::Client sink,
+                                                        ProcessOutput::Offsets from) {
+  return output_.attach(kj::mv(sink), from).attach(kj::addRef(*this));
 }
 
 void ExecProcess::signal(int signo) {
   if (signo <= 0 || signo >= 65) {
     throwApiError(api::ErrorCode::INVALID_ARGUMENT, kj::str("no such signal: ", signo));
   }
+  if (exitInfo_ != nullptr) throwApiError(api::ErrorCode::NOT_RUNNING, "the process has exited");
   if (sendSignal(pidfd_, signo) < 0) {
     if (errno == ESRCH) throwApiError(api::ErrorCode::NOT_RUNNING, "the process has exited");
     KJ_FAIL_SYSCALL("pidfd_send_signal", errno, pid_);

@@ -1,14 +1,16 @@
 // One command running in a sandbox, as the agent sees it: its stdio pipes,
-// its pidfd, and the promise of its exit.
+// its pidfd, its recent output, and the promise of its exit.
 #pragma once
 
 #include <kj/async-io.h>
 #include <kj/async.h>
+#include <kj/function.h>
 #include <kj/refcount.h>
 #include <kj/timer.h>
 
 #include "loop/uring_event_port.h"
 #include "nodeagent/init_channel.h"
+#include "nodeagent/process_output.h"
 #include "schema/gateway.capnp.h"
 
 namespace nodeagent {
@@ -21,13 +23,27 @@ struct ExitInfo {
 
 class ExecProcess final : public kj::Refcounted {
  public:
-  // Starts streaming stdout/stderr into `output` at once. `exitStatus` is the
-  // init's report of the wait status; it breaks when the sandbox is killed.
-  ExecProcess(loop::UringEventPort& port, SpawnedProcess spawned, api::OutputSink::Client output,
-              kj::Promise<int> exitStatus, kj::Maybe<kj::Duration> timeout);
+  struct Options {
+    kj::Array<kj::String> argv;           // for listings
+    kj::Maybe<kj::Duration> timeout;      // SIGKILL after this long
+    kj::Function<bool()> oomKilledSince;  // whether the cgroup OOM-killed anything since spawn
+  };
+
+  // Starts pumping stdout/stderr at once, into `output` if given. `exitStatus`
+  // is the init's report of the wait status; it breaks when the sandbox is
+  // killed.
+  ExecProcess(loop::UringEventPort& port, SpawnedProcess spawned,
+              kj::Maybe<api::OutputSink::Client> output, kj::Promise<int> exitStatus,
+              Options options);
   KJ_DISALLOW_COPY(ExecProcess);
 
   int pid() const { return pid_; }
+  kj::ArrayPtr<const kj::String> argv() const { return argv_; }
+  int64_t startedAtNs() const { return startedAtNs_; }
+  // Known as soon as init reported the exit (wait() also waits for output).
+  kj::Maybe<const ExitInfo&> exitInfo() const { return exitInfo_; }
+  int64_t endedAtNs() const { return endedAtNs_; }
+  ProcessOutput::Offsets outputBytes() const { return output_.written(); }
 
   // Resolves once the process exited and its output was delivered.
   kj::Promise<ExitInfo> wait() { return done_.addBranch(); }
@@ -35,20 +51,25 @@ class ExecProcess final : public kj::Refcounted {
   void signal(int signo);
   kj::Promise<void> writeStdin(kj::ArrayPtr<const kj::byte> data);
   void closeStdin();
+  // See Process.attach in schema/gateway.capnp.
+  kj::Promise<ProcessOutput::Offsets> attach(api::OutputSink::Client sink,
+                                             ProcessOutput::Offsets from);
 
  private:
-  kj::Promise<void> pump(kj::AsyncInputStream& in, bool isStderr);
   ExitInfo classify(int waitStatus);
+  ExitInfo ended(ExitInfo info);
 
   loop::UringEventPort& port_;
   int pid_;
+  kj::Array<kj::String> argv_;
+  int64_t startedAtNs_;
   kj::AutoCloseFd pidfd_;
   kj::Maybe<kj::Own<kj::AsyncOutputStream>> stdin_;
-  kj::Own<kj::AsyncInputStream> stdout_;
-  kj::Own<kj::AsyncInputStream> stderr_;
-  api::OutputSink::Client output_;
+  ProcessOutput output_;
+  kj::Function<bool()> oomKilledSince_;
   bool timedOut_ = false;
-  kj::ForkedPromise<void> pumps_;
+  kj::Maybe<ExitInfo> exitInfo_;
+  int64_t endedAtNs_ = 0;
   kj::ForkedPromise<ExitInfo> done_;
 };
 

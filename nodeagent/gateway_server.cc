@@ -51,7 +51,8 @@ void fillFileInfo(api::FileInfo::Builder out, const FileEntry& e) {
 
 class ProcessImpl final : public api::Process::Server {
  public:
-  explicit ProcessImpl(kj::Own<ExecProcess> process) : process_(kj::mv(process)) {}
+  ProcessImpl(kj::Own<SandboxRuntime> sandbox, kj::Own<ExecProcess> process)
+      : sandbox_(kj::mv(sandbox)), process_(kj::mv(process)) {}
 
   kj::Promise<void> wait(WaitContext context) override {
     return process_->wait().then([context](ExitInfo info) mutable {
@@ -87,7 +88,18 @@ class ProcessImpl final : public api::Process::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> attach(AttachContext context) override {
+    auto params = context.getParams();
+    return process_
+        ->attach(params.getOutput(), {params.getStdoutOffset(), params.getStderrOffset()})
+        .then([context](ProcessOutput::Offsets started) mutable {
+          context.getResults().setStdoutOffset(started.out);
+          context.getResults().setStderrOffset(started.err);
+        });
+  }
+
  private:
+  kj::Own<SandboxRuntime> sandbox_;  // outlives the process: it holds the cgroup
   kj::Own<ExecProcess> process_;
   loop::SerialQueue stdinWrites_;
 };
@@ -262,9 +274,13 @@ class SandboxImpl final : public api::Sandbox::Server {
   kj::Promise<void> exec(ExecContext context) override {
     sandbox_->countRequest();
     auto params = context.getParams();
-    return sandbox_->exec(params.getRequest(), params.getOutput())
-        .then([context](kj::Own<ExecProcess> process) mutable {
-          context.getResults().setProcess(kj::heap<ProcessImpl>(kj::mv(process)));
+    // Without a sink the output is only kept for a later Process.attach.
+    kj::Maybe<api::OutputSink::Client> output;
+    if (params.hasOutput()) output = params.getOutput();
+    return sandbox_->exec(params.getRequest(), kj::mv(output))
+        .then([this, context](kj::Own<ExecProcess> process) mutable {
+          context.getResults().setProcess(
+              kj::heap<ProcessImpl>(kj::addRef(*sandbox_), kj::mv(process)));
         });
   }
 
@@ -303,6 +319,29 @@ class SandboxImpl final : public api::Sandbox::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> pause(PauseContext) override {
+    sandbox_->countRequest();
+    return ctx_.supervisor.pause(*sandbox_, actor_);
+  }
+
+  kj::Promise<void> resume(ResumeContext) override {
+    sandbox_->countRequest();
+    return ctx_.supervisor.resume(*sandbox_, actor_);
+  }
+
+  kj::Promise<void> processes(ProcessesContext context) override {
+    sandbox_->countRequest();
+    sandbox_->fillProcesses(context.getResults().initProcesses(sandbox_->processCount()));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> process(ProcessContext context) override {
+    sandbox_->countRequest();
+    auto process = sandbox_->findProcess(context.getParams().getPid());
+    context.getResults().setProcess(kj::heap<ProcessImpl>(kj::addRef(*sandbox_), kj::mv(process)));
+    return kj::READY_NOW;
+  }
+
  private:
   ServerContext& ctx_;
   kj::Own<SandboxRuntime> sandbox_;
@@ -325,6 +364,10 @@ class EndedSandboxImpl final : public api::Sandbox::Server {
   kj::Promise<void> files(FilesContext) override { return ended(); }
   kj::Promise<void> setTimeout(SetTimeoutContext) override { return ended(); }
   kj::Promise<void> usage(UsageContext) override { return ended(); }
+  kj::Promise<void> pause(PauseContext) override { return ended(); }
+  kj::Promise<void> resume(ResumeContext) override { return ended(); }
+  kj::Promise<void> processes(ProcessesContext) override { return ended(); }
+  kj::Promise<void> process(ProcessContext) override { return ended(); }
 
  private:
   kj::Promise<void> ended() {
@@ -367,6 +410,12 @@ class NodeImpl final : public api::Node::Server {
     for (size_t i = 0; i < records.size(); ++i) {
       fillInfo(out[i], records[i]->getRoot<state::SandboxRecord>());
     }
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> setTenantWeight(SetTenantWeightContext context) override {
+    auto params = context.getParams();
+    ctx_.supervisor.setTenantWeight(params.getTenant(), params.getWeight(), actor_);
     return kj::READY_NOW;
   }
 

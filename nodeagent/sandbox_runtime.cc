@@ -12,8 +12,21 @@
 #include "util/log.h"
 
 namespace nodeagent {
+namespace {
 
-SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, EndedCallback onEnded)
+// Freezing waits for every task to stop; one stuck in the kernel (a D-state
+// sleep) can hold it up, and then the pause fails rather than hang.
+constexpr int64_t kFreezeDeadlineNs = 2'000'000'000;
+constexpr kj::Duration kFreezeFirstPoll = 200 * kj::MICROSECONDS;
+constexpr kj::Duration kFreezeMaxPoll = 20 * kj::MILLISECONDS;
+
+}  // namespace
+
+void SandboxRuntime::ErrorLogger::taskFailed(kj::Exception&& e) {
+  log::error("sandbox.task_failed", {{"error", e.getDescription().cStr()}});
+}
+
+SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks hooks)
     : port_(port),
       record_(kj::mv(parts.record)),
       id_(kj::str(record_->getRoot<state::SandboxRecord>().getId())),
@@ -22,9 +35,10 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, EndedCal
       channel_(port, kj::mv(parts.control)),
       fs_(kj::mv(parts.rootDir), record().getUidBase(), record().getUidBase()),
       workDir_(kj::mv(parts.workDir)),
-      onEnded_(kj::mv(onEnded)),
+      hooks_(kj::mv(hooks)),
       startedMonoNs_(monotonicNowNs()),
-      endedFork_(nullptr) {
+      endedFork_(nullptr),
+      processWatches_(errorLogger_) {
   auto paf = kj::newPromiseAndFulfiller<void>();
   endedFulfiller_ = kj::mv(paf.fulfiller);
   endedFork_ = paf.promise.fork();
@@ -43,8 +57,9 @@ void SandboxRuntime::requireRunning() {
 }
 
 kj::Promise<kj::Own<ExecProcess>> SandboxRuntime::exec(api::ExecRequest::Reader request,
-                                                       api::OutputSink::Client output) {
+                                                       kj::Maybe<api::OutputSink::Client> output) {
   requireRunning();
+  if (paused()) throwApiError(api::ErrorCode::NOT_RUNNING, kj::str("sandbox ", id_, " is paused"));
   if (request.getArgv().size() == 0) {
     throwApiError(api::ErrorCode::INVALID_ARGUMENT, "exec needs at least argv[0]");
   }
@@ -68,21 +83,195 @@ kj::Promise<kj::Own<ExecProcess>> SandboxRuntime::exec(api::ExecRequest::Reader 
   spawn.env = env.releaseAsArray();
   spawn.cwd = kj::str(request.getCwd().size() > 0 ? request.getCwd() : "/");
   spawn.stdinOpen = request.getStdin();
-  kj::Maybe<kj::Duration> timeout;
-  if (request.getTimeoutSeconds() > 0) timeout = request.getTimeoutSeconds() * kj::SECONDS;
+  ExecProcess::Options options;
+  options.argv = KJ_MAP(arg, spawn.argv) {
+    return kj::str(arg);
+  };
+  if (request.getTimeoutSeconds() > 0) options.timeout = request.getTimeoutSeconds() * kj::SECONDS;
+  // Read before the spawn, so an OOM kill of the new process always counts.
+  uint64_t oomBefore = 0;
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { oomBefore = cgroup_->oomKills(); })) {
+    log::warn("sandbox.stats_failed", {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+  }
+  options.oomKilledSince = [this, oomBefore]() {
+    bool oom = false;
+    // The cgroup may be gone already (the sandbox ended meanwhile).
+    kj::runCatchingExceptions([&]() { oom = cgroup_->oomKills() > oomBefore; });
+    return oom;
+  };
   ++execs_;
 
   return channel_.spawn(spawn).then(
-      [this, output = kj::mv(output), timeout](SpawnedProcess&& spawned) mutable {
+      [this, output = kj::mv(output), options = kj::mv(options)](SpawnedProcess&& spawned) mutable {
         int pid = spawned.pid;
-        return kj::refcounted<ExecProcess>(port_, kj::mv(spawned), kj::mv(output),
-                                           channel_.exitStatus(pid), timeout);
+        auto process = kj::refcounted<ExecProcess>(port_, kj::mv(spawned), kj::mv(output),
+                                                   channel_.exitStatus(pid), kj::mv(options));
+        track(kj::addRef(*process));
+        return process;
       });
+}
+
+void SandboxRuntime::track(kj::Own<ExecProcess> process) {
+  int pid = process->pid();
+  auto old = running_.find(pid);
+  // The pid's previous owner exited and is still delivering its last output.
+  if (old != running_.end()) retire(*old->second);
+  ExecProcess* key = process.get();
+  processWatches_.add(process->wait().ignoreResult().then([this, pid, key]() {
+    auto it = running_.find(pid);
+    if (it != running_.end() && it->second.get() == key) retire(*it->second);
+  }));
+  running_.emplace(pid, kj::mv(process));
+}
+
+void SandboxRuntime::retire(ExecProcess& process) {
+  ExitInfo exit{api::ExitReason::KILLED, 0, SIGKILL};
+  KJ_IF_MAYBE (info, process.exitInfo()) {
+    exit = *info;
+  }
+  EndedProcess ended{uint32_t(process.pid()), KJ_MAP(arg, process.argv()){return kj::str(arg);
+}
+, process.startedAtNs(), process.endedAtNs(), exit, process.outputBytes()
+};  // namespace nodeagent
+endedProcesses_.push_back(kj::mv(ended));
+if (endedProcesses_.size() > kEndedProcessesKept) endedProcesses_.pop_front();
+running_.erase(process.pid());  // last: `process` may die with its entry
+}
+
+void SandboxRuntime::fillProcesses(capnp::List<api::ProcessInfo>::Builder out) {
+  auto fillStatus = [](api::ExitStatus::Builder status, const ExitInfo& exit) {
+    status.setReason(exit.reason);
+    status.setCode(exit.code);
+    status.setSignal(exit.signal);
+  };
+  size_t i = 0;
+  for (auto& e : endedProcesses_) {
+    auto p = out[i++];
+    p.setPid(e.pid);
+    auto argv = p.initArgv(e.argv.size());
+    for (size_t a = 0; a < e.argv.size(); ++a) argv.set(a, e.argv[a]);
+    p.setStartedAtNs(e.startedAtNs);
+    p.setRunning(false);
+    fillStatus(p.initStatus(), e.exit);
+    p.setEndedAtNs(e.endedAtNs);
+    p.setStdoutBytes(e.bytes.out);
+    p.setStderrBytes(e.bytes.err);
+  }
+  for (auto& [pid, process] : running_) {
+    auto p = out[i++];
+    p.setPid(uint32_t(pid));
+    auto argv = p.initArgv(process->argv().size());
+    for (size_t a = 0; a < process->argv().size(); ++a) argv.set(a, process->argv()[a]);
+    p.setStartedAtNs(process->startedAtNs());
+    // Exited, still delivering its last output: no longer running.
+    KJ_IF_MAYBE (exit, process->exitInfo()) {
+      p.setRunning(false);
+      fillStatus(p.initStatus(), *exit);
+      p.setEndedAtNs(process->endedAtNs());
+    } else {
+      p.setRunning(true);
+    }
+    p.setStdoutBytes(process->outputBytes().out);
+    p.setStderrBytes(process->outputBytes().err);
+  }
+}
+
+kj::Own<ExecProcess> SandboxRuntime::findProcess(uint32_t pid) {
+  auto it = running_.find(int(pid));
+  if (it == running_.end()) {
+    for (auto& e : endedProcesses_) {
+      if (e.pid == pid) {
+        throwApiError(api::ErrorCode::NOT_RUNNING, kj::str("process ", pid, " has exited"));
+      }
+    }
+    throwApiError(api::ErrorCode::NOT_FOUND,
+                  kj::str("no process ", pid, " started by exec in sandbox ", id_));
+  }
+  if (it->second->exitInfo() != nullptr) {
+    throwApiError(api::ErrorCode::NOT_RUNNING, kj::str("process ", pid, " has exited"));
+  }
+  return kj::addRef(*it->second);
 }
 
 SandboxFs& SandboxRuntime::files() {
   requireRunning();
   return fs_;
+}
+
+kj::Promise<bool> SandboxRuntime::pause() {
+  requireRunning();
+  switch (runState_) {
+    case RunState::kPaused:
+      return false;
+    case RunState::kPausing:
+      return KJ_ASSERT_NONNULL(freezing_).addBranch().then([]() { return false; });
+    case RunState::kRunning:
+      break;
+  }
+  cgroup_->freeze();
+  runState_ = RunState::kPausing;
+  pausedSinceMonoNs_ = monotonicNowNs();
+  record_->getRoot<state::SandboxRecord>().setState(api::SandboxState::PAUSED);
+  int64_t deadline = pausedSinceMonoNs_ + kFreezeDeadlineNs;
+  auto frozen =
+      kj::evalNow([&]() { return waitFrozen(deadline, kFreezeFirstPoll); })
+          .catch_([this](kj::Exception&& e) -> kj::Promise<void> {
+            // Not frozen in time (or the cgroup failed us): run on.
+            // A sandbox killed meanwhile is left to finish().
+            if (runState_ == RunState::kPausing && pendingReason_.size() == 0) {
+              kj::runCatchingExceptions([&]() { cgroup_->thaw(); });
+              runState_ = RunState::kRunning;
+              record_->getRoot<state::SandboxRecord>().setState(api::SandboxState::RUNNING);
+            }
+            return kj::mv(e);
+          })
+          .fork();
+  auto result = frozen.addBranch().then([]() { return true; });
+  freezing_ = kj::mv(frozen);
+  return result;
+}
+
+kj::Promise<void> SandboxRuntime::waitFrozen(int64_t deadlineMonoNs, kj::Duration delay) {
+  requireRunning();  // killed meanwhile
+  if (cgroup_->frozen()) {
+    runState_ = RunState::kPaused;
+    return kj::READY_NOW;
+  }
+  if (monotonicNowNs() >= deadlineMonoNs) {
+    log::warn("sandbox.freeze_timeout", {{"id", id_.cStr()}});
+    throwApiError(api::ErrorCode::UNAVAILABLE,
+                  kj::str("sandbox ", id_, " did not freeze in time; it keeps running"));
+  }
+  cgroup_->freeze();  // nudges a v1 freezer stuck half way
+  return port_.timer().afterDelay(delay).then([this, deadlineMonoNs, delay]() {
+    return waitFrozen(deadlineMonoNs, kj::min(delay * 2, kFreezeMaxPoll));
+  });
+}
+
+kj::Promise<bool> SandboxRuntime::resume() {
+  requireRunning();
+  switch (runState_) {
+    case RunState::kRunning:
+      return false;
+    case RunState::kPausing:
+      // Let the freeze settle first, so its outcome cannot undo this resume.
+      return KJ_ASSERT_NONNULL(freezing_).addBranch().then(
+          [this]() { return resume(); }, [this](kj::Exception&&) { return resume(); });
+    case RunState::kPaused:
+      break;
+  }
+  cgroup_->thaw();
+  runState_ = RunState::kRunning;
+  int64_t now = monotonicNowNs();
+  pausedTotalNs_ += now - pausedSinceMonoNs_;
+  auto rec = record_->getRoot<state::SandboxRecord>();
+  rec.setState(api::SandboxState::RUNNING);
+  if (rec.getExpiresAtNs() <= unixNowNs()) {
+    // Expired while paused (or paused by expiry): never run unbounded.
+    rec.setExpiresAtNs(unixNowNs() + int64_t(rec.getSpec().getTimeoutSeconds()) * 1000000000);
+    armTimeout();
+  }
+  return true;
 }
 
 void SandboxRuntime::kill(kj::StringPtr reason) {
@@ -94,6 +283,17 @@ void SandboxRuntime::kill(kj::StringPtr reason) {
   if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), SIGKILL, nullptr, 0) < 0 && errno != ESRCH) {
     log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"errno", errno}});
     KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { cgroup_->killAll(); })) {
+      log::error("sandbox.kill_failed",
+                 {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+    }
+  }
+  if (paused()) {
+    // Frozen tasks (v1) only die of SIGKILL once thawed. Kill every one of
+    // them while still frozen, then thaw: nothing runs tenant code again.
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                   cgroup_->killAll();
+                   cgroup_->thaw();
+                 })) {
       log::error("sandbox.kill_failed",
                  {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
     }
@@ -125,9 +325,12 @@ void SandboxRuntime::armTimeout() {
                      .afterDelay(delayNs * kj::NANOSECONDS)
                      .then([this]() {
                        log::info("sandbox.timeout", {{"id", id_.cStr()}});
-                       kill("timeout");
+                       hooks_.expired(*this);
                      })
-                     .eagerlyEvaluate(nullptr);
+                     .eagerlyEvaluate([this](kj::Exception&& e) {
+                       log::error("sandbox.timeout_failed",
+                                  {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
+                     });
 }
 
 kj::Promise<void> SandboxRuntime::watchInit() {
@@ -166,7 +369,7 @@ void SandboxRuntime::finish() {
   rec.setEndedAtNs(unixNowNs());
   rec.setEndReason(pendingReason_);
   log::info("sandbox.ended", {{"id", id_.cStr()}, {"reason", pendingReason_.cStr()}});
-  onEnded_(*this);
+  hooks_.ended(*this);
   endedFulfiller_->fulfill();
 }
 
@@ -179,7 +382,10 @@ void SandboxRuntime::fillUsage(api::Usage::Builder usage) {
   usage.setMemoryPeakBytes(stats.memoryPeakBytes);
   usage.setPidsCurrent(ended_ ? 0 : uint32_t(stats.pidsCurrent));
   int64_t end = ended_ ? endedMonoNs_ : monotonicNowNs();
-  usage.setWallRunningNs(uint64_t(end - startedMonoNs_));
+  // A sandbox that ends while paused was paused up to its end.
+  int64_t paused = pausedTotalNs_ + (this->paused() ? end - pausedSinceMonoNs_ : 0);
+  usage.setWallRunningNs(uint64_t(end - startedMonoNs_ - paused));
+  usage.setWallPausedNs(uint64_t(paused));
   usage.setRpcRequests(rpcRequests_);
   usage.setExecs(execs_);
 }

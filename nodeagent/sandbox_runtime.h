@@ -1,9 +1,12 @@
 // A live (or ended) sandbox as the agent holds it: its init, cgroup, files,
-// processes and timeout. The Supervisor creates it; RPC objects hold
-// references to it.
+// processes, pause state and timeout. The Supervisor creates it; RPC objects
+// hold references to it.
 #pragma once
 
 #include <sys/types.h>
+
+#include <deque>
+#include <map>
 
 #include <capnp/message.h>
 #include <kj/async.h>
@@ -22,6 +25,8 @@ namespace nodeagent {
 
 class SandboxRuntime final : public kj::Refcounted {
  public:
+  static constexpr size_t kEndedProcessesKept = 64;
+
   struct Parts {
     kj::Own<capnp::MallocMessageBuilder> record;  // root: state::SandboxRecord
     kj::Own<isolator::SandboxCgroup> cgroup;
@@ -31,25 +36,46 @@ class SandboxRuntime final : public kj::Refcounted {
     kj::AutoCloseFd rootDir;
     kj::String workDir;
   };
-  // Called once when the sandbox has ended and its resources are released.
-  using EndedCallback = kj::Function<void(SandboxRuntime&)>;
+  // What the runtime tells its owner.
+  struct Hooks {
+    // Once, when the sandbox has ended and its resources are released.
+    kj::Function<void(SandboxRuntime&)> ended;
+    // The lifetime ran out; the owner kills or pauses it (spec.onTimeout).
+    kj::Function<void(SandboxRuntime&)> expired;
+  };
 
-  SandboxRuntime(loop::UringEventPort& port, Parts parts, EndedCallback onEnded);
+  SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks hooks);
   ~SandboxRuntime() noexcept(false);
   KJ_DISALLOW_COPY(SandboxRuntime);
 
   kj::StringPtr id() const { return id_; }
   state::SandboxRecord::Reader record() { return record_->getRoot<state::SandboxRecord>(); }
-  bool running() const { return !ended_; }
+  bool running() const { return !ended_; }  // alive, paused or not
+  bool paused() const { return runState_ != RunState::kRunning; }
 
+  // `output` null: the output only lands in the process's rings (detached).
   kj::Promise<kj::Own<ExecProcess>> exec(api::ExecRequest::Reader request,
-                                         api::OutputSink::Client output);
+                                         kj::Maybe<api::OutputSink::Client> output);
   SandboxFs& files();
-  // Kills every process and releases the sandbox; `reason` is recorded.
+  // Kills every process and releases the sandbox; `reason` is recorded. A
+  // paused sandbox dies without running again.
   void kill(kj::StringPtr reason);
   void setTimeout(uint32_t seconds);
   void fillUsage(api::Usage::Builder usage);
   void countRequest() { ++rpcRequests_; }
+
+  // Freezes every process (record state PAUSED). Resolves once frozen, with
+  // whether this call paused it (false: it already was).
+  kj::Promise<bool> pause();
+  // Thaws it; whether this call resumed it. A lifetime that ran out while
+  // paused starts again (spec.timeoutSeconds from now).
+  kj::Promise<bool> resume();
+
+  // Exec'd processes: the running ones and the last kEndedProcessesKept ended.
+  size_t processCount() const { return running_.size() + endedProcesses_.size(); }
+  void fillProcesses(capnp::List<api::ProcessInfo>::Builder out);
+  // A running exec'd process by its in-sandbox pid.
+  kj::Own<ExecProcess> findProcess(uint32_t pid);
 
   // Resolves when the sandbox has ended and been cleaned up.
   kj::Promise<void> whenEnded() {
@@ -57,11 +83,24 @@ class SandboxRuntime final : public kj::Refcounted {
   }
 
  private:
+  enum class RunState { kRunning, kPausing, kPaused };
+  struct EndedProcess {
+    uint32_t pid;
+    kj::Array<kj::String> argv;
+    int64_t startedAtNs;
+    int64_t endedAtNs;
+    ExitInfo exit;
+    ProcessOutput::Offsets bytes;
+  };
+
   void requireRunning();
   kj::Promise<void> watchInit();
   void armTimeout();
   void finish();
   void captureFinalStats();
+  kj::Promise<void> waitFrozen(int64_t deadlineMonoNs, kj::Duration delay);
+  void track(kj::Own<ExecProcess> process);
+  void retire(ExecProcess& process);
 
   loop::UringEventPort& port_;
   kj::Own<capnp::MallocMessageBuilder> record_;
@@ -71,18 +110,28 @@ class SandboxRuntime final : public kj::Refcounted {
   InitChannel channel_;
   SandboxFs fs_;
   kj::String workDir_;
-  EndedCallback onEnded_;
+  Hooks hooks_;
   kj::String pendingReason_;
   bool ended_ = false;
   uint64_t rpcRequests_ = 0;
   uint64_t execs_ = 0;
   int64_t startedMonoNs_;
   int64_t endedMonoNs_ = 0;
+  RunState runState_ = RunState::kRunning;
+  int64_t pausedSinceMonoNs_ = 0;                // while paused
+  int64_t pausedTotalNs_ = 0;                    // of the spans that ended
+  kj::Maybe<kj::ForkedPromise<void>> freezing_;  // while kPausing
   isolator::CgroupStats finalStats_{};
+  std::map<int, kj::Own<ExecProcess>> running_;  // by in-sandbox pid
+  std::deque<EndedProcess> endedProcesses_;      // oldest first
   kj::Promise<void> timeoutTask_ = nullptr;
   kj::Own<kj::PromiseFulfiller<void>> endedFulfiller_;
   kj::ForkedPromise<void> endedFork_;
   kj::Promise<void> watchTask_ = nullptr;
+  struct ErrorLogger : public kj::TaskSet::ErrorHandler {
+    void taskFailed(kj::Exception&& e) override;
+  } errorLogger_;
+  kj::TaskSet processWatches_;
 };
 
 }  // namespace nodeagent

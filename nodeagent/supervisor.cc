@@ -12,6 +12,7 @@
 #include <kj/debug.h>
 
 #include "isolator/launcher.h"
+#include "nodeagent/agent_cgroup.h"
 #include "isolator/names.h"
 #include "isolator/template.h"
 #include "nodeagent/api_error.h"
@@ -136,13 +137,17 @@ void Supervisor::start() {
   for (auto t : effectiveTemplates(config_)) {
     TemplateInfo info{
         kj::str(t.getName()), kj::str(t.getUsrDir()), kj::str(stateDir, "/templates/", t.getName()),
-        t.getMemoryBytes(),   t.getCpuMillis(),       t.getPidsMax(),
+        t.getMemoryBytes(),   t.getCpuMillis(),       t.getCpuSustainedMillis(), t.getPidsMax(),
         t.getDiskBytes(),     t.getTimeoutSeconds()};
     isolator::prepareSkeleton(info.skeletonDir.cStr(), info.usrDir.cStr());
     templates_.add(kj::mv(info));
   }
   hostLock_ = lockCgroupRoot(config_.getCgroupRoot());
   cgroupTree_ = isolator::CgroupTree::open(config_.getCgroupRoot().cStr());
+  if (config_.getAgentCgroup()) {
+    enterAgentCgroup(*KJ_ASSERT_NONNULL(cgroupTree_), AgentReservation{});
+  }
+  loadTenantWeights();
   endStaleRecords();
   writer_.flush();
   sweepOrphanCgroups();
@@ -258,6 +263,13 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   auto filled = rec.getSpec();
   if (filled.getMemoryBytes() == 0) filled.setMemoryBytes(tmpl.memoryBytes);
   if (filled.getCpuMillis() == 0) filled.setCpuMillis(tmpl.cpuMillis);
+  if (filled.getCpuSustainedMillis() == 0) {
+    filled.setCpuSustainedMillis(kj::min(tmpl.cpuSustainedMillis, filled.getCpuMillis()));
+  }
+  if (filled.getCpuSustainedMillis() > filled.getCpuMillis()) {
+    throwApiError(api::ErrorCode::INVALID_ARGUMENT,
+                  "sustained CPU cannot be above the burst CPU (cpuMillis)");
+  }
   if (filled.getPidsMax() == 0) filled.setPidsMax(tmpl.pidsMax);
   if (filled.getDiskBytes() == 0) filled.setDiskBytes(tmpl.diskBytes);
   if (filled.getTimeoutSeconds() == 0) filled.setTimeoutSeconds(tmpl.timeoutSeconds);
@@ -288,10 +300,19 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   isolator::CgroupLimits limits;
   limits.memoryBytes = filled.getMemoryBytes();
   limits.pidsMax = filled.getPidsMax();
+  // Burst is the hard cap (CFS quota). Sustained is the sandbox's weight
+  // within its tenant: what it keeps when its tenant's sandboxes compete.
+  // Tenants compete by their own weights one level up.
   limits.cpuMillis = filled.getCpuMillis();
+  limits.cpuWeight = kj::max(1u, filled.getCpuSustainedMillis() / 10);
   auto cgroup = isolator::SandboxCgroup::create(*KJ_ASSERT_NONNULL(cgroupTree_), filled.getTenant(),
                                                 id, limits);
   rec.setCgroupPath(kj::str("sandboxes/", filled.getTenant(), "/", id));
+  // A tenant's cgroup is made afresh when its first sandbox comes.
+  auto weight = tenantWeights_.find(filled.getTenant().cStr());
+  if (weight != tenantWeights_.end()) {
+    KJ_ASSERT_NONNULL(cgroupTree_)->setTenantWeight(filled.getTenant(), weight->second);
+  }
 
   kj::String workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
   makeDir(workDir, 0700);
@@ -344,8 +365,10 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   parts.control = kj::mv(launched.control);
   parts.rootDir = kj::mv(rootDir);
   parts.workDir = kj::mv(workDir);
-  auto runtime = kj::refcounted<SandboxRuntime>(port_, kj::mv(parts),
-                                                [this](SandboxRuntime& s) { onEnded(s); });
+  SandboxRuntime::Hooks hooks;
+  hooks.ended = [this](SandboxRuntime& s) { onEnded(s); };
+  hooks.expired = [this](SandboxRuntime& s) { onExpired(s); };
+  auto runtime = kj::refcounted<SandboxRuntime>(port_, kj::mv(parts), kj::mv(hooks));
   uidSlots_.emplace(slot, id.cStr());
   live_.emplace(id.cStr(), kj::addRef(*runtime));
   log::info("sandbox.created", {{"id", id.cStr()},
@@ -398,6 +421,43 @@ kj::Promise<void> Supervisor::kill(SandboxRuntime& sandbox, kj::StringPtr actor)
   return sandbox.whenEnded();
 }
 
+kj::Promise<void> Supervisor::pause(SandboxRuntime& sandbox, kj::StringPtr actor) {
+  return pauseAs(sandbox, actor, "pause", "");
+}
+
+kj::Promise<void> Supervisor::pauseAs(SandboxRuntime& sandbox, kj::StringPtr actor,
+                                      kj::StringPtr action, kj::StringPtr detail) {
+  return kj::evalNow([&]() { return sandbox.pause(); })
+      .then([this, ref = kj::addRef(sandbox), actor = kj::str(actor), action = kj::str(action),
+             detail = kj::str(detail)](bool changed) mutable {
+        if (!changed) return;
+        auto rec = ref->record();
+        persist(rec, auditEntry(unixNowNs(), actor, action, rec.getId(), rec.getSpec().getTenant(),
+                                detail));
+        log::info("sandbox.paused", {{"id", rec.getId().cStr()}, {"by", action.cStr()}});
+      });
+}
+
+kj::Promise<void> Supervisor::resume(SandboxRuntime& sandbox, kj::StringPtr actor) {
+  return kj::evalNow([&]() { return sandbox.resume(); })
+      .then([this, ref = kj::addRef(sandbox), actor = kj::str(actor)](bool changed) mutable {
+        if (!changed) return;
+        auto rec = ref->record();
+        persist(rec, auditEntry(unixNowNs(), actor, "resume", rec.getId(),
+                                rec.getSpec().getTenant(), ""));
+        log::info("sandbox.resumed", {{"id", rec.getId().cStr()}});
+      });
+}
+
+void Supervisor::onExpired(SandboxRuntime& sandbox) {
+  if (sandbox.record().getSpec().getOnTimeout() == api::TimeoutAction::PAUSE) {
+    // It stays paused until resumed or killed; the pause says why.
+    tasks_.add(pauseAs(sandbox, "agent", "timeout-pause", "reason=timeout"));
+  } else {
+    sandbox.kill("timeout");
+  }
+}
+
 kj::Promise<void> Supervisor::killAll(kj::StringPtr reason) {
   kj::Vector<kj::Promise<void>> waits;
   kj::Vector<kj::Own<SandboxRuntime>> refs;
@@ -407,6 +467,51 @@ kj::Promise<void> Supervisor::killAll(kj::StringPtr reason) {
     waits.add(s->whenEnded());
   }
   return kj::joinPromises(waits.releaseAsArray()).attach(kj::mv(refs));
+}
+
+namespace {
+constexpr kj::StringPtr kTenantWeightsKey = "tenantWeights"_kj;  // lines of "tenant weight"
+}  // namespace
+
+void Supervisor::loadTenantWeights() {
+  KJ_IF_MAYBE (bytes, store_.getMeta(kTenantWeightsKey)) {
+    std::string text(reinterpret_cast<const char*>(bytes->begin()), bytes->size());
+    size_t start = 0;
+    while (start < text.size()) {
+      size_t end = text.find('\n', start);
+      if (end == std::string::npos) end = text.size();
+      std::string line = text.substr(start, end - start);
+      size_t space = line.find(' ');
+      if (space != std::string::npos) {
+        tenantWeights_[line.substr(0, space)] = uint32_t(std::stoul(line.substr(space + 1)));
+      }
+      start = end + 1;
+    }
+  }
+}
+
+void Supervisor::setTenantWeight(kj::StringPtr tenant, uint32_t weight, kj::StringPtr actor) {
+  if (!isolator::isValidName(tenant)) {
+    throwApiError(api::ErrorCode::INVALID_ARGUMENT,
+                  "tenant must be 1-64 characters of [A-Za-z0-9_-]");
+  }
+  if (weight < 1 || weight > 10000) {
+    throwApiError(api::ErrorCode::INVALID_ARGUMENT, "tenant weight must be 1-10000");
+  }
+  auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
+  bool hasSandboxes = false;
+  for (auto& entry : live_) {
+    hasSandboxes = hasSandboxes || entry.second->record().getSpec().getTenant() == tenant;
+  }
+  if (hasSandboxes) tree.setTenantWeight(tenant, weight);
+  tenantWeights_[tenant.cStr()] = weight;
+  std::string text;
+  for (auto& [name, w] : tenantWeights_) text += name + " " + std::to_string(w) + "\n";
+  writer_.submit([text = kj::mv(text)](Store::WriteTxn& txn) {
+    txn.putMeta(kTenantWeightsKey, kj::arrayPtr(reinterpret_cast<const kj::byte*>(text.data()),
+                                                text.size()));
+  });
+  audit(actor, "set-tenant-weight", "", tenant, kj::str("weight=", weight));
 }
 
 void Supervisor::audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr sandboxId,

@@ -42,6 +42,12 @@ class Supervisor {
   // The stored record of a sandbox no longer held in memory.
   kj::Maybe<kj::Own<capnp::MallocMessageBuilder>> findRecord(kj::StringPtr id);
   kj::Promise<void> kill(SandboxRuntime& sandbox, kj::StringPtr actor);
+  // Freeze and thaw, persisted and audited ("pause" / "resume") when they
+  // change anything.
+  kj::Promise<void> pause(SandboxRuntime& sandbox, kj::StringPtr actor);
+  kj::Promise<void> resume(SandboxRuntime& sandbox, kj::StringPtr actor);
+  // A tenant's CPU weight against other tenants (1-10000; default 100).
+  void setTenantWeight(kj::StringPtr tenant, uint32_t weight, kj::StringPtr actor);
   void audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr sandboxId,
              kj::StringPtr tenant, kj::StringPtr detail);
 
@@ -58,6 +64,7 @@ class Supervisor {
     kj::String skeletonDir;
     uint64_t memoryBytes;
     uint32_t cpuMillis;
+    uint32_t cpuSustainedMillis;
     uint32_t pidsMax;
     uint64_t diskBytes;
     uint32_t timeoutSeconds;
@@ -66,8 +73,12 @@ class Supervisor {
   const TemplateInfo& requireTemplate(kj::StringPtr name);
   uint32_t allocateUidSlot();
   void onEnded(SandboxRuntime& sandbox);
+  void onExpired(SandboxRuntime& sandbox);
+  kj::Promise<void> pauseAs(SandboxRuntime& sandbox, kj::StringPtr actor, kj::StringPtr action,
+                            kj::StringPtr detail);
   void endStaleRecords();
   void sweepOrphanCgroups();
+  void loadTenantWeights();
   // Queues the record (and an audit entry, if given) as one change.
   void persist(state::SandboxRecord::Reader record,
                kj::Maybe<kj::Own<capnp::MallocMessageBuilder>> audit);
@@ -83,6 +94,7 @@ class Supervisor {
   std::map<std::string, kj::Own<SandboxRuntime>> live_;
   std::map<std::string, kj::Own<SandboxRuntime>> ended_;
   std::map<uint32_t, std::string> uidSlots_;  // slot -> sandbox id
+  std::map<std::string, uint32_t> tenantWeights_;  // tenants with a non-default weight
   struct ErrorLogger : public kj::TaskSet::ErrorHandler {
     void taskFailed(kj::Exception&& e) override;
   } errorLogger_;

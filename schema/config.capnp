@@ -19,6 +19,10 @@ struct Config {
   templates @10 :List(Template);        # empty = the built-in templates
   maxFileBytes @11 :UInt64 = 4294967296;
   busyPollMicros @12 :UInt32 = 50;
+  agentCgroup @13 :Bool = true;
+  # Run the agent in "<cgroupRoot>/agent" with a CPU weight of 1000 (and, on
+  # pure v2, memory.min of 256 MiB), outside every sandbox's cgroup. Turn off
+  # where a supervisor (systemd with Delegate=yes) places the agent itself.
   # Before the event loop sleeps it keeps reaping completions for this long.
   # Waking an idle thread costs tens of microseconds (more on VMs), so a short
   # spin after activity cuts request latency; an idle agent never spins.
@@ -38,4 +42,5 @@ struct Template {
   pidsMax @4 :UInt32 = 256;
   diskBytes @5 :UInt64 = 1073741824;
   timeoutSeconds @6 :UInt32 = 300;
+  cpuSustainedMillis @7 :UInt32 = 250;  # with cpuMillis as the burst (code runtime: 1 / 0.25)
 }

@@ -32,18 +32,27 @@ enum NetworkMode {
   open @2;         # everything but the always-denied set (not yet served)
 }
 
+enum TimeoutAction {
+  kill @0;         # end the sandbox
+  pause @1;        # freeze it; it stays until resumed or killed
+}
+
 struct SandboxSpec {
   # Zero / empty fields take the template's defaults.
   tenant @0 :Text;
   template @1 :Text;
   memoryBytes @2 :UInt64;
-  cpuMillis @3 :UInt32;       # CPU limit in thousandths of a core (1000 = one vCPU)
+  cpuMillis @3 :UInt32;       # burst CPU, thousandths of a core (1000 = one vCPU)
   pidsMax @4 :UInt32;
   diskBytes @5 :UInt64;       # size of the writable layer
   network @6 :NetworkMode;
-  timeoutSeconds @7 :UInt32;  # sandbox lifetime; the agent kills it at expiry
+  timeoutSeconds @7 :UInt32;  # sandbox lifetime; see onTimeout
   env @8 :List(KeyValue);     # default environment of every exec
   metadata @9 :List(KeyValue);
+  cpuSustainedMillis @10 :UInt32;
+  # The share the sandbox may use for long; it runs at up to cpuMillis while
+  # it has saved up unused sustained share (CFS burst). Not above cpuMillis.
+  onTimeout @11 :TimeoutAction;  # what expiry does; setTimeout re-arms it
 }
 
 enum SandboxState {
@@ -72,6 +81,7 @@ struct Usage {
   pidsCurrent @5 :UInt32;
   rpcRequests @6 :UInt64;
   execs @7 :UInt64;
+  wallPausedNs @8 :UInt64;    # time frozen; not part of wallRunningNs
 }
 
 struct NodeInfo {
@@ -88,6 +98,9 @@ interface Node {
   open @1 (id :Text) -> (sandbox :Sandbox);   # reattach by id
   list @2 (tenant :Text) -> (sandboxes :List(SandboxInfo));  # empty tenant = all
   info @3 () -> (info :NodeInfo);
+  setTenantWeight @4 (tenant :Text, weight :UInt32);
+  # The tenant's CPU weight (1-10000, default 100) against other tenants,
+  # however many sandboxes each runs. An admin action: audited.
 }
 
 struct ExecRequest {
@@ -128,6 +141,24 @@ interface Process {
   writeStdin @2 (data :Data) -> stream;
   closeStdin @3 ();
   pid @4 () -> (pid :UInt32);          # pid inside the sandbox
+  attach @5 (output :OutputSink, stdoutOffset :UInt64, stderrOffset :UInt64)
+      -> (stdoutOffset :UInt64, stderrOffset :UInt64);
+  # Adds a sink: replays each stream from a byte offset, then follows the live
+  # output. The agent keeps the last 1 MiB of each stream; an older offset
+  # starts at the oldest byte still held, and the results say where replay
+  # began. Resolves once the sink has caught up; from then on wait() also
+  # waits for this sink's done().
+}
+
+struct ProcessInfo {
+  pid @0 :UInt32;             # inside the sandbox
+  argv @1 :List(Text);
+  startedAtNs @2 :Int64;      # unix time
+  running @3 :Bool;
+  status @4 :ExitStatus;      # when not running
+  endedAtNs @5 :Int64;        # 0 while running
+  stdoutBytes @6 :UInt64;     # output so far: the end offsets for attach
+  stderrBytes @7 :UInt64;
 }
 
 struct FileInfo {
@@ -161,9 +192,17 @@ interface Files {
 
 interface Sandbox {
   exec @0 (request :ExecRequest, output :OutputSink) -> (process :Process);
+  # A process outlives its Process capability; it runs until it exits or the
+  # sandbox ends. With no output sink its output is only kept (last 1 MiB per
+  # stream, read at a bounded rate) for Process.attach.
   files @1 () -> (files :Files);
   kill @2 ();
   setTimeout @3 (seconds :UInt32);    # from now
   info @4 () -> (info :SandboxInfo);
   usage @5 () -> (usage :Usage);
+  pause @6 ();    # freezes every process; files still work, exec is refused
+  resume @7 ();   # a lifetime that ran out meanwhile starts again (timeoutSeconds)
+  processes @8 () -> (processes :List(ProcessInfo));
+  # Processes started by exec: the running ones and the last 64 that ended.
+  process @9 (pid :UInt32) -> (process :Process);  # a running one, again
 }

@@ -1,6 +1,7 @@
-// The capabilities spawned processes keep: Docker's default set. Everything else (above
-// all CAP_SYS_ADMIN and CAP_SYS_PTRACE) is dropped from the bounding, ambient, permitted,
-// effective and inheritable sets, so not even exec of a file with capabilities regains it.
+// The capabilities spawned processes keep: Docker's default set minus CAP_NET_RAW.
+// Everything else (above all CAP_SYS_ADMIN and CAP_SYS_PTRACE) is dropped from the
+// bounding, ambient, permitted, effective and inheritable sets, so not even exec of a file
+// with capabilities regains it.
 #pragma once
 
 namespace nodeagent::isolator::init {

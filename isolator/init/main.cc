@@ -2,7 +2,8 @@
 // the control socket as fd 3, inside fresh namespaces and already in the sandbox's
 // cgroups. Protocol: schema/init.capnp.
 //
-//   1. read Setup, build the root filesystem, reply ready (or setupFailed and exit 1);
+//   1. read Setup, build the root filesystem, compile the seccomp filter, reply ready (or
+//      setupFailed and exit 1);
 //   2. serve spawn/signal requests and reap children until killed.
 //
 // If the agent goes away, init keeps running and reaping: sandboxes outlive the agent.
@@ -16,6 +17,7 @@
 #include <kj/debug.h>
 
 #include "isolator/init/control.h"
+#include "isolator/init/seccomp_profile.h"
 #include "isolator/init/server.h"
 #include "isolator/init/setup_mounts.h"
 #include "isolator/init_protocol.h"
@@ -76,8 +78,11 @@ int run() {
   setsid();
   kj::AutoCloseFd signals = setUpSignals();
   SetupConfig config = readSetup(control);
+  SeccompProgram seccomp;
   try {
     setupSandbox(config);
+    // Compiled once here; every spawned child installs this same program.
+    seccomp = SeccompProgram::compileDefault();
   } catch (const kj::Exception& e) {
     sendSetupResult(control, e.getDescription());
     return 1;
@@ -86,7 +91,7 @@ int run() {
 
   Control connection;
   connection.attach(kj::mv(control));
-  Server(connection, kj::mv(signals)).run();
+  Server(connection, kj::mv(signals), kj::mv(seccomp)).run();
 }
 
 }  // namespace

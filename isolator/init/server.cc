@@ -15,8 +15,8 @@
 
 namespace nodeagent::isolator::init {
 
-Server::Server(Control& control, kj::AutoCloseFd signalFd)
-    : control_(control), signalFd_(kj::mv(signalFd)) {}
+Server::Server(Control& control, kj::AutoCloseFd signalFd, SeccompProgram seccomp)
+    : control_(control), signalFd_(kj::mv(signalFd)), seccomp_(kj::mv(seccomp)) {}
 
 void Server::run() {
   for (;;) {
@@ -60,7 +60,7 @@ void Server::handleRequest(InitMessage& message) {
     case initproto::Request::SPAWN: {
       SpawnOutcome outcome;
       try {
-        outcome = spawnProcess(request.getSpawn());
+        outcome = spawnProcess(request.getSpawn(), seccomp_);
       } catch (const kj::Exception& e) {
         outcome.error = e.getDescription().cStr();
       }

@@ -9,14 +9,15 @@
 #include <unordered_set>
 
 #include "isolator/init/control.h"
+#include "isolator/init/seccomp_profile.h"
 #include "isolator/init_protocol.h"
 
 namespace nodeagent::isolator::init {
 
 class Server {
  public:
-  // `signalFd` reports SIGCHLD (blocked by the caller).
-  Server(Control& control, kj::AutoCloseFd signalFd);
+  // `signalFd` reports SIGCHLD (blocked by the caller). Spawned processes run under `seccomp`.
+  Server(Control& control, kj::AutoCloseFd signalFd, SeccompProgram seccomp);
 
   // Runs until an unrecoverable error, which it throws.
   [[noreturn]] void run();
@@ -27,6 +28,7 @@ class Server {
 
   Control& control_;
   kj::AutoCloseFd signalFd_;
+  SeccompProgram seccomp_;
   std::unordered_set<pid_t> spawned_;  // reported in `exited` events; others are just reaped
 };
 

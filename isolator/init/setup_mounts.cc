@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "isolator/file_util.h"
+#include "isolator/init/proc_masks.h"
 #include "isolator/template.h"
 
 namespace nodeagent::isolator::init {
@@ -217,6 +218,7 @@ void setupSandbox(const SetupConfig& config) {
           "lowerdir=" + config.usrDir + ",upperdir=" + work + "/usr-upper,workdir=" + work +
               "/usr-work");
   doMount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
+  maskProc(root + "/proc");
   setupDev(root + "/dev");
   pivotInto(root);
 

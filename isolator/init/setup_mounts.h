@@ -1,5 +1,5 @@
 // Builds the sandbox's root filesystem and identity from inside its fresh namespaces:
-// tmpfs for the writable layers, overlays for "/" and "/usr", /proc, a minimal /dev,
+// tmpfs for the writable layers, overlays for "/" and "/usr", /proc (masked), a minimal /dev,
 // pivot_root, hostname and loopback.
 #pragma once
 

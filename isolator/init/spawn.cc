@@ -21,7 +21,13 @@
 namespace nodeagent::isolator::init {
 namespace {
 
-enum Stage : int32_t { kStageStdio = 1, kStageChdir, kStageCapabilities, kStageExec };
+enum Stage : int32_t {
+  kStageStdio = 1,
+  kStageChdir,
+  kStageCapabilities,
+  kStageSeccomp,
+  kStageExec,
+};
 
 struct ChildError {
   int32_t stage;
@@ -90,8 +96,8 @@ ExecPlan planExec(initproto::Spawn::Reader request) {
 }
 
 // In the forked child. init is single-threaded, but keep to plain system calls anyway.
-[[noreturn]] void runChild(const ExecPlan& plan, int stdinFd, int stdoutFd, int stderrFd,
-                           int errorFd) {
+[[noreturn]] void runChild(const ExecPlan& plan, const SeccompProgram& seccomp, int stdinFd,
+                           int stdoutFd, int stderrFd, int errorFd) {
   setsid();
   if (dup2(stdinFd, 0) < 0 || dup2(stdoutFd, 1) < 0 || dup2(stderrFd, 2) < 0) {
     reportAndExit(errorFd, kStageStdio, errno);
@@ -104,6 +110,9 @@ ExecPlan planExec(initproto::Spawn::Reader request) {
   sigprocmask(SIG_SETMASK, &none, nullptr);
   if (chdir(plan.cwd.c_str()) != 0) reportAndExit(errorFd, kStageChdir, errno);
   if (!dropCapabilities()) reportAndExit(errorFd, kStageCapabilities, errno);
+  // Last: from here to exec the child only calls execve, write and exit_group, which the
+  // filter allows; a failed exec is still reported.
+  if (!seccomp.install()) reportAndExit(errorFd, kStageSeccomp, errno);
   // Like execvpe: the first error other than "not here" wins, else EACCES if seen.
   int err = ENOENT;
   bool sawAccess = false;
@@ -133,6 +142,9 @@ std::string describe(const ExecPlan& plan, const ChildError& error) {
     case kStageCapabilities:
       what = "dropping capabilities";
       break;
+    case kStageSeccomp:
+      what = "installing the seccomp filter";
+      break;
     default:
       what = "exec \"" + plan.argvStorage.front() + "\"";
       break;
@@ -142,7 +154,7 @@ std::string describe(const ExecPlan& plan, const ChildError& error) {
 
 }  // namespace
 
-SpawnOutcome spawnProcess(initproto::Spawn::Reader request) {
+SpawnOutcome spawnProcess(initproto::Spawn::Reader request, const SeccompProgram& seccomp) {
   SpawnOutcome outcome;
   if (request.getArgv().size() == 0 || request.getArgv()[0].size() == 0) {
     outcome.error = "spawn: argv is empty";
@@ -166,8 +178,8 @@ SpawnOutcome spawnProcess(initproto::Spawn::Reader request) {
   pid_t pid;
   KJ_SYSCALL(pid = fork());
   if (pid == 0) {
-    runChild(plan, request.getStdinOpen() ? in.read.get() : devNull.get(), out.write, err.write,
-             status.write);
+    runChild(plan, seccomp, request.getStdinOpen() ? in.read.get() : devNull.get(), out.write,
+             err.write, status.write);
   }
   // Our copies of the child's ends must go, or EOF never comes.
   in.read = nullptr;

@@ -9,6 +9,7 @@
 
 #include <string>
 
+#include "isolator/init/seccomp_profile.h"
 #include "schema/init.capnp.h"
 
 namespace nodeagent::isolator::init {
@@ -22,7 +23,8 @@ struct SpawnOutcome {
   std::string error;  // set on failure, e.g. `exec "foo": No such file or directory`
 };
 
-// Blocks until the child has exec'd or failed to. A failed child is reaped here.
-SpawnOutcome spawnProcess(initproto::Spawn::Reader request);
+// Blocks until the child has exec'd or failed to. A failed child is reaped here. The
+// child drops capabilities and installs `seccomp` just before exec.
+SpawnOutcome spawnProcess(initproto::Spawn::Reader request, const SeccompProgram& seccomp);
 
 }  // namespace nodeagent::isolator::init

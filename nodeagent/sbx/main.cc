@@ -26,19 +26,25 @@ constexpr uint64_t kMaxMessageBytes = 8 << 20;
 constexpr size_t kUploadChunkBytes = 256 * 1024;
 constexpr int kCliErrorExit = 125;  // sbx's own failure, as opposed to the command's exit code
 
-const kj::StringPtr kValueFlags[] = {"--connect",  "--tls-cert", "--tls-key", "--tls-ca",
-                                     "--template", "--tenant",   "--memory",  "--cpus",
-                                     "--pids",     "--disk",     "--timeout", "--network",
-                                     "--env",      "--meta",     "--cwd",     "--exec-timeout"};
+const kj::StringPtr kValueFlags[] = {
+    "--connect", "--tls-cert", "--tls-key", "--tls-ca",       "--template",       "--tenant",
+    "--memory",  "--cpus",     "--pids",    "--disk",         "--timeout",        "--network",
+    "--env",     "--meta",     "--cwd",     "--exec-timeout", "--cpus-sustained", "--on-timeout"};
 
 const char kUsage[] =
     "usage: sbx [--connect unix:PATH|tcp:HOST:PORT] COMMAND ...\n"
-    "  create --template T [--tenant T] [--memory 512M] [--cpus 1] [--pids N] [--disk 1G]\n"
-    "         [--timeout SECONDS] [--network off] [--env K=V]... [--meta K=V]...\n"
-    "  exec ID [-i] [--env K=V]... [--cwd DIR] [--exec-timeout S] -- CMD...\n"
+    "  create --template T [--tenant T] [--memory 512M] [--cpus 1] [--cpus-sustained 0.25]\n"
+    "         [--pids N] [--disk 1G]\n"
+    "         [--timeout SECONDS] [--on-timeout kill|pause] [--network off]\n"
+    "         [--env K=V]... [--meta K=V]...\n"
+    "  exec ID [-i|-d] [--env K=V]... [--cwd DIR] [--exec-timeout S] -- CMD...\n"
+    "         (-d: start in the background, print its pid)\n"
     "  run --template T [create options] [-i] -- CMD...\n"
     "  ls [--tenant T] [--json]       info ID [--json]       usage ID [--json]\n"
-    "  cp LOCAL ID:PATH               cp ID:PATH LOCAL       kill ID\n";
+    "  cp LOCAL ID:PATH               cp ID:PATH LOCAL       kill ID\n"
+    "  pause ID                       resume ID\n"
+    "  ps ID [--json]                 attach ID PID          (replays its last output, follows)\n"
+    "  tenant-weight TENANT WEIGHT    (CPU weight against other tenants, 1-10000, default 100)\n";
 
 struct Session {
   loop::IoContext io;
@@ -95,6 +101,9 @@ void fillSpec(const Args& args, api::SandboxSpec::Builder spec) {
   KJ_IF_MAYBE (v, args.value("--memory")) {
     spec.setMemoryBytes(parseBytes(*v));
   }
+  KJ_IF_MAYBE (v, args.value("--cpus-sustained")) {
+    spec.setCpuSustainedMillis(parseCpuMillis(*v));
+  }
   KJ_IF_MAYBE (v, args.value("--cpus")) {
     spec.setCpuMillis(parseCpuMillis(*v));
   }
@@ -116,6 +125,15 @@ void fillSpec(const Args& args, api::SandboxSpec::Builder spec) {
       spec.setNetwork(api::NetworkMode::OPEN);
     } else {
       usageError(kj::str("--network must be off, restricted or open"));
+    }
+  }
+  KJ_IF_MAYBE (v, args.value("--on-timeout")) {
+    if (*v == "kill") {
+      spec.setOnTimeout(api::TimeoutAction::KILL);
+    } else if (*v == "pause") {
+      spec.setOnTimeout(api::TimeoutAction::PAUSE);
+    } else {
+      usageError(kj::str("--on-timeout must be kill or pause"));
     }
   }
   auto env = args.values("--env");
@@ -147,7 +165,9 @@ int exitCodeOf(api::ExitStatus::Reader status) {
 int execIn(Session& s, api::Sandbox::Client sandbox, const Args& args) {
   auto argv = args.command();
   if (argv.size() == 0) usageError(kj::str("no command given after --"));
-  bool forward = args.has("-i") || !isatty(STDIN_FILENO);
+  bool detach = args.has("-d");
+  if (detach && args.has("-i")) usageError(kj::str("-d and -i do not go together"));
+  bool forward = !detach && (args.has("-i") || !isatty(STDIN_FILENO));
   auto request = sandbox.execRequest();
   auto exec = request.initRequest();
   auto outArgv = exec.initArgv(argv.size());
@@ -158,6 +178,12 @@ int execIn(Session& s, api::Sandbox::Client sandbox, const Args& args) {
   exec.setStdin(forward);
   KJ_IF_MAYBE (v, args.value("--exec-timeout")) {
     exec.setTimeoutSeconds(parseUint(*v, "--exec-timeout"));
+  }
+  if (detach) {
+    // No sink: the agent keeps its output for `sbx attach`.
+    auto response = request.send().getProcess().pidRequest().send().wait(s.io.waitScope);
+    printf("%u\n", response.getPid());
+    return 0;
   }
   request.setOutput(kj::heap<TerminalOutput>(s.io.port));
   // Pipelined: wait() goes out before exec()'s answer comes back.
@@ -205,6 +231,7 @@ int cmdExec(Session& s, const Args& args) {
 }
 
 int cmdRun(Session& s, const Args& args) {
+  if (args.has("-d")) usageError(kj::str("run cannot -d: its sandbox ends with the command"));
   auto request = s.node.createRequest();
   fillSpec(args, request.initSpec());
   auto created = request.send();
@@ -250,6 +277,40 @@ int cmdUsage(Session& s, const Args& args) {
 int cmdKill(Session& s, const Args& args) {
   openSandbox(s, requireId(args)).killRequest().send().wait(s.io.waitScope);
   return 0;
+}
+
+int cmdPause(Session& s, const Args& args) {
+  openSandbox(s, requireId(args)).pauseRequest().send().wait(s.io.waitScope);
+  return 0;
+}
+
+int cmdResume(Session& s, const Args& args) {
+  openSandbox(s, requireId(args)).resumeRequest().send().wait(s.io.waitScope);
+  return 0;
+}
+
+int cmdPs(Session& s, const Args& args) {
+  auto response = openSandbox(s, requireId(args)).processesRequest().send().wait(s.io.waitScope);
+  kj::String out = args.has("--json") ? renderProcessesJson(response.getProcesses())
+                                      : renderProcessesTable(response.getProcesses());
+  fputs(out.cStr(), stdout);
+  return 0;
+}
+
+// Replays what the agent kept of a process's output, follows it to the end
+// and exits with its code.
+int cmdAttach(Session& s, const Args& args) {
+  kj::StringPtr id = requireId(args);
+  if (args.positional().size() != 2) usageError(kj::str("attach takes ID PID"));
+  auto request = openSandbox(s, id).processRequest();
+  request.setPid(parseUint(args.positional()[1], "PID"));
+  auto process = request.send().getProcess();
+  auto attach = process.attachRequest();
+  attach.setOutput(kj::heap<TerminalOutput>(s.io.port));
+  // Once attach returns the sink has caught up, and wait() covers the rest.
+  attach.send().wait(s.io.waitScope);
+  auto response = process.waitRequest().send().wait(s.io.waitScope);
+  return exitCodeOf(response.getStatus());
 }
 
 // "ID:PATH" -> {ID, PATH}; anything without a colon is a local path.
@@ -308,6 +369,15 @@ int cmdCp(Session& s, const Args& args) {
   usageError(kj::str("one side of cp must be ID:PATH"));
 }
 
+int cmdTenantWeight(Session& s, const Args& args) {
+  if (args.positional().size() != 2) usageError(kj::str("tenant-weight takes TENANT WEIGHT"));
+  auto request = s.node.setTenantWeightRequest();
+  request.setTenant(args.positional()[0]);
+  request.setWeight(parseUint(args.positional()[1], "WEIGHT"));
+  request.send().wait(s.io.waitScope);
+  return 0;
+}
+
 int dispatch(int argc, char** argv) {
   if (argc < 2 || kj::StringPtr(argv[1]) == "--help" || kj::StringPtr(argv[1]) == "help") {
     fputs(kUsage, argc < 2 ? stderr : stdout);
@@ -337,9 +407,12 @@ int dispatch(int argc, char** argv) {
     kj::StringPtr name;
     Handler handler;
   };
-  const Entry table[] = {{"create", cmdCreate}, {"exec", cmdExec}, {"run", cmdRun},
-                         {"ls", cmdLs},         {"info", cmdInfo}, {"usage", cmdUsage},
-                         {"kill", cmdKill},     {"cp", cmdCp}};
+  const Entry table[] = {
+      {"create", cmdCreate}, {"exec", cmdExec},     {"run", cmdRun},
+      {"ls", cmdLs},         {"info", cmdInfo},     {"usage", cmdUsage},
+      {"kill", cmdKill},     {"cp", cmdCp},         {"tenant-weight", cmdTenantWeight},
+      {"pause", cmdPause},   {"resume", cmdResume}, {"ps", cmdPs},
+      {"attach", cmdAttach}};
   for (auto& e : table) {
     if (e.name == name) {
       auto session = connect(args);

@@ -53,6 +53,25 @@ kj::String formatSeconds(uint64_t ns) {
   return kj::str(buf);
 }
 
+// "running", or how it ended: "exited(3)", "signaled(15)", "oom", ...
+kj::String processState(api::ProcessInfo::Reader p) {
+  if (p.getRunning()) return kj::str("running");
+  auto status = p.getStatus();
+  switch (status.getReason()) {
+    case api::ExitReason::EXITED:
+      return kj::str("exited(", status.getCode(), ")");
+    case api::ExitReason::SIGNALED:
+      return kj::str("signaled(", status.getSignal(), ")");
+    case api::ExitReason::OOM:
+      return kj::str("oom");
+    case api::ExitReason::TIMEOUT:
+      return kj::str("timeout");
+    case api::ExitReason::KILLED:
+      return kj::str("killed");
+  }
+  return kj::str("ended");
+}
+
 // JSON through Cap'n Proto's own codec, so field names match the schema.
 template <typename Reader>
 kj::String toJson(Reader reader) {
@@ -92,11 +111,13 @@ kj::String renderInfoText(api::SandboxInfo::Reader info) {
   return kj::str("id:        ", info.getId(), "\n", "tenant:    ", spec.getTenant(), "\n",
                  "template:  ", spec.getTemplate(), "\n", "state:     ", stateName(info.getState()),
                  "\n", "memory:    ", formatBytes(spec.getMemoryBytes()), "\n",
-                 "cpus:      ", spec.getCpuMillis() / 1000.0, "\n",
+                 "cpus:      ", spec.getCpuMillis() / 1000.0, " burst, ",
+                 spec.getCpuSustainedMillis() / 1000.0, " sustained\n",
                  "pids:      ", spec.getPidsMax(), "\n",
                  "disk:      ", formatBytes(spec.getDiskBytes()), "\n",
                  "created:   ", formatTime(info.getCreatedAtNs()), "\n",
-                 "expires:   ", formatTime(info.getExpiresAtNs()), "\n",
+                 "expires:   ", formatTime(info.getExpiresAtNs()),
+                 spec.getOnTimeout() == api::TimeoutAction::PAUSE ? " (then paused)\n" : "\n",
                  info.getEndedAtNs() > 0 ? kj::str("ended:     ", formatTime(info.getEndedAtNs()),
                                                    " (", info.getEndReason(), ")\n")
                                          : kj::str());
@@ -110,6 +131,7 @@ kj::String renderUsageText(api::Usage::Reader u) {
   return kj::str("cpu user:     ", formatSeconds(u.getCpuUserNs()), "\n",
                  "cpu system:   ", formatSeconds(u.getCpuSystemNs()), "\n",
                  "wall running: ", formatSeconds(u.getWallRunningNs()), "\n",
+                 "wall paused:  ", formatSeconds(u.getWallPausedNs()), "\n",
                  "memory now:   ", formatBytes(u.getMemoryCurrentBytes()), "\n",
                  "memory peak:  ", formatBytes(u.getMemoryPeakBytes()), "\n",
                  "processes:    ", u.getPidsCurrent(), "\n", "execs:        ", u.getExecs(), "\n",
@@ -118,6 +140,32 @@ kj::String renderUsageText(api::Usage::Reader u) {
 
 kj::String renderUsageJson(api::Usage::Reader usage) {
   return toJson(usage);
+}
+
+kj::String renderProcessesTable(capnp::List<api::ProcessInfo>::Reader processes) {
+  std::string out;
+  char line[256];
+  snprintf(line, sizeof(line), "%-7s %-14s %-20s %s\n", "PID", "STATE", "STARTED", "COMMAND");
+  out += line;
+  for (auto p : processes) {
+    std::string command;
+    for (auto arg : p.getArgv()) {
+      if (!command.empty()) command += ' ';
+      command += arg.cStr();
+    }
+    snprintf(line, sizeof(line), "%-7u %-14s %-20s ", p.getPid(), processState(p).cStr(),
+             formatTime(p.getStartedAtNs()).cStr());
+    out += line;
+    out += command;
+    out += '\n';
+  }
+  return kj::str(out.c_str());
+}
+
+kj::String renderProcessesJson(capnp::List<api::ProcessInfo>::Reader processes) {
+  capnp::JsonCodec codec;
+  codec.setPrettyPrint(true);
+  return kj::str(codec.encode(processes), "\n");
 }
 
 }  // namespace nodeagent::sbx

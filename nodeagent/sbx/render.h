@@ -13,5 +13,7 @@ kj::String renderInfoText(api::SandboxInfo::Reader info);
 kj::String renderInfoJson(api::SandboxInfo::Reader info);
 kj::String renderUsageText(api::Usage::Reader usage);
 kj::String renderUsageJson(api::Usage::Reader usage);
+kj::String renderProcessesTable(capnp::List<api::ProcessInfo>::Reader processes);
+kj::String renderProcessesJson(capnp::List<api::ProcessInfo>::Reader processes);
 
 }  // namespace nodeagent::sbx

@@ -191,7 +191,10 @@ class AgentProcess {
       size_t pos = 0;
       while ((pos = list.out.find("sbx-", pos)) != std::string::npos) {
         std::string id = list.out.substr(pos, list.out.find(' ', pos) - pos);
-        if (list.out.find("running", pos) < list.out.find('\n', pos)) sbx({"kill", id});
+        size_t eol = list.out.find('\n', pos);
+        if (list.out.find("running", pos) < eol || list.out.find("paused", pos) < eol) {
+          sbx({"kill", id});
+        }
         pos += id.size();
       }
       kill(pid_, SIGTERM);

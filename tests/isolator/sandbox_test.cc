@@ -173,9 +173,11 @@ TEST(Sandbox, HostUidIsTheMappedRange) {
   EXPECT_EQ(procStatusField(host, "Gid"), base + "\t" + base + "\t" + base + "\t" + base);
   EXPECT_EQ(procStatusField(host, "Groups"), "");
   EXPECT_EQ(procStatusField(host, "NoNewPrivs"), "1");
-  // Docker's default capability set, nothing more.
-  EXPECT_EQ(procStatusField(host, "CapEff"), "00000000a80425fb");
-  EXPECT_EQ(procStatusField(host, "CapBnd"), "00000000a80425fb");
+  // Docker's default capability set without CAP_NET_RAW, nothing more, and the filter.
+  EXPECT_EQ(procStatusField(host, "CapEff"), "00000000a80405fb");
+  EXPECT_EQ(procStatusField(host, "CapBnd"), "00000000a80405fb");
+  EXPECT_EQ(procStatusField(host, "Seccomp"), "2");
+  EXPECT_EQ(procStatusField(host, "Seccomp_filters"), "1");
   // init too runs as the range's root, not as host root.
   EXPECT_EQ(procStatusField(sandbox.launched().pid, "Uid"),
             base + "\t" + base + "\t" + base + "\t" + base);

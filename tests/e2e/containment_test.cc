@@ -1,0 +1,181 @@
+// A runaway sandbox hurts only itself: CPU quota and fair share between
+// tenants, pids.max, the disk size, memory (needs root; real agent and CLI).
+#include <sys/statvfs.h>
+
+#include <thread>
+
+#include "e2e/agent_harness.h"
+#include "support/privileged.h"
+
+namespace nodeagent::testing {
+namespace {
+
+class ContainmentTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (geteuid() != 0) return;
+    agent_ = new AgentProcess();
+    ready_ = agent_->waitReady();
+  }
+  static void TearDownTestSuite() {
+    delete agent_;
+    agent_ = nullptr;
+  }
+  void SetUp() override {
+    NODEAGENT_REQUIRE_ROOT();
+    ASSERT_TRUE(ready_) << agent_->log();
+  }
+
+  static std::string create(const std::string& tenant, std::vector<std::string> extra) {
+    std::vector<std::string> args = {"create", "--template", "python", "--tenant", tenant};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto r = agent_->sbx(args);
+    EXPECT_EQ(r.exitCode, 0) << r.err;
+    while (!r.out.empty() && r.out.back() == '\n') r.out.pop_back();
+    return r.out;
+  }
+
+  // User + system CPU seconds the sandbox has used so far.
+  static double cpuSeconds(const std::string& id) {
+    auto r = agent_->sbx({"usage", id, "--json"});
+    auto field = [&](const std::string& name) {
+      size_t at = r.out.find("\"" + name + "\": \"");
+      if (at == std::string::npos) return 0.0;
+      return std::stod(r.out.substr(at + name.size() + 5)) / 1e9;
+    };
+    return field("cpuUserNs") + field("cpuSystemNs");
+  }
+
+  // Starts a CPU hog in the background of each sandbox, for `seconds`.
+  static void hog(const std::vector<std::string>& ids, int seconds) {
+    for (auto& id : ids) {
+      auto r = agent_->sbx({"exec", id, "--", "sh", "-c",
+                            "timeout " + std::to_string(seconds) +
+                                " sh -c 'while :; do :; done' >/dev/null 2>&1 & echo started"});
+      ASSERT_EQ(r.out, "started\n") << r.err;
+    }
+  }
+
+  static AgentProcess* agent_;
+  static bool ready_;
+};
+
+AgentProcess* ContainmentTest::agent_ = nullptr;
+bool ContainmentTest::ready_ = false;
+
+TEST_F(ContainmentTest, CpuHogGetsItsQuotaAndNoMore) {
+  std::string id = create("hog", {"--cpus", "0.5"});
+  double before = cpuSeconds(id);
+  hog({id}, 2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2300));
+  double used = cpuSeconds(id) - before;
+  // 0.5 CPU for 2 s is 1 CPU-second; a free run would be 2.
+  EXPECT_LE(used, 1.2) << "the quota did not hold";
+  EXPECT_GE(used, 0.6) << "the hog did not get its quota";
+  // The agent kept answering throughout.
+  EXPECT_EQ(agent_->sbx({"exec", id, "--", "true"}).exitCode, 0);
+  agent_->sbx({"kill", id});
+}
+
+TEST_F(ContainmentTest, TenantsShareByWeightNotBySandboxCount) {
+  // Tenant "many" runs three hogs, tenant "one" runs one: equal weights give
+  // each tenant half of the machine (each hog may use up to two CPUs).
+  std::vector<std::string> many, one;
+  for (int i = 0; i < 3; ++i) many.push_back(create("many", {"--cpus", "2", "--cpus-sustained", "2"}));
+  one.push_back(create("one", {"--cpus", "2", "--cpus-sustained", "2"}));
+  auto total = [&](const std::vector<std::string>& ids) {
+    double sum = 0;
+    for (auto& id : ids) sum += cpuSeconds(id);
+    return sum;
+  };
+  double manyBefore = total(many), oneBefore = total(one);
+  hog(many, 3);
+  hog(one, 3);
+  std::this_thread::sleep_for(std::chrono::milliseconds(3200));
+  double manyUsed = total(many) - manyBefore, oneUsed = total(one) - oneBefore;
+  double share = oneUsed / (manyUsed + oneUsed);
+  EXPECT_GT(share, 0.35) << "one=" << oneUsed << " many=" << manyUsed;
+  EXPECT_LT(share, 0.65) << "one=" << oneUsed << " many=" << manyUsed;
+
+  // Weight 300 against 100: tenant "one", now with two hogs, gets 3/4.
+  ASSERT_EQ(agent_->sbx({"tenant-weight", "one", "300"}).exitCode, 0);
+  one.push_back(create("one", {"--cpus", "2", "--cpus-sustained", "2"}));
+  manyBefore = total(many);
+  oneBefore = total(one);
+  hog(many, 3);
+  hog(one, 3);
+  std::this_thread::sleep_for(std::chrono::milliseconds(3200));
+  manyUsed = total(many) - manyBefore;
+  oneUsed = total(one) - oneBefore;
+  share = oneUsed / (manyUsed + oneUsed);
+  EXPECT_GT(share, 0.62) << "one=" << oneUsed << " many=" << manyUsed;
+  EXPECT_LT(share, 0.88) << "one=" << oneUsed << " many=" << manyUsed;
+  auto bad = agent_->sbx({"tenant-weight", "one", "0"});
+  EXPECT_NE(bad.err.find("invalidArgument"), std::string::npos) << bad.err;
+  for (auto& id : many) agent_->sbx({"kill", id});
+  for (auto& id : one) agent_->sbx({"kill", id});
+}
+
+TEST_F(ContainmentTest, ForkBombStopsAtPidsMax) {
+  std::string id = create("bomb", {"--pids", "48"});
+  auto r = agent_->sbx({"exec", id, "--", "python3", "-c", R"(
+import os, signal, time
+children = []
+try:
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        children.append(pid)
+except OSError as e:
+    print(len(children), e.errno)
+for pid in children:
+    os.kill(pid, signal.SIGKILL)
+)"});
+  ASSERT_EQ(r.exitCode, 0) << r.err;
+  int forked = 0, error = 0;
+  ASSERT_EQ(sscanf(r.out.c_str(), "%d %d", &forked, &error), 2) << r.out;
+  EXPECT_EQ(error, EAGAIN);
+  EXPECT_LT(forked, 48);
+  EXPECT_GT(forked, 20);
+  // The host and the sandbox itself carry on.
+  EXPECT_EQ(agent_->sbx({"exec", id, "--", "true"}).exitCode, 0);
+  EXPECT_EQ(runCommand({"/bin/true"}).exitCode, 0);
+  agent_->sbx({"kill", id});
+}
+
+TEST_F(ContainmentTest, FillingTheDiskGivesEnospcInsideOnly) {
+  struct statvfs before;
+  ASSERT_EQ(statvfs(agent_->dir().c_str(), &before), 0);
+  std::string id = create("disk", {"--disk", "16M"});
+  auto r = agent_->sbx({"exec", id, "--", "sh", "-c",
+                        "dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>&1; echo rc=$?"});
+  EXPECT_NE(r.out.find("No space left on device"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("rc=0"), std::string::npos) << r.out;
+  // Writing is over; deleting frees the sandbox's disk again.
+  EXPECT_EQ(agent_->sbx({"exec", id, "--", "sh", "-c", "rm /tmp/fill && echo x > /tmp/ok"}).exitCode,
+            0);
+  struct statvfs after;
+  ASSERT_EQ(statvfs(agent_->dir().c_str(), &after), 0);
+  double hostLostMiB = (double(before.f_bavail) - double(after.f_bavail)) * before.f_frsize / 1048576;
+  EXPECT_LT(hostLostMiB, 8) << "the sandbox's disk is not the host's";
+  agent_->sbx({"kill", id});
+}
+
+TEST_F(ContainmentTest, MemoryBombIsKilledInsideItsSandboxOnly) {
+  std::string neighbour = create("mem", {});
+  std::string id = create("mem", {"--memory", "64M"});
+  auto r = agent_->sbx(
+      {"exec", id, "--", "python3", "-c", "x = []\nwhile True: x.append(bytearray(1 << 20))"});
+  EXPECT_EQ(r.exitCode, 128 + 9);
+  auto info = agent_->sbx({"info", id, "--json"});
+  EXPECT_NE(info.out.find("\"state\": \"running\""), std::string::npos) << info.out;
+  EXPECT_EQ(agent_->sbx({"exec", id, "--", "echo", "alive"}).out, "alive\n");
+  EXPECT_EQ(agent_->sbx({"exec", neighbour, "--", "echo", "fine"}).out, "fine\n");
+  agent_->sbx({"kill", id});
+  agent_->sbx({"kill", neighbour});
+}
+
+}  // namespace
+}  // namespace nodeagent::testing
