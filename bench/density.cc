@@ -117,15 +117,17 @@ int main(int argc, char** argv) {
   uint64_t bwrapBefore = memAvailable();
   std::vector<pid_t> bwraps;
   for (int i = 0; i < count; ++i) {
-    std::vector<std::string> a = {"bwrap", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib",
-                                  "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink",
-                                  "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev",
-                                  "--tmpfs", "/tmp", "--unshare-all", "/bin/sleep", "infinity"};
+    std::vector<std::string> a = {
+        "bwrap", "--ro-bind",     "/usr",       "/usr",    "--symlink", "usr/lib",
+        "/lib",  "--symlink",     "usr/lib64",  "/lib64",  "--symlink", "usr/bin",
+        "/bin",  "--proc",        "/proc",      "--dev",   "/dev",      "--tmpfs",
+        "/tmp",  "--unshare-all", "/bin/sleep", "infinity"};
     std::vector<char*> args;
     for (auto& s : a) args.push_back(const_cast<char*>(s.c_str()));
     args.push_back(nullptr);
     pid_t pid;
-    if (posix_spawnp(&pid, "bwrap", nullptr, nullptr, args.data(), environ) == 0) bwraps.push_back(pid);
+    if (posix_spawnp(&pid, "bwrap", nullptr, nullptr, args.data(), environ) == 0)
+      bwraps.push_back(pid);
   }
   std::this_thread::sleep_for(std::chrono::seconds(2));
   settle();
@@ -137,8 +139,8 @@ int main(int argc, char** argv) {
   // --- nodeagent: N idle sandboxes.
   pid_t agent;
   {
-    std::vector<std::string> a = {binDir + "/nodeagent", "--state-dir", dir + "/state",
-                                  "--listen", "unix:" + sock, "--log-level", "warn"};
+    std::vector<std::string> a = {binDir + "/nodeagent", "--state-dir", dir + "/state", "--listen",
+                                  "unix:" + sock,        "--log-level", "warn"};
     std::vector<char*> args;
     for (auto& s : a) args.push_back(const_cast<char*>(s.c_str()));
     args.push_back(nullptr);

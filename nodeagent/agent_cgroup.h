@@ -11,7 +11,7 @@
 namespace nodeagent {
 
 struct AgentReservation {
-  uint32_t cpuWeight = 1000;             // v2 units; sandboxes' parent keeps 100
+  uint32_t cpuWeight = 1000;            // v2 units; sandboxes' parent keeps 100
   uint64_t memoryMinBytes = 256 << 20;  // pure v2 only
 };
 

@@ -12,9 +12,9 @@
 #include <kj/debug.h>
 
 #include "isolator/launcher.h"
-#include "nodeagent/agent_cgroup.h"
 #include "isolator/names.h"
 #include "isolator/template.h"
+#include "nodeagent/agent_cgroup.h"
 #include "nodeagent/api_error.h"
 #include "nodeagent/config.h"
 #include "util/clock.h"
@@ -137,8 +137,8 @@ void Supervisor::start() {
   for (auto t : effectiveTemplates(config_)) {
     TemplateInfo info{
         kj::str(t.getName()), kj::str(t.getUsrDir()), kj::str(stateDir, "/templates/", t.getName()),
-        t.getMemoryBytes(),   t.getCpuMillis(),       t.getCpuSustainedMillis(), t.getPidsMax(),
-        t.getDiskBytes(),     t.getTimeoutSeconds()};
+        t.getMemoryBytes(),   t.getCpuMillis(),       t.getCpuSustainedMillis(),
+        t.getPidsMax(),       t.getDiskBytes(),       t.getTimeoutSeconds()};
     isolator::prepareSkeleton(info.skeletonDir.cStr(), info.usrDir.cStr());
     templates_.add(kj::mv(info));
   }
@@ -508,8 +508,8 @@ void Supervisor::setTenantWeight(kj::StringPtr tenant, uint32_t weight, kj::Stri
   std::string text;
   for (auto& [name, w] : tenantWeights_) text += name + " " + std::to_string(w) + "\n";
   writer_.submit([text = kj::mv(text)](Store::WriteTxn& txn) {
-    txn.putMeta(kTenantWeightsKey, kj::arrayPtr(reinterpret_cast<const kj::byte*>(text.data()),
-                                                text.size()));
+    txn.putMeta(kTenantWeightsKey,
+                kj::arrayPtr(reinterpret_cast<const kj::byte*>(text.data()), text.size()));
   });
   audit(actor, "set-tenant-weight", "", tenant, kj::str("weight=", weight));
 }

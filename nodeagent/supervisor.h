@@ -93,7 +93,7 @@ class Supervisor {
   kj::Maybe<kj::Own<isolator::CgroupTree>> cgroupTree_;
   std::map<std::string, kj::Own<SandboxRuntime>> live_;
   std::map<std::string, kj::Own<SandboxRuntime>> ended_;
-  std::map<uint32_t, std::string> uidSlots_;  // slot -> sandbox id
+  std::map<uint32_t, std::string> uidSlots_;       // slot -> sandbox id
   std::map<std::string, uint32_t> tenantWeights_;  // tenants with a non-default weight
   struct ErrorLogger : public kj::TaskSet::ErrorHandler {
     void taskFailed(kj::Exception&& e) override;

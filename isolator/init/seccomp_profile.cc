@@ -206,7 +206,9 @@ class Filter {
     check(seccomp_export_bpf(ctx_, fd), "seccomp_export_bpf");
     off_t size;
     KJ_SYSCALL(size = lseek(fd, 0, SEEK_END));
-    KJ_REQUIRE(size > 0 && size % sizeof(sock_filter) == 0, "bad seccomp program size", size);
+    KJ_REQUIRE(size > 0 && size % sizeof(sock_filter) == 0 &&
+                   size_t(size) / sizeof(sock_filter) <= BPF_MAXINSNS,
+               "bad seccomp program size", size);
     std::vector<sock_filter> code(size_t(size) / sizeof(sock_filter));
     ssize_t n;
     KJ_SYSCALL(n = pread(fd, code.data(), size_t(size), 0));
@@ -248,8 +250,10 @@ SeccompProgram SeccompProgram::compileDefault() {
     filter.addNumber(SCMP_ACT_ERRNO(ENOSYS), number, "unreviewed syscall");
   }
 
-  // clone without namespace flags: threads and processes, never a new user namespace.
+  // clone without namespace flags: threads and processes, never a new user namespace. (The
+  // flags lie in the low half of the argument, the only half the kernel reads.)
   filter.add(SCMP_ACT_ALLOW, "clone", SCMP_A0(SCMP_CMP_MASKED_EQ, kNamespaceFlags, 0));
+  // Exact 64-bit matches: the kernel truncates to an int, so it sees just these values.
   for (uint64_t persona : kPersonalities) {
     filter.add(SCMP_ACT_ALLOW, "personality", SCMP_A0(SCMP_CMP_EQ, persona));
   }

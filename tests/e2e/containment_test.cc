@@ -81,7 +81,8 @@ TEST_F(ContainmentTest, TenantsShareByWeightNotBySandboxCount) {
   // Tenant "many" runs three hogs, tenant "one" runs one: equal weights give
   // each tenant half of the machine (each hog may use up to two CPUs).
   std::vector<std::string> many, one;
-  for (int i = 0; i < 3; ++i) many.push_back(create("many", {"--cpus", "2", "--cpus-sustained", "2"}));
+  for (int i = 0; i < 3; ++i)
+    many.push_back(create("many", {"--cpus", "2", "--cpus-sustained", "2"}));
   one.push_back(create("one", {"--cpus", "2", "--cpus-sustained", "2"}));
   auto total = [&](const std::vector<std::string>& ids) {
     double sum = 0;
@@ -154,11 +155,12 @@ TEST_F(ContainmentTest, FillingTheDiskGivesEnospcInsideOnly) {
   EXPECT_NE(r.out.find("No space left on device"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("rc=0"), std::string::npos) << r.out;
   // Writing is over; deleting frees the sandbox's disk again.
-  EXPECT_EQ(agent_->sbx({"exec", id, "--", "sh", "-c", "rm /tmp/fill && echo x > /tmp/ok"}).exitCode,
-            0);
+  EXPECT_EQ(
+      agent_->sbx({"exec", id, "--", "sh", "-c", "rm /tmp/fill && echo x > /tmp/ok"}).exitCode, 0);
   struct statvfs after;
   ASSERT_EQ(statvfs(agent_->dir().c_str(), &after), 0);
-  double hostLostMiB = (double(before.f_bavail) - double(after.f_bavail)) * before.f_frsize / 1048576;
+  double hostLostMiB =
+      (double(before.f_bavail) - double(after.f_bavail)) * before.f_frsize / 1048576;
   EXPECT_LT(hostLostMiB, 8) << "the sandbox's disk is not the host's";
   agent_->sbx({"kill", id});
 }
