@@ -1,6 +1,9 @@
 // End-to-end latency harness: create a sandbox -> run `true` -> its exit ->
 // kill, through the real agent, side by side with bubblewrap and runc running
-// the same command, in the same run. Prints one JSON object.
+// the same command, in the same run. A second agent with a warm pool
+// ("nodeagent_warm") serves every create from its pool: before each of its
+// iterations the harness waits, untimed, until the pool is full again.
+// Prints one JSON object.
 //
 //   build/bin/bench-create-exec [--iterations N] [--agent-bin DIR]
 #include <fcntl.h>
@@ -140,29 +143,68 @@ int main(int argc, char** argv) {
                   spawnAndWait({"runc", "run", "--bundle", bundle, "bench-warm"}) == 0;
   int counter = 0;
 
-  pid_t agent;
-  {
-    std::vector<std::string> a = {binDir + "/nodeagent", "--state-dir", dir + "/state", "--listen",
-                                  "unix:" + sock,        "--log-level", "warn"};
+  auto startAgent = [&](std::vector<std::string> a) {
+    pid_t pid;
     std::vector<char*> args;
     for (auto& s : a) args.push_back(const_cast<char*>(s.c_str()));
     args.push_back(nullptr);
-    posix_spawn(&agent, args[0], nullptr, nullptr, args.data(), environ);
-  }
+    posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), environ);
+    return pid;
+  };
+  auto writeConfig = [&](const std::string& path, const std::string& json) {
+    FILE* f = fopen(path.c_str(), "w");
+    fputs(json.c_str(), f);
+    fclose(f);
+  };
+  // Each agent has its own cgroup root and uid range, as separate hosts
+  // would (and neither disturbs an agent already running on this one).
+  writeConfig(dir + "/cold.json",
+              "{\"cgroupRoot\": \"nodeagent-bench-cold\", \"uidBase\": 200000000, "
+              "\"maxSandboxes\": 100}");
+  pid_t agent = startAgent({binDir + "/nodeagent", "--config", dir + "/cold.json", "--state-dir",
+                            dir + "/state", "--listen", "unix:" + sock, "--log-level", "warn"});
+  constexpr uint32_t kWarmPool = 4;
+  std::string warmSock = dir + "/warm.sock";
+  writeConfig(dir + "/warm.json",
+              "{\"cgroupRoot\": \"nodeagent-bench-warm\", \"uidBase\": 300000000, "
+              "\"maxSandboxes\": 100, \"templates\": [{\"name\": \"python\", \"warmPool\": " +
+                  std::to_string(kWarmPool) + "}]}");
+  pid_t warmAgent =
+      startAgent({binDir + "/nodeagent", "--config", dir + "/warm.json", "--state-dir",
+                  dir + "/state-warm", "--listen", "unix:" + warmSock, "--log-level", "warn"});
   for (int i = 0; i < 400 && access(sock.c_str(), F_OK) != 0; ++i) usleep(10000);
+  for (int i = 0; i < 400 && access(warmSock.c_str(), F_OK) != 0; ++i) usleep(10000);
 
   std::vector<double> oursUs, createUs, execUs, killUs, bwrapUs, runcUs;
+  std::vector<double> warmUs, warmCreateUs, warmExecUs, warmKillUs;
+  uint64_t warmClaims = 0;
   {
     nodeagent::loop::IoContext io;
     auto conn = nodeagent::connectToNode(io.port, nodeagent::parseListenAddress("unix:" + sock),
                                          nullptr, 8 << 20)
                     .wait(io.waitScope);
-    auto node = conn->bootstrap().castAs<nodeagent::api::Node>();
+    auto coldNode = conn->bootstrap().castAs<nodeagent::api::Node>();
+    auto warmConn =
+        nodeagent::connectToNode(io.port, nodeagent::parseListenAddress("unix:" + warmSock),
+                                 nullptr, 8 << 20)
+            .wait(io.waitScope);
+    auto warmNode = warmConn->bootstrap().castAs<nodeagent::api::Node>();
     auto since = [](Clock::time_point t) {
       return std::chrono::duration<double, std::micro>(Clock::now() - t).count();
     };
+    // The warm agent's pool: (idle, claims so far).
+    auto warmPool = [&]() {
+      auto info = warmNode.infoRequest().send().wait(io.waitScope).getInfo();
+      for (auto p : info.getWarmPools()) return std::make_pair(p.getIdle(), p.getClaims());
+      return std::make_pair(0u, uint64_t(0));
+    };
+    auto waitWarmPoolFull = [&]() {
+      for (int i = 0; i < 2000 && warmPool().first < kWarmPool; ++i) usleep(1000);
+    };
     // create -> exec `true` (pipelined) -> exit -> kill, with each phase timed.
-    auto ours = [&](bool record) {
+    auto run = [&](nodeagent::api::Node::Client& node, std::vector<double>* total,
+                   std::vector<double>* createOut, std::vector<double>* execOut,
+                   std::vector<double>* killOut) {
       auto t0 = Clock::now();
       auto create = node.createRequest();
       create.initSpec().setTemplate("python");
@@ -181,16 +223,26 @@ int main(int argc, char** argv) {
       double execTime = since(t1);
       auto t2 = Clock::now();
       sandbox.killRequest().send().wait(io.waitScope);
-      if (record) {
-        killUs.push_back(since(t2));
-        createUs.push_back(createTime);
-        execUs.push_back(execTime);
-        oursUs.push_back(since(t0));
+      if (total != nullptr) {
+        killOut->push_back(since(t2));
+        createOut->push_back(createTime);
+        execOut->push_back(execTime);
+        total->push_back(since(t0));
       }
     };
+    auto ours = [&](bool record) {
+      run(coldNode, record ? &oursUs : nullptr, &createUs, &execUs, &killUs);
+    };
+    auto warm = [&](bool record) {
+      waitWarmPoolFull();  // untimed: each create is a claim
+      run(warmNode, record ? &warmUs : nullptr, &warmCreateUs, &warmExecUs, &warmKillUs);
+    };
     ours(false);  // warm-up
+    warm(false);
+    uint64_t claimsBefore = warmPool().second;
     for (int i = 0; i < iterations; ++i) {
       ours(true);
+      warm(true);
       if (haveBwrap) {
         auto t = Clock::now();
         spawnAndWait(bwrap);
@@ -202,12 +254,17 @@ int main(int argc, char** argv) {
         runcUs.push_back(since(t));
       }
     }
+    warmClaims = warmPool().second - claimsBefore;
   }
   kill(agent, SIGTERM);
+  kill(warmAgent, SIGTERM);
   waitpid(agent, nullptr, 0);
+  waitpid(warmAgent, nullptr, 0);
   spawnAndWait({"rm", "-rf", dir});
   Stats oursStats = summarize(oursUs), createStats = summarize(createUs),
         execStats = summarize(execUs), killStats = summarize(killUs);
+  Stats warmStats = summarize(warmUs), warmCreateStats = summarize(warmCreateUs),
+        warmExecStats = summarize(warmExecUs), warmKillStats = summarize(warmKillUs);
   Stats bwrapStats = haveBwrap ? summarize(bwrapUs) : Stats{};
   Stats runcStats = haveRunc ? summarize(runcUs) : Stats{};
 
@@ -216,9 +273,17 @@ int main(int argc, char** argv) {
   printf("  %s,\n", json("nodeagent_create_phase", createStats).c_str());
   printf("  %s,\n", json("nodeagent_exec_phase", execStats).c_str());
   printf("  %s,\n", json("nodeagent_kill_phase", killStats).c_str());
+  printf("  %s,\n", json("nodeagent_warm", warmStats).c_str());
+  printf("  %s,\n", json("nodeagent_warm_create_phase", warmCreateStats).c_str());
+  printf("  %s,\n", json("nodeagent_warm_exec_phase", warmExecStats).c_str());
+  printf("  %s,\n", json("nodeagent_warm_kill_phase", warmKillStats).c_str());
+  printf("  \"warm_pool_size\": %u,\n  \"warm_claims\": %llu,\n", kWarmPool,
+         static_cast<unsigned long long>(warmClaims));
   if (haveBwrap) printf("  %s,\n", json("bwrap", bwrapStats).c_str());
   if (haveRunc) printf("  %s,\n", json("runc", runcStats).c_str());
   printf("  \"ratio_p50_vs_bwrap\": %.2f,\n", haveBwrap ? oursStats.p50Us / bwrapStats.p50Us : 0.0);
+  printf("  \"ratio_warm_p50_vs_bwrap\": %.2f,\n",
+         haveBwrap ? warmStats.p50Us / bwrapStats.p50Us : 0.0);
   printf("  \"ratio_p50_vs_runc\": %.2f\n}\n", haveRunc ? oursStats.p50Us / runcStats.p50Us : 0.0);
   return 0;
 }

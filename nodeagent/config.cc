@@ -287,6 +287,7 @@ void validateConfig(config::Config::Reader config) {
   }
 
   auto templates = config.getTemplates();
+  uint64_t warmTotal = 0;
   for (uint i = 0; i < templates.size(); ++i) {
     auto t = templates[i];
     kj::StringPtr name = t.getName();
@@ -306,6 +307,11 @@ void validateConfig(config::Config::Reader config) {
         t.getDiskBytes() == 0 || t.getTimeoutSeconds() == 0) {
       errors.add(kj::str("templates[", i, "] (", name, "): limits must be > 0"));
     }
+    warmTotal += t.getWarmPool();
+  }
+  if (warmTotal > config.getMaxSandboxes()) {
+    errors.add(kj::str("the templates' warm pools (", warmTotal, ") exceed maxSandboxes (",
+                       config.getMaxSandboxes(), ")"));
   }
 
   if (errors.size() > 0) fail(kj::str("invalid config: ", kj::strArray(errors, "; ")));

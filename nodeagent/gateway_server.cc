@@ -413,6 +413,11 @@ class NodeImpl final : public api::Node::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> drain(DrainContext context) override {
+    ctx_.supervisor.setDraining(context.getParams().getDraining(), actor_);
+    return kj::READY_NOW;
+  }
+
   kj::Promise<void> setTenantWeight(SetTenantWeightContext context) override {
     auto params = context.getParams();
     ctx_.supervisor.setTenantWeight(params.getTenant(), params.getWeight(), actor_);
@@ -425,12 +430,21 @@ class NodeImpl final : public api::Node::Server {
     gethostname(host, sizeof(host) - 1);
     info.setHostname(host);
     info.setVersion(kVersion);
-    info.setSandboxes(uint32_t(ctx_.supervisor.liveCount()));
+    info.setSandboxes(uint32_t(ctx_.supervisor.tenantSandboxCount()));
     auto names = ctx_.supervisor.templateNames();
     auto templates = info.initTemplates(names.size());
     for (size_t i = 0; i < names.size(); ++i) templates.set(i, names[i]);
     info.setCgroupMode(ctx_.supervisor.cgroupMode() == isolator::CgroupMode::kV2 ? "v2" : "hybrid");
     info.setMaxMessageBytes(ctx_.maxMessageBytes);
+    info.setDraining(ctx_.supervisor.draining());
+    auto pools = ctx_.supervisor.warmPools();
+    auto warm = info.initWarmPools(pools.size());
+    for (size_t i = 0; i < pools.size(); ++i) {
+      warm[i].setTemplate(pools[i].templateName);
+      warm[i].setTarget(pools[i].target);
+      warm[i].setIdle(pools[i].idle);
+      warm[i].setClaims(pools[i].claims);
+    }
     return kj::READY_NOW;
   }
 

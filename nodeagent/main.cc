@@ -111,8 +111,10 @@ int run(int argc, char** argv) {
   });
   kj::joinPromises(serving.releaseAsArray()).exclusiveJoin(kj::mv(stop)).wait(io.waitScope);
 
-  // Nothing is killed on the way out: the sandboxes keep running. (Until
-  // re-adoption exists, the next start ends them cleanly; see Supervisor.)
+  // Tenants' sandboxes keep running on the way out. (Until re-adoption
+  // exists, the next start ends them cleanly; see Supervisor.) Idle warm-pool
+  // sandboxes can serve no one without the agent: they end now.
+  supervisor.endPools().wait(io.waitScope);
   supervisor.audit("agent", "stop", "", "", "");
   storeWriter.flush();
   for (auto text : cfg.getListen()) {

@@ -274,6 +274,39 @@ kj::Promise<bool> SandboxRuntime::resume() {
   return true;
 }
 
+void SandboxRuntime::claim(state::SandboxRecord::Reader record,
+                           kj::Own<isolator::SandboxCgroup> cgroup) {
+  requireRunning();
+  KJ_REQUIRE(!paused() && running_.empty() && execs_ == 0, "only an idle pool sandbox is claimed");
+  auto old = kj::mv(cgroup_);
+  cgroup_ = kj::mv(cgroup);
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                 // An idle sandbox runs its init only; a few rounds catch any
+                 // process forked meanwhile.
+                 for (int round = 0; round < 10; ++round) {
+                   auto pids = old->pids();
+                   if (pids.empty()) break;
+                   for (pid_t pid : pids) {
+                     KJ_IF_MAYBE (moveError,
+                                  kj::runCatchingExceptions([&]() { cgroup_->addProcess(pid); })) {
+                       if (::kill(pid, 0) == 0 || errno != ESRCH)
+                         kj::throwFatalException(kj::mv(*moveError));
+                     }
+                   }
+                 }
+                 old->remove(std::chrono::milliseconds(200));
+               })) {
+    log::error("sandbox.claim_failed", {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+    leftoverCgroup_ = kj::mv(old);  // finish() removes it with the new one
+    kill("claim-failed");
+    kj::throwFatalException(kj::mv(*e));
+  }
+  record_->setRoot(record);
+  startedMonoNs_ = monotonicNowNs();
+  rpcRequests_ = 0;
+  armTimeout();
+}
+
 void SandboxRuntime::kill(kj::StringPtr reason) {
   if (ended_ || pendingReason_.size() > 0) return;
   pendingReason_ = kj::str(reason);
@@ -358,6 +391,16 @@ void SandboxRuntime::finish() {
   } catch (kj::Exception& e) {
     log::warn("sandbox.cgroup_cleanup_failed",
               {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
+  }
+  KJ_IF_MAYBE (leftover, leftoverCgroup_) {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                   (*leftover)->killAll();
+                   (*leftover)->remove();
+                 })) {
+      log::warn("sandbox.cgroup_cleanup_failed",
+                {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+    }
+    leftoverCgroup_ = nullptr;
   }
   rmdir(workDir_.cStr());
   fs_.close();  // the root fd would keep the sandbox's tmpfs alive

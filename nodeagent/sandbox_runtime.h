@@ -71,6 +71,13 @@ class SandboxRuntime final : public kj::Refcounted {
   // paused starts again (spec.timeoutSeconds from now).
   kj::Promise<bool> resume();
 
+  // Hands a pool sandbox (idle, never exec'd into) to a tenant. The record
+  // becomes `record` (same id); every process moves into `cgroup`, which
+  // carries the tenant's limits, and the pool's cgroup is removed; usage
+  // counts from now and the timeout is armed from the new record. If the
+  // move fails the sandbox is killed ("claim-failed") and this throws.
+  void claim(state::SandboxRecord::Reader record, kj::Own<isolator::SandboxCgroup> cgroup);
+
   // Exec'd processes: the running ones and the last kEndedProcessesKept ended.
   size_t processCount() const { return running_.size() + endedProcesses_.size(); }
   void fillProcesses(capnp::List<api::ProcessInfo>::Builder out);
@@ -106,6 +113,7 @@ class SandboxRuntime final : public kj::Refcounted {
   kj::Own<capnp::MallocMessageBuilder> record_;
   kj::String id_;
   kj::Own<isolator::SandboxCgroup> cgroup_;
+  kj::Maybe<kj::Own<isolator::SandboxCgroup>> leftoverCgroup_;  // a failed claim's pool cgroup
   kj::AutoCloseFd initPidfd_;
   InitChannel channel_;
   SandboxFs fs_;

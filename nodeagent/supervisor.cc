@@ -151,6 +151,10 @@ void Supervisor::start() {
   endStaleRecords();
   writer_.flush();
   sweepOrphanCgroups();
+  for (auto t : effectiveTemplates(config_)) {
+    if (t.getWarmPool() > 0) pools_.add(WarmPool{kj::str(t.getName()), t.getWarmPool(), {}, 0});
+  }
+  scheduleRefill(kPoolRefillDelay);  // in the background, once the loop runs
 }
 
 void Supervisor::sweepOrphanCgroups() {
@@ -245,22 +249,40 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
     throwApiError(api::ErrorCode::INVALID_ARGUMENT,
                   "tenant must be 1-64 characters of [A-Za-z0-9_-]");
   }
+  if (spec.getTenant() == kPoolTenant) {
+    throwApiError(api::ErrorCode::INVALID_ARGUMENT,
+                  kj::str("tenant '", kPoolTenant, "' is reserved for warm pools"));
+  }
+  if (draining_) {
+    throwApiError(api::ErrorCode::UNAVAILABLE,
+                  "this node is draining and takes no new sandboxes; place it elsewhere");
+  }
   const TemplateInfo& tmpl = requireTemplate(spec.getTemplate());
   if (spec.getNetwork() != api::NetworkMode::OFF) {
     throwApiError(api::ErrorCode::INVALID_ARGUMENT,
                   "network modes other than 'off' are not served by this node yet");
   }
+
+  auto record = kj::heap<capnp::MallocMessageBuilder>();
+  auto rec = record->initRoot<state::SandboxRecord>();
+  rec.setSpec(spec);
+  auto filled = rec.getSpec();
+  fillSpec(filled, tmpl);
+  KJ_IF_MAYBE (claimed, claimFromPool(filled.asReader(), tmpl, actor)) {
+    return kj::mv(*claimed);
+  }
+  // A claim takes a sandbox that already counts; a cold create adds one.
   if (live_.size() >= config_.getMaxSandboxes()) {
     throwApiError(api::ErrorCode::LIMIT_EXCEEDED, kj::str("this node runs its maximum of ",
                                                           config_.getMaxSandboxes(), " sandboxes"));
   }
+  rec.setId(newSandboxId());
+  return launch(kj::mv(record), tmpl, actor, "create",
+                kj::str("template=", filled.getTemplate(), " memory=", filled.getMemoryBytes(),
+                        " cpuMillis=", filled.getCpuMillis()));
+}
 
-  auto record = kj::heap<capnp::MallocMessageBuilder>();
-  auto rec = record->initRoot<state::SandboxRecord>();
-  kj::String id = newSandboxId();
-  rec.setId(id);
-  rec.setSpec(spec);
-  auto filled = rec.getSpec();
+void Supervisor::fillSpec(api::SandboxSpec::Builder filled, const TemplateInfo& tmpl) {
   if (filled.getMemoryBytes() == 0) filled.setMemoryBytes(tmpl.memoryBytes);
   if (filled.getCpuMillis() == 0) filled.setCpuMillis(tmpl.cpuMillis);
   if (filled.getCpuSustainedMillis() == 0) {
@@ -288,31 +310,44 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
         api::ErrorCode::LIMIT_EXCEEDED,
         kj::str("cpu ", filled.getCpuMillis(), "m exceeds this node's ", hostCpuMillis, "m"));
   }
+}
 
+kj::Own<isolator::SandboxCgroup> Supervisor::newCgroup(api::SandboxSpec::Reader spec,
+                                                       kj::StringPtr id) {
+  isolator::CgroupLimits limits;
+  limits.memoryBytes = spec.getMemoryBytes();
+  limits.pidsMax = spec.getPidsMax();
+  // Burst is the hard cap (CFS quota). Sustained is the sandbox's weight
+  // within its tenant: what it keeps when its tenant's sandboxes compete.
+  // Tenants compete by their own weights one level up.
+  limits.cpuMillis = spec.getCpuMillis();
+  limits.cpuWeight = kj::max(1u, spec.getCpuSustainedMillis() / 10);
+  auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
+  auto cgroup = isolator::SandboxCgroup::create(tree, spec.getTenant(), id, limits);
+  // A tenant's cgroup is made afresh when its first sandbox comes.
+  auto weight = tenantWeights_.find(spec.getTenant().cStr());
+  if (weight != tenantWeights_.end()) tree.setTenantWeight(spec.getTenant(), weight->second);
+  return cgroup;
+}
+
+kj::Own<SandboxRuntime> Supervisor::launch(kj::Own<capnp::MallocMessageBuilder> record,
+                                           const TemplateInfo& tmpl, kj::StringPtr actor,
+                                           kj::StringPtr action, kj::StringPtr detail) {
+  auto rec = record->getRoot<state::SandboxRecord>();
+  auto filled = rec.getSpec();
+  kj::String id = kj::str(rec.getId());
   uint32_t slot = allocateUidSlot();
   uint32_t uidBase = config_.getUidBase() + slot * config_.getUidRangeSize();
   int64_t now = unixNowNs();
   rec.setState(api::SandboxState::RUNNING);
   rec.setCreatedAtNs(now);
-  rec.setExpiresAtNs(now + int64_t(filled.getTimeoutSeconds()) * 1000000000);
+  // No timeout (pool sandboxes): it lives until claimed or killed.
+  uint32_t timeout = filled.getTimeoutSeconds();
+  rec.setExpiresAtNs(timeout > 0 ? now + int64_t(timeout) * 1000000000 : 0);
   rec.setUidBase(uidBase);
 
-  isolator::CgroupLimits limits;
-  limits.memoryBytes = filled.getMemoryBytes();
-  limits.pidsMax = filled.getPidsMax();
-  // Burst is the hard cap (CFS quota). Sustained is the sandbox's weight
-  // within its tenant: what it keeps when its tenant's sandboxes compete.
-  // Tenants compete by their own weights one level up.
-  limits.cpuMillis = filled.getCpuMillis();
-  limits.cpuWeight = kj::max(1u, filled.getCpuSustainedMillis() / 10);
-  auto cgroup = isolator::SandboxCgroup::create(*KJ_ASSERT_NONNULL(cgroupTree_), filled.getTenant(),
-                                                id, limits);
+  auto cgroup = newCgroup(filled, id);
   rec.setCgroupPath(kj::str("sandboxes/", filled.getTenant(), "/", id));
-  // A tenant's cgroup is made afresh when its first sandbox comes.
-  auto weight = tenantWeights_.find(filled.getTenant().cStr());
-  if (weight != tenantWeights_.end()) {
-    KJ_ASSERT_NONNULL(cgroupTree_)->setTenantWeight(filled.getTenant(), weight->second);
-  }
 
   kj::String workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
   makeDir(workDir, 0700);
@@ -351,10 +386,7 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   }
   kj::AutoCloseFd rootDir(rootFd);
 
-  persist(rec.asReader(),
-          auditEntry(now, actor, "create", id, filled.getTenant(),
-                     kj::str("template=", filled.getTemplate(), " memory=", filled.getMemoryBytes(),
-                             " cpuMillis=", filled.getCpuMillis())));
+  persist(rec.asReader(), auditEntry(now, actor, action, id, filled.getTenant(), detail));
 
   SandboxRuntime::Parts parts;
   parts.record = kj::mv(record);
@@ -381,7 +413,9 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
 kj::Maybe<kj::Own<SandboxRuntime>> Supervisor::find(kj::StringPtr id) {
   for (auto* registry : {&live_, &ended_}) {
     auto it = registry->find(id.cStr());
-    if (it != registry->end()) return kj::addRef(*it->second);
+    if (it != registry->end() && !isPoolRecord(it->second->record())) {
+      return kj::addRef(*it->second);
+    }
   }
   return nullptr;
 }
@@ -389,6 +423,7 @@ kj::Maybe<kj::Own<SandboxRuntime>> Supervisor::find(kj::StringPtr id) {
 kj::Vector<kj::Own<capnp::MallocMessageBuilder>> Supervisor::list(kj::StringPtr tenant) {
   std::map<std::string, kj::Own<capnp::MallocMessageBuilder>> merged;
   auto wanted = [&](state::SandboxRecord::Reader rec) {
+    if (isPoolRecord(rec)) return false;  // no tenant's until claimed
     return tenant.size() == 0 || rec.getSpec().getTenant() == tenant;
   };
   for (auto& stored : store_.listSandboxes()) {
@@ -408,7 +443,7 @@ kj::Vector<kj::Own<capnp::MallocMessageBuilder>> Supervisor::list(kj::StringPtr 
 
 kj::Maybe<kj::Own<capnp::MallocMessageBuilder>> Supervisor::findRecord(kj::StringPtr id) {
   KJ_IF_MAYBE (stored, store_.getSandbox(id)) {
-    return copyOf<state::SandboxRecord>((*stored)->get());
+    if (!isPoolRecord((*stored)->get())) return copyOf<state::SandboxRecord>((*stored)->get());
   }
   return nullptr;
 }
@@ -459,6 +494,7 @@ void Supervisor::onExpired(SandboxRuntime& sandbox) {
 }
 
 kj::Promise<void> Supervisor::killAll(kj::StringPtr reason) {
+  poolsStopped_ = true;  // the pools' sandboxes go too, for good
   kj::Vector<kj::Promise<void>> waits;
   kj::Vector<kj::Own<SandboxRuntime>> refs;
   for (auto& entry : live_) refs.add(kj::addRef(*entry.second));
@@ -514,6 +550,13 @@ void Supervisor::setTenantWeight(kj::StringPtr tenant, uint32_t weight, kj::Stri
   audit(actor, "set-tenant-weight", "", tenant, kj::str("weight=", weight));
 }
 
+void Supervisor::setDraining(bool draining, kj::StringPtr actor) {
+  if (draining_ == draining) return;
+  draining_ = draining;
+  log::info(draining ? "agent.draining" : "agent.undrained", {{"actor", actor.cStr()}});
+  audit(actor, draining ? "drain" : "undrain", "", "", "");
+}
+
 void Supervisor::audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr sandboxId,
                        kj::StringPtr tenant, kj::StringPtr detail) {
   auto entry = auditEntry(unixNowNs(), actor, action, sandboxId, tenant, detail);
@@ -542,6 +585,156 @@ void Supervisor::onEnded(SandboxRuntime& sandbox) {
   tasks_.add(port_.timer().afterDelay(kEndedRetention).then([this, id = kj::mv(id)]() {
     ended_.erase(id);
   }));
+  // An idle pool sandbox died: replace it, unhurried in case it keeps dying.
+  // Any other end frees room a pool may be waiting for.
+  scheduleRefill(dropFromPool(sandbox.id()) ? kPoolRetryDelay : kPoolRefillDelay);
+}
+
+}  // namespace nodeagent
+
+// Warm pools ----------------------------------------------------------------
+
+namespace nodeagent {
+
+bool Supervisor::isPoolRecord(state::SandboxRecord::Reader record) {
+  return record.getSpec().getTenant() == kPoolTenant;
+}
+
+kj::Array<Supervisor::WarmPoolStatus> Supervisor::warmPools() const {
+  return KJ_MAP(pool, pools_) {
+    return WarmPoolStatus{pool.templateName, pool.target, uint32_t(pool.idle.size()), pool.claims};
+  };
+}
+
+size_t Supervisor::tenantSandboxCount() {
+  size_t count = 0;
+  for (auto& entry : live_) count += !isPoolRecord(entry.second->record());
+  return count;
+}
+
+Supervisor::WarmPool* Supervisor::findPool(kj::StringPtr templateName) {
+  for (auto& pool : pools_) {
+    if (pool.templateName == templateName) return &pool;
+  }
+  return nullptr;
+}
+
+bool Supervisor::dropFromPool(kj::StringPtr id) {
+  for (auto& pool : pools_) {
+    for (auto it = pool.idle.begin(); it != pool.idle.end(); ++it) {
+      if (*it == id.cStr()) {
+        pool.idle.erase(it);
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+kj::Promise<void> Supervisor::endPools() {
+  poolsStopped_ = true;
+  kj::Vector<kj::Promise<void>> waits;
+  for (auto& pool : pools_) {
+    for (auto& id : pool.idle) {
+      auto it = live_.find(id);
+      if (it == live_.end()) continue;
+      it->second->kill("agent-stopped");
+      waits.add(it->second->whenEnded().attach(kj::addRef(*it->second)));
+    }
+  }
+  return kj::joinPromises(waits.releaseAsArray());
+}
+
+void Supervisor::scheduleRefill(kj::Duration delay) {
+  if (refillScheduled_ || poolsStopped_) return;
+  bool short_ = false;
+  for (auto& pool : pools_) short_ = short_ || pool.idle.size() < pool.target;
+  if (!short_) return;
+  refillScheduled_ = true;
+  tasks_.add(port_.timer().afterDelay(delay).then([this]() { refillPools(); }));
+}
+
+void Supervisor::refillPools() {
+  refillScheduled_ = false;
+  if (poolsStopped_) return;
+  for (auto& pool : pools_) {
+    if (pool.idle.size() >= pool.target) continue;
+    // Full: the next sandbox to end schedules another refill.
+    if (live_.size() >= config_.getMaxSandboxes()) return;
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { launchPoolSandbox(pool); })) {
+      log::warn("pool.fill_failed",
+                {{"template", pool.templateName.cStr()}, {"error", e->getDescription().cStr()}});
+      scheduleRefill(kPoolRetryDelay);
+      return;
+    }
+    // One launch per turn, so requests are served in between.
+    scheduleRefill(0 * kj::MILLISECONDS);
+    return;
+  }
+}
+
+void Supervisor::launchPoolSandbox(WarmPool& pool) {
+  const TemplateInfo& tmpl = requireTemplate(pool.templateName);
+  auto record = kj::heap<capnp::MallocMessageBuilder>();
+  auto rec = record->initRoot<state::SandboxRecord>();
+  rec.setId(newSandboxId());
+  // The template's limits, the most a claim may ask for; no timeout.
+  auto spec = rec.initSpec();
+  spec.setTenant(kPoolTenant);
+  spec.setTemplate(tmpl.name);
+  spec.setMemoryBytes(tmpl.memoryBytes);
+  spec.setCpuMillis(tmpl.cpuMillis);
+  spec.setCpuSustainedMillis(kj::min(tmpl.cpuSustainedMillis, tmpl.cpuMillis));
+  spec.setPidsMax(tmpl.pidsMax);
+  spec.setDiskBytes(tmpl.diskBytes);
+  auto sandbox = launch(kj::mv(record), tmpl, "agent", "pool-create",
+                        kj::str("template=", tmpl.name, " disk=", tmpl.diskBytes));
+  pool.idle.push_back(sandbox->id().cStr());
+}
+
+kj::Maybe<kj::Own<SandboxRuntime>> Supervisor::claimFromPool(api::SandboxSpec::Reader spec,
+                                                             const TemplateInfo& tmpl,
+                                                             kj::StringPtr actor) {
+  WarmPool* pool = findPool(tmpl.name);
+  // The writable layer's size is fixed when the sandbox is built.
+  if (pool == nullptr || spec.getDiskBytes() != tmpl.diskBytes) return nullptr;
+  while (!pool->idle.empty()) {
+    std::string id = kj::mv(pool->idle.front());
+    pool->idle.pop_front();
+    auto it = live_.find(id);
+    if (it == live_.end() || !it->second->running()) continue;
+    auto sandbox = kj::addRef(*it->second);
+
+    capnp::MallocMessageBuilder message;
+    message.setRoot(sandbox->record());
+    auto rec = message.getRoot<state::SandboxRecord>();
+    rec.setSpec(spec);
+    int64_t now = unixNowNs();
+    rec.setCreatedAtNs(now);
+    rec.setExpiresAtNs(now + int64_t(spec.getTimeoutSeconds()) * 1000000000);
+    rec.setCgroupPath(kj::str("sandboxes/", spec.getTenant(), "/", id));
+    kj::Own<isolator::SandboxCgroup> cgroup;
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { cgroup = newCgroup(spec, id); })) {
+      pool->idle.push_front(kj::mv(id));  // untouched; still the pool's
+      kj::throwFatalException(kj::mv(*e));
+    }
+    // On failure the sandbox is killed; its end refills the pool.
+    sandbox->claim(rec.asReader(), kj::mv(cgroup));
+    ++pool->claims;
+    persist(sandbox->record(),
+            auditEntry(now, actor, "create", rec.getId(), spec.getTenant(),
+                       kj::str("template=", spec.getTemplate(), " memory=", spec.getMemoryBytes(),
+                               " cpuMillis=", spec.getCpuMillis(), " warm=1")));
+    log::info("sandbox.created", {{"id", id.c_str()},
+                                  {"tenant", spec.getTenant().cStr()},
+                                  {"template", spec.getTemplate().cStr()},
+                                  {"actor", actor.cStr()},
+                                  {"warm", true}});
+    // After the reply: a launch blocks the loop for milliseconds.
+    scheduleRefill(kPoolRefillDelay);
+    return kj::mv(sandbox);
+  }
+  return nullptr;
 }
 
 }  // namespace nodeagent

@@ -1,6 +1,7 @@
 // Creates, finds and ends sandboxes; keeps their records in the store.
 #pragma once
 
+#include <deque>
 #include <map>
 #include <string>
 
@@ -21,6 +22,15 @@ namespace nodeagent {
 class Supervisor {
  public:
   static constexpr kj::Duration kEndedRetention = 10 * kj::MINUTES;
+  // Warm pools' sandboxes run under this tenant until claimed; gateways may
+  // not use it, and list/open/find never show them.
+  static constexpr kj::StringPtr kPoolTenant = "_pool"_kj;
+  // A refill starts this long after a claim. A launch holds the event loop
+  // for milliseconds; the delay lets the create's reply and the tenant's
+  // first calls (uploads, the first exec) go first.
+  static constexpr kj::Duration kPoolRefillDelay = 50 * kj::MILLISECONDS;
+  // After a failed launch or a pool sandbox that died.
+  static constexpr kj::Duration kPoolRetryDelay = 1 * kj::SECONDS;
 
   // Reads come from `store`; every write goes through `writer`.
   Supervisor(loop::UringEventPort& port, config::Config::Reader config, Store& store,
@@ -29,9 +39,13 @@ class Supervisor {
   KJ_DISALLOW_COPY(Supervisor);
 
   // Prepares template skeletons and the cgroup tree, and ends sandboxes a
-  // previous agent left in the store.
+  // previous agent left in the store. Warm pools fill in the background
+  // once the event loop runs.
   void start();
 
+  // Claims an idle warm-pool sandbox of the template when the spec can be
+  // applied to it (any limits, but the template's disk size); else launches
+  // one. The claim's audit entry says "warm=1".
   kj::Own<SandboxRuntime> create(api::SandboxSpec::Reader spec, kj::StringPtr actor);
   // A live sandbox, or one that ended less than kEndedRetention ago (its
   // info and usage stay readable); null otherwise.
@@ -51,9 +65,21 @@ class Supervisor {
   void audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr sandboxId,
              kj::StringPtr tenant, kj::StringPtr detail);
 
-  size_t liveCount() const { return live_.size(); }
+  size_t liveCount() const { return live_.size(); }  // idle pool sandboxes too
+  size_t tenantSandboxCount();                       // without them
+  struct WarmPoolStatus {
+    kj::StringPtr templateName;
+    uint32_t target;
+    uint32_t idle;
+    uint64_t claims;
+  };
+  kj::Array<WarmPoolStatus> warmPools() const;
+  void setDraining(bool draining, kj::StringPtr actor);
+  bool draining() const { return draining_; }
   kj::Array<kj::String> templateNames();
   isolator::CgroupMode cgroupMode() const { return cgroupMode_; }
+  // Stops refilling and ends the idle pool sandboxes (agent exit).
+  kj::Promise<void> endPools();
   // Kills every live sandbox and waits for them (for tests and `--kill-on-exit`).
   kj::Promise<void> killAll(kj::StringPtr reason);
 
@@ -70,7 +96,29 @@ class Supervisor {
     uint32_t timeoutSeconds;
   };
 
+  struct WarmPool {
+    kj::String templateName;
+    uint32_t target;
+    std::deque<std::string> idle;  // sandbox ids, oldest first
+    uint64_t claims = 0;
+  };
+
   const TemplateInfo& requireTemplate(kj::StringPtr name);
+  // Fills zero fields from the template and validates the result.
+  void fillSpec(api::SandboxSpec::Builder spec, const TemplateInfo& tmpl);
+  kj::Own<isolator::SandboxCgroup> newCgroup(api::SandboxSpec::Reader spec, kj::StringPtr id);
+  // Starts the sandbox `record` (id and filled spec set) describes.
+  kj::Own<SandboxRuntime> launch(kj::Own<capnp::MallocMessageBuilder> record,
+                                 const TemplateInfo& tmpl, kj::StringPtr actor,
+                                 kj::StringPtr action, kj::StringPtr detail);
+  static bool isPoolRecord(state::SandboxRecord::Reader record);
+  WarmPool* findPool(kj::StringPtr templateName);
+  kj::Maybe<kj::Own<SandboxRuntime>> claimFromPool(api::SandboxSpec::Reader spec,
+                                                   const TemplateInfo& tmpl, kj::StringPtr actor);
+  bool dropFromPool(kj::StringPtr id);  // whether it was an idle pool sandbox
+  void scheduleRefill(kj::Duration delay);
+  void refillPools();
+  void launchPoolSandbox(WarmPool& pool);
   uint32_t allocateUidSlot();
   void onEnded(SandboxRuntime& sandbox);
   void onExpired(SandboxRuntime& sandbox);
@@ -88,6 +136,7 @@ class Supervisor {
   Store& store_;
   StoreWriter& writer_;
   kj::AutoCloseFd hostLock_;
+  bool draining_ = false;
   kj::Vector<TemplateInfo> templates_;
   isolator::CgroupMode cgroupMode_;
   kj::Maybe<kj::Own<isolator::CgroupTree>> cgroupTree_;
@@ -95,6 +144,9 @@ class Supervisor {
   std::map<std::string, kj::Own<SandboxRuntime>> ended_;
   std::map<uint32_t, std::string> uidSlots_;       // slot -> sandbox id
   std::map<std::string, uint32_t> tenantWeights_;  // tenants with a non-default weight
+  kj::Vector<WarmPool> pools_;
+  bool refillScheduled_ = false;
+  bool poolsStopped_ = false;  // by killAll
   struct ErrorLogger : public kj::TaskSet::ErrorHandler {
     void taskFailed(kj::Exception&& e) override;
   } errorLogger_;

@@ -43,4 +43,7 @@ struct Template {
   diskBytes @5 :UInt64 = 1073741824;
   timeoutSeconds @6 :UInt32 = 300;
   cpuSustainedMillis @7 :UInt32 = 250;  # with cpuMillis as the burst (code runtime: 1 / 0.25)
+  warmPool @8 :UInt32 = 0;
+  # Idle pre-built sandboxes kept for this template, refilled in the
+  # background. A create whose disk size is the template's claims one.
 }

@@ -91,6 +91,17 @@ struct NodeInfo {
   templates @3 :List(Text);
   cgroupMode @4 :Text;        # "v2" or "hybrid"
   maxMessageBytes @5 :UInt64;
+  draining @6 :Bool;
+  warmPools @7 :List(WarmPool);   # one per template with a warm pool
+}
+
+struct WarmPool {
+  # Pre-built sandboxes of a template, owned by no tenant until a create
+  # claims one; a claimed sandbox is never returned to the pool.
+  template @0 :Text;
+  target @1 :UInt32;          # how many idle ones the node keeps
+  idle @2 :UInt32;            # ready to be claimed now
+  claims @3 :UInt64;          # creates served from the pool since the agent started
 }
 
 interface Node {
@@ -101,6 +112,9 @@ interface Node {
   setTenantWeight @4 (tenant :Text, weight :UInt32);
   # The tenant's CPU weight (1-10000, default 100) against other tenants,
   # however many sandboxes each runs. An admin action: audited.
+  drain @5 (draining :Bool);
+  # For rolling upgrades: while draining, create is refused with
+  # `unavailable`; live sandboxes keep running and serving. Audited.
 }
 
 struct ExecRequest {

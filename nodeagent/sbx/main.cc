@@ -44,7 +44,9 @@ const char kUsage[] =
     "  cp LOCAL ID:PATH               cp ID:PATH LOCAL       kill ID\n"
     "  pause ID                       resume ID\n"
     "  ps ID [--json]                 attach ID PID          (replays its last output, follows)\n"
-    "  tenant-weight TENANT WEIGHT    (CPU weight against other tenants, 1-10000, default 100)\n";
+    "  drain [--off]                  (refuse new sandboxes, for rolling upgrades)\n"
+    "  tenant-weight TENANT WEIGHT    (CPU weight against other tenants, 1-10000, default 100)\n"
+    "  drain [--off]                  (refuse new sandboxes, for rolling upgrades)\n";
 
 struct Session {
   loop::IoContext io;
@@ -369,6 +371,13 @@ int cmdCp(Session& s, const Args& args) {
   usageError(kj::str("one side of cp must be ID:PATH"));
 }
 
+int cmdDrain(Session& s, const Args& args) {
+  auto request = s.node.drainRequest();
+  request.setDraining(!args.has("--off"));
+  request.send().wait(s.io.waitScope);
+  return 0;
+}
+
 int cmdTenantWeight(Session& s, const Args& args) {
   if (args.positional().size() != 2) usageError(kj::str("tenant-weight takes TENANT WEIGHT"));
   auto request = s.node.setTenantWeightRequest();
@@ -408,11 +417,11 @@ int dispatch(int argc, char** argv) {
     Handler handler;
   };
   const Entry table[] = {
-      {"create", cmdCreate}, {"exec", cmdExec},     {"run", cmdRun},
-      {"ls", cmdLs},         {"info", cmdInfo},     {"usage", cmdUsage},
-      {"kill", cmdKill},     {"cp", cmdCp},         {"tenant-weight", cmdTenantWeight},
-      {"pause", cmdPause},   {"resume", cmdResume}, {"ps", cmdPs},
-      {"attach", cmdAttach}};
+      {"create", cmdCreate}, {"exec", cmdExec},    {"run", cmdRun},
+      {"ls", cmdLs},         {"info", cmdInfo},    {"usage", cmdUsage},
+      {"kill", cmdKill},     {"cp", cmdCp},        {"tenant-weight", cmdTenantWeight},
+      {"drain", cmdDrain},   {"pause", cmdPause},  {"resume", cmdResume},
+      {"ps", cmdPs},         {"attach", cmdAttach}};
   for (auto& e : table) {
     if (e.name == name) {
       auto session = connect(args);

@@ -308,6 +308,20 @@ TEST_F(CliTest, PathsNeverEscapeTheSandbox) {
   agent().sbx({"kill", id});
 }
 
+TEST_F(CliTest, DrainingRefusesCreatesAndKeepsServing) {
+  std::string id = agent().create();
+  ASSERT_EQ(agent().sbx({"drain"}).exitCode, 0);
+  auto refused = agent().sbx({"create", "--template", "python", "--tenant", "e2e"});
+  EXPECT_NE(refused.exitCode, 0);
+  EXPECT_NE(refused.err.find("unavailable"), std::string::npos) << refused.err;
+  EXPECT_EQ(agent().sbx({"exec", id, "--", "echo", "still"}).out, "still\n");
+  ASSERT_EQ(agent().sbx({"drain", "--off"}).exitCode, 0);
+  std::string again = agent().create();
+  EXPECT_FALSE(again.empty());
+  agent().sbx({"kill", id});
+  agent().sbx({"kill", again});
+}
+
 TEST_F(CliTest, AuditLogRecordsAdminActions) {
   std::string id = agent().create();
   ASSERT_EQ(agent().sbx({"kill", id}).exitCode, 0);

@@ -212,6 +212,20 @@ TEST(ConfigTest, ValidateListsEveryProblem) {
   EXPECT_CONTAINS(errorOf([&] { validateConfig(config.get()); }), "32-bit");
 }
 
+TEST(ConfigTest, WarmPoolsFitMaxSandboxes) {
+  auto config = loadConfig(nullptr);
+  auto c = config.root;
+  c.setMaxSandboxes(10);
+  auto templates = c.initTemplates(2);
+  templates[0].setName("a");
+  templates[0].setWarmPool(6);
+  templates[1].setName("b");
+  templates[1].setWarmPool(4);
+  validateConfig(config.get());
+  templates[1].setWarmPool(5);
+  EXPECT_CONTAINS(errorOf([&] { validateConfig(config.get()); }), "warm pools (11)");
+}
+
 TEST(ConfigTest, EffectiveTemplates) {
   auto config = loadConfig(nullptr);
   auto builtins = effectiveTemplates(config.get());
