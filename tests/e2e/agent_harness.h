@@ -19,6 +19,8 @@
 
 #include <gtest/gtest.h>
 
+#include "support/privileged.h"
+
 extern char** environ;
 
 namespace nodeagent::testing {
@@ -278,6 +280,36 @@ class AgentProcess {
   std::string socket_;
   std::string logPath_;
   pid_t pid_ = -1;
+};
+
+// A test suite whose tests share one agent. The derived fixture may define
+// `static std::string extraConfig()` (a JSON fragment, see AgentProcess).
+template <typename Derived>
+class SharedAgentTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    // Tests of bad clients write to connections the agent closed on purpose.
+    signal(SIGPIPE, SIG_IGN);
+    if (geteuid() != 0) return;
+    agent_ = new AgentProcess({}, true, Derived::extraConfig());
+    ready_ = agent_->waitReady();
+  }
+  static void TearDownTestSuite() {
+    delete agent_;
+    agent_ = nullptr;
+  }
+  void SetUp() override {
+    NODEAGENT_REQUIRE_ROOT();
+    ASSERT_TRUE(ready_) << agent_->log();
+  }
+  // True when SetUp() skipped or failed, so a derived SetUp() stops.
+  bool setUpStopped() { return IsSkipped() || HasFatalFailure(); }
+
+  static std::string extraConfig() { return ""; }
+  static AgentProcess& agent() { return *agent_; }
+
+  static inline AgentProcess* agent_ = nullptr;
+  static inline bool ready_ = false;
 };
 
 }  // namespace nodeagent::testing

@@ -38,25 +38,8 @@ class Collector final : public api::OutputSink::Server {
   std::string* err_;
 };
 
-class ApiTest : public ::testing::Test {
+class ApiTest : public SharedAgentTest<ApiTest> {
  protected:
-  static void SetUpTestSuite() {
-    // Writing to a connection the agent closed (on purpose, in the tests of
-    // bad clients) must be an error, not the end of the test binary.
-    signal(SIGPIPE, SIG_IGN);
-    if (geteuid() != 0) return;
-    agent_ = new AgentProcess();
-    ready_ = agent_->waitReady();
-  }
-  static void TearDownTestSuite() {
-    delete agent_;
-    agent_ = nullptr;
-  }
-  void SetUp() override {
-    NODEAGENT_REQUIRE_ROOT();
-    ASSERT_TRUE(ready_) << agent_->log();
-  }
-
   kj::Own<RpcConnection> connect(loop::IoContext& io, uint64_t maxMessage = 8 << 20) {
     return connectToNode(io.port, parseListenAddress(agent_->target()), nullptr, maxMessage)
         .wait(io.waitScope);
@@ -68,13 +51,7 @@ class ApiTest : public ::testing::Test {
     req.getSpec().setTenant("api");
     return req.send().wait(ws).getSandbox();
   }
-
-  static AgentProcess* agent_;
-  static bool ready_;
 };
-
-AgentProcess* ApiTest::agent_ = nullptr;
-bool ApiTest::ready_ = false;
 
 TEST_F(ApiTest, CreateAndExecPipelinedInOneRoundTrip) {
   loop::IoContext io;

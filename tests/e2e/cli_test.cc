@@ -15,29 +15,7 @@
 namespace nodeagent::testing {
 namespace {
 
-class CliTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    if (geteuid() != 0) return;
-    agent_ = new AgentProcess();
-    ready_ = agent_->waitReady();
-  }
-  static void TearDownTestSuite() {
-    delete agent_;
-    agent_ = nullptr;
-  }
-  void SetUp() override {
-    NODEAGENT_REQUIRE_ROOT();
-    ASSERT_TRUE(ready_) << "agent did not start:\n" << agent_->log();
-  }
-  AgentProcess& agent() { return *agent_; }
-
-  static AgentProcess* agent_;
-  static bool ready_;
-};
-
-AgentProcess* CliTest::agent_ = nullptr;
-bool CliTest::ready_ = false;
+class CliTest : public SharedAgentTest<CliTest> {};
 
 std::string readFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -10,22 +10,8 @@
 namespace nodeagent::testing {
 namespace {
 
-class ContainmentTest : public ::testing::Test {
+class ContainmentTest : public SharedAgentTest<ContainmentTest> {
  protected:
-  static void SetUpTestSuite() {
-    if (geteuid() != 0) return;
-    agent_ = new AgentProcess();
-    ready_ = agent_->waitReady();
-  }
-  static void TearDownTestSuite() {
-    delete agent_;
-    agent_ = nullptr;
-  }
-  void SetUp() override {
-    NODEAGENT_REQUIRE_ROOT();
-    ASSERT_TRUE(ready_) << agent_->log();
-  }
-
   static std::string create(const std::string& tenant, std::vector<std::string> extra) {
     std::vector<std::string> args = {"create", "--template", "python", "--tenant", tenant};
     args.insert(args.end(), extra.begin(), extra.end());
@@ -55,13 +41,7 @@ class ContainmentTest : public ::testing::Test {
       ASSERT_EQ(r.out, "started\n") << r.err;
     }
   }
-
-  static AgentProcess* agent_;
-  static bool ready_;
 };
-
-AgentProcess* ContainmentTest::agent_ = nullptr;
-bool ContainmentTest::ready_ = false;
 
 TEST_F(ContainmentTest, CpuHogGetsItsQuotaAndNoMore) {
   std::string id = create("hog", {"--cpus", "0.5"});

@@ -64,28 +64,16 @@ bool exists(const std::string& path) {
   return stat(path.c_str(), &st) == 0;
 }
 
-class LifecycleTest : public ::testing::Test {
+class LifecycleTest : public SharedAgentTest<LifecycleTest> {
  protected:
   ~LifecycleTest() noexcept override {}
-  static void SetUpTestSuite() {
-    signal(SIGPIPE, SIG_IGN);
-    if (geteuid() != 0) return;
-    agent_ = new AgentProcess();
-    ready_ = agent_->waitReady();
-  }
-  static void TearDownTestSuite() {
-    delete agent_;
-    agent_ = nullptr;
-  }
   void SetUp() override {
-    NODEAGENT_REQUIRE_ROOT();
-    ASSERT_TRUE(ready_) << agent_->log();
+    SharedAgentTest::SetUp();
+    if (setUpStopped()) return;
     conn_ = connectToNode(io_.port, parseListenAddress(agent_->target()), nullptr, 8 << 20)
                 .wait(io_.waitScope);
     node_ = conn_->bootstrap().castAs<api::Node>();
   }
-
-  AgentProcess& agent() { return *agent_; }
 
   api::Sandbox::Client open(const std::string& id) {
     auto request = node_.openRequest();
@@ -126,15 +114,10 @@ class LifecycleTest : public ::testing::Test {
     return request.send().getProcess();
   }
 
-  static AgentProcess* agent_;
-  static bool ready_;
   loop::IoContext io_;
   kj::Own<RpcConnection> conn_;
   api::Node::Client node_ = nullptr;
 };
-
-AgentProcess* LifecycleTest::agent_ = nullptr;
-bool LifecycleTest::ready_ = false;
 
 TEST_F(LifecycleTest, PauseStopsTheCpuAndTheOutputAndResumeRestartsThem) {
   std::string id = agent().create({"--cpus", "1"});

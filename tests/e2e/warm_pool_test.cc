@@ -55,30 +55,22 @@ std::vector<std::string> linesOf(const std::string& text) {
   return out;
 }
 
-class WarmPoolTest : public ::testing::Test {
+class WarmPoolTest : public SharedAgentTest<WarmPoolTest> {
+ public:
+  static std::string extraConfig() {
+    return ",\"templates\": [{\"name\": \"python\", \"warmPool\": " + std::to_string(kPoolSize) +
+           "}]";
+  }
+
  protected:
   ~WarmPoolTest() noexcept override {}
-  static void SetUpTestSuite() {
-    signal(SIGPIPE, SIG_IGN);
-    if (geteuid() != 0) return;
-    agent_ = new AgentProcess({}, true,
-                              ",\"templates\": [{\"name\": \"python\", \"warmPool\": " +
-                                  std::to_string(kPoolSize) + "}]");
-    ready_ = agent_->waitReady();
-  }
-  static void TearDownTestSuite() {
-    delete agent_;
-    agent_ = nullptr;
-  }
   void SetUp() override {
-    NODEAGENT_REQUIRE_ROOT();
-    ASSERT_TRUE(ready_) << agent_->log();
+    SharedAgentTest::SetUp();
+    if (setUpStopped()) return;
     conn_ = connectToNode(io_.port, parseListenAddress(agent_->target()), nullptr, 8 << 20)
                 .wait(io_.waitScope);
     node_ = conn_->bootstrap().castAs<api::Node>();
   }
-
-  AgentProcess& agent() { return *agent_; }
 
   struct Pool {
     uint32_t target = 0, idle = 0;
@@ -166,13 +158,7 @@ class WarmPoolTest : public ::testing::Test {
   loop::IoContext io_;
   kj::Own<RpcConnection> conn_;
   api::Node::Client node_ = nullptr;
-
-  static AgentProcess* agent_;
-  static bool ready_;
 };
-
-AgentProcess* WarmPoolTest::agent_ = nullptr;
-bool WarmPoolTest::ready_ = false;
 
 TEST_F(WarmPoolTest, FillsOnStartAndBelongsToNoTenant) {
   ASSERT_TRUE(waitFull()) << agent().log();
