@@ -8,6 +8,7 @@
 #include <kj/debug.h>
 
 #include "e2e/agent_harness.h"
+#include "e2e/output_collector.h"
 #include "loop/io_context.h"
 #include "nodeagent/api_error.h"
 #include "nodeagent/config.h"
@@ -16,27 +17,6 @@
 
 namespace nodeagent::testing {
 namespace {
-
-// Collects a process's output.
-class Collector final : public api::OutputSink::Server {
- public:
-  explicit Collector(std::string* out, std::string* err) : out_(out), err_(err) {}
-  kj::Promise<void> stdout(StdoutContext c) override {
-    auto d = c.getParams().getData();
-    out_->append(reinterpret_cast<const char*>(d.begin()), d.size());
-    return kj::READY_NOW;
-  }
-  kj::Promise<void> stderr(StderrContext c) override {
-    auto d = c.getParams().getData();
-    err_->append(reinterpret_cast<const char*>(d.begin()), d.size());
-    return kj::READY_NOW;
-  }
-  kj::Promise<void> done(DoneContext) override { return kj::READY_NOW; }
-
- private:
-  std::string* out_;
-  std::string* err_;
-};
 
 class ApiTest : public SharedAgentTest<ApiTest> {
  protected:

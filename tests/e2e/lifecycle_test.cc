@@ -8,6 +8,7 @@
 #include <kj/debug.h>
 
 #include "e2e/agent_harness.h"
+#include "e2e/output_collector.h"
 #include "loop/io_context.h"
 #include "nodeagent/api_error.h"
 #include "nodeagent/config.h"
@@ -19,32 +20,6 @@ namespace nodeagent::testing {
 namespace {
 
 constexpr int64_t kMs = 1000000;
-
-// Collects a process's output; counts done().
-class Collector final : public api::OutputSink::Server {
- public:
-  Collector(std::string* out, std::string* err, int* dones = nullptr)
-      : out_(out), err_(err), dones_(dones) {}
-  kj::Promise<void> stdout(StdoutContext c) override {
-    auto d = c.getParams().getData();
-    out_->append(reinterpret_cast<const char*>(d.begin()), d.size());
-    return kj::READY_NOW;
-  }
-  kj::Promise<void> stderr(StderrContext c) override {
-    auto d = c.getParams().getData();
-    err_->append(reinterpret_cast<const char*>(d.begin()), d.size());
-    return kj::READY_NOW;
-  }
-  kj::Promise<void> done(DoneContext) override {
-    if (dones_ != nullptr) ++*dones_;
-    return kj::READY_NOW;
-  }
-
- private:
-  std::string* out_;
-  std::string* err_;
-  int* dones_;
-};
 
 template <typename T>
 kj::Maybe<kj::Exception> failureOf(kj::Promise<T>&& promise, kj::WaitScope& ws) {

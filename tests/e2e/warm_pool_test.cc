@@ -11,6 +11,7 @@
 #include <kj/debug.h>
 
 #include "e2e/agent_harness.h"
+#include "e2e/output_collector.h"
 #include "loop/io_context.h"
 #include "nodeagent/api_error.h"
 #include "nodeagent/config.h"
@@ -22,21 +23,6 @@ namespace nodeagent::testing {
 namespace {
 
 constexpr uint32_t kPoolSize = 2;
-
-class Collector final : public api::OutputSink::Server {
- public:
-  explicit Collector(std::string* out) : out_(out) {}
-  kj::Promise<void> stdout(StdoutContext c) override {
-    auto d = c.getParams().getData();
-    out_->append(reinterpret_cast<const char*>(d.begin()), d.size());
-    return kj::READY_NOW;
-  }
-  kj::Promise<void> stderr(StderrContext) override { return kj::READY_NOW; }
-  kj::Promise<void> done(DoneContext) override { return kj::READY_NOW; }
-
- private:
-  std::string* out_;
-};
 
 std::string readFile(const std::string& path) {
   std::ifstream in(path);
@@ -124,7 +110,8 @@ class WarmPoolTest : public SharedAgentTest<WarmPoolTest> {
     auto exec = sandbox.execRequest();
     auto list = exec.initRequest().initArgv(argv.size());
     for (size_t i = 0; i < argv.size(); ++i) list.set(i, argv[i]);
-    exec.setOutput(kj::heap<Collector>(&out));
+    std::string err;  // stderr is not checked here
+    exec.setOutput(kj::heap<Collector>(&out, &err));
     auto waited = exec.send().getProcess().waitRequest().send().wait(io_.waitScope);
     *code = waited.getStatus().getReason() == api::ExitReason::EXITED ? waited.getStatus().getCode()
                                                                       : -1;
