@@ -11,7 +11,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -73,6 +75,7 @@ struct ChildFailure {
 struct ChildContext {
   int sync;
   int control;
+  int listener;  // -1: none
   int init;
   int devNull;
   int stderrFd;
@@ -102,11 +105,11 @@ struct ChildContext {
   if (unshare(CLONE_NEWCGROUP) != 0) failChild(c, kStepCgroupNamespace);
   // All sources are >= 10 (see launch()), so these cannot clobber each other.
   if (dup2(c.devNull, 0) < 0 || dup2(c.devNull, 1) < 0 || dup2(c.stderrFd, 2) < 0 ||
-      dup2(c.control, 3) < 0) {
+      dup2(c.control, 3) < 0 || (c.listener >= 0 && dup2(c.listener, 4) < 0)) {
     failChild(c, kStepStdio);
   }
   // Whatever the agent leaked without O_CLOEXEC stays out of the sandbox.
-  syscall(SYS_close_range, 4u, ~0u, CLOSE_RANGE_CLOEXEC);
+  syscall(SYS_close_range, c.listener >= 0 ? 5u : 4u, ~0u, CLOSE_RANGE_CLOEXEC);
   syscall(SYS_execveat, c.init, "", c.argv, c.envp, AT_EMPTY_PATH);
   failChild(c, kStepExec);
 }
@@ -198,7 +201,41 @@ void validate(const LaunchSpec& spec) {
                     kj::str("launching sandbox ", spec.sandboxId.c_str(), ": ", message.c_str())));
 }
 
+sockaddr_un controlAddress(const std::string& path) {
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  KJ_REQUIRE(path.size() < sizeof(address.sun_path), "control socket path too long", path);
+  memcpy(address.sun_path, path.data(), path.size());
+  return address;
+}
+
+// The socket init accepts a restarted agent on: SOCK_SEQPACKET, mode 0600.
+kj::AutoCloseFd listenForAgent(const std::string& path) {
+  sockaddr_un address = controlAddress(path);
+  int fd;
+  KJ_SYSCALL(fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  kj::AutoCloseFd listener(fd);
+  if (unlink(path.c_str()) != 0 && errno != ENOENT) KJ_FAIL_SYSCALL("unlink", errno, path);
+  // Not umask: that is per process and other threads create files. Connecting needs
+  // write permission, which the agent's umask already withholds from others.
+  KJ_SYSCALL(bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)), path);
+  KJ_SYSCALL(chmod(path.c_str(), 0600), path);
+  KJ_SYSCALL(listen(listener, 4));
+  return listener;
+}
+
 }  // namespace
+
+kj::AutoCloseFd reconnectInit(const std::string& controlSocketPath) {
+  sockaddr_un address = controlAddress(controlSocketPath);
+  int fd;
+  KJ_SYSCALL(fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  kj::AutoCloseFd socket(fd);
+  KJ_SYSCALL(connect(socket, reinterpret_cast<sockaddr*>(&address), sizeof(address)),
+             controlSocketPath);
+  configureInitSocket(socket);
+  return socket;
+}
 
 LaunchedSandbox launch(const LaunchSpec& spec) {
   validate(spec);
@@ -218,6 +255,11 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   kj::AutoCloseFd init(fd);
   KJ_SYSCALL(fd = open("/dev/null", O_RDWR | O_CLOEXEC));
   kj::AutoCloseFd devNull(fd);
+  kj::AutoCloseFd listener;
+  if (!spec.controlSocketPath.empty()) listener = highFd(listenForAgent(spec.controlSocketPath));
+  KJ_ON_SCOPE_FAILURE({
+    if (listener.get() >= 0) unlink(spec.controlSocketPath.c_str());
+  });
 
   childControl = highFd(kj::mv(childControl));
   childSync = highFd(kj::mv(childSync));
@@ -232,13 +274,10 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   static char argv0[] = "nodeagent-init";
   char* argv[] = {argv0, nullptr};
   char* envp[] = {nullptr};
-  ChildContext context{childSync,
-                       childControl,
-                       init,
-                       devNull,
-                       stderrCopy.get() >= 0 ? stderrCopy.get() : devNull.get(),
-                       argv,
-                       envp};
+  ChildContext context{childSync,      childControl,
+                       listener.get(), init,
+                       devNull,        stderrCopy.get() >= 0 ? stderrCopy.get() : devNull.get(),
+                       argv,           envp};
 
   ChildStack stack;  // freed after the child has exec'd or been reaped (see below)
   // Block every signal across clone so no handler of the caller runs in the child; init

@@ -39,6 +39,10 @@ struct LaunchSpec {
   uint64_t diskBytes = 0;
   SandboxCgroup* cgroup = nullptr;  // may be null (no cgroup placement), e.g. in tests
   int initStderrFd = -1;            // init's stderr (its diagnostics); -1 = /dev/null
+  // Where init listens for a restarted agent (reconnectInit()); empty = nowhere. Any
+  // old socket there is replaced; the caller unlinks it once the sandbox ended. Its
+  // directory must keep sandboxes out (the socket is mode 0600, owned by the caller).
+  std::string controlSocketPath;
   std::chrono::milliseconds setupTimeout{10000};
 };
 
@@ -51,6 +55,10 @@ struct LaunchedSandbox {
 // Throws kj::Exception on failure, with init's setupFailed message when there is one;
 // nothing is left running then.
 LaunchedSandbox launch(const LaunchSpec& spec);
+
+// Connects to the control socket of a sandbox a previous agent launched (its
+// controlSocketPath). Send `resync` first (schema/init.capnp).
+kj::AutoCloseFd reconnectInit(const std::string& controlSocketPath);
 
 // Reaps init if it has exited (waitid P_PIDFD, WNOHANG): its wait status (as from
 // waitpid), or null while it still runs.

@@ -30,11 +30,12 @@ ExecProcess::ExecProcess(loop::UringEventPort& port, SpawnedProcess spawned,
     : port_(port),
       pid_(spawned.pid),
       argv_(kj::mv(options.argv)),
-      startedAtNs_(unixNowNs()),
+      startedAtNs_(options.startedAtNs != 0 ? options.startedAtNs : unixNowNs()),
       pidfd_(kj::mv(spawned.pidfd)),
       output_(port.timer(), loop::wrapInputFd(port, kj::mv(spawned.stdoutFd)),
               loop::wrapInputFd(port, kj::mv(spawned.stderrFd))),
       oomKilledSince_(kj::mv(options.oomKilledSince)),
+      stdinClosed_(kj::mv(options.stdinClosed)),
       done_(nullptr) {
   KJ_IF_MAYBE (fd, spawned.stdinFd) {
     stdin_ = loop::wrapOutputFd(port, kj::mv(*fd));
@@ -110,7 +111,11 @@ kj::Promise<void> ExecProcess::writeStdin(kj::ArrayPtr<const kj::byte> data) {
 }
 
 void ExecProcess::closeStdin() {
+  if (stdin_ == nullptr) return;
   stdin_ = nullptr;
+  KJ_IF_MAYBE (hook, stdinClosed_) {
+    (*hook)();
+  }
 }
 
 }  // namespace nodeagent

@@ -27,6 +27,8 @@ class ExecProcess final : public kj::Refcounted {
     kj::Array<kj::String> argv;           // for listings
     kj::Maybe<kj::Duration> timeout;      // SIGKILL after this long
     kj::Function<bool()> oomKilledSince;  // whether the cgroup OOM-killed anything since spawn
+    kj::Maybe<kj::Function<void()>> stdinClosed;  // after closeStdin(): tell init to drop its copy
+    int64_t startedAtNs = 0;                      // 0: now (an adopted process brings its own)
   };
 
   // Starts pumping stdout/stderr at once, into `output` if given. `exitStatus`
@@ -67,6 +69,7 @@ class ExecProcess final : public kj::Refcounted {
   kj::Maybe<kj::Own<kj::AsyncOutputStream>> stdin_;
   ProcessOutput output_;
   kj::Function<bool()> oomKilledSince_;
+  kj::Maybe<kj::Function<void()>> stdinClosed_;
   bool timedOut_ = false;
   kj::Maybe<ExitInfo> exitInfo_;
   int64_t endedAtNs_ = 0;

@@ -331,15 +331,18 @@ class SandboxImpl final : public api::Sandbox::Server {
 
   kj::Promise<void> processes(ProcessesContext context) override {
     sandbox_->countRequest();
-    sandbox_->fillProcesses(context.getResults().initProcesses(sandbox_->processCount()));
-    return kj::READY_NOW;
+    return sandbox_->whenSynced().then([this, context]() mutable {
+      sandbox_->fillProcesses(context.getResults().initProcesses(sandbox_->processCount()));
+    });
   }
 
   kj::Promise<void> process(ProcessContext context) override {
     sandbox_->countRequest();
-    auto process = sandbox_->findProcess(context.getParams().getPid());
-    context.getResults().setProcess(kj::heap<ProcessImpl>(kj::addRef(*sandbox_), kj::mv(process)));
-    return kj::READY_NOW;
+    return sandbox_->whenSynced().then([this, context]() mutable {
+      auto process = sandbox_->findProcess(context.getParams().getPid());
+      context.getResults().setProcess(
+          kj::heap<ProcessImpl>(kj::addRef(*sandbox_), kj::mv(process)));
+    });
   }
 
  private:

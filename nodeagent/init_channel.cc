@@ -8,12 +8,19 @@
 #include "loop/fd_passing.h"
 #include "nodeagent/api_error.h"
 #include "schema/init.capnp.h"
+#include "util/log.h"
 
 namespace nodeagent {
+
+void InitChannel::ErrorLogger::taskFailed(kj::Exception&& e) {
+  // The read loop sees the same failure and breaks the channel.
+  log::warn("init_channel.send_failed", {{"error", e.getDescription().cStr()}});
+}
 
 InitChannel::InitChannel(loop::UringEventPort& port, kj::AutoCloseFd control)
     : port_(port),
       control_(kj::mv(control)),
+      oneWaySends_(errorLogger_),
       readTask_(
           readLoop().catch_([this](kj::Exception&& e) { failAll(e); }).eagerlyEvaluate(nullptr)) {}
 
@@ -35,6 +42,7 @@ kj::Promise<SpawnedProcess> InitChannel::spawn(const SpawnRequest& request) {
   for (size_t i = 0; i < request.env.size(); ++i) env.set(i, request.env[i]);
   spawn.setCwd(request.cwd);
   spawn.setStdinOpen(request.stdinOpen);
+  spawn.setTimeoutAtMonoNs(request.timeoutAtMonoNs);
 
   size_t size = capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word);
   if (size > isolator::kMaxInitMessageBytes) {
@@ -70,6 +78,46 @@ kj::Promise<int> InitChannel::exitStatus(int pid) {
   auto paf = kj::newPromiseAndFulfiller<int>();
   slot.waiter = kj::mv(paf.fulfiller);
   return kj::mv(paf.promise);
+}
+
+kj::Promise<kj::Array<AdoptedProcess>> InitChannel::resync() {
+  KJ_IF_MAYBE (e, broken_) {
+    return kj::cp(*e);
+  }
+  KJ_REQUIRE(resync_ == nullptr, "one resync at a time");
+  capnp::MallocMessageBuilder message(64);
+  auto req = message.initRoot<initproto::Request>();
+  uint64_t tag = nextTag_++;
+  req.setTag(tag);
+  req.setResync();
+  auto paf = kj::newPromiseAndFulfiller<kj::Array<AdoptedProcess>>();
+  resync_ = PendingResync{tag, {}, kj::mv(paf.fulfiller)};
+  sendOneWay(message);
+  return kj::mv(paf.promise);
+}
+
+void InitChannel::closeStdin(int pid) {
+  if (broken_ != nullptr) return;
+  capnp::MallocMessageBuilder message(64);
+  auto req = message.initRoot<initproto::Request>();
+  req.setTag(nextTag_++);
+  req.setCloseStdin(pid);
+  sendOneWay(message);
+}
+
+void InitChannel::release(int pid) {
+  if (broken_ != nullptr) return;
+  capnp::MallocMessageBuilder message(64);
+  auto req = message.initRoot<initproto::Request>();
+  req.setTag(nextTag_++);
+  req.setRelease(pid);
+  sendOneWay(message);
+}
+
+void InitChannel::sendOneWay(capnp::MessageBuilder& message) {
+  auto bytes = isolator::encodeInitMessage(message);
+  auto sent = loop::sendWithFds(port_, control_, bytes.asPtr(), nullptr);
+  oneWaySends_.add(sent.attach(kj::mv(bytes)));
 }
 
 kj::Promise<void> InitChannel::readLoop() {
@@ -123,6 +171,46 @@ kj::Promise<void> InitChannel::readLoop() {
             }
             break;
           }
+          case initproto::Event::ADOPTED: {
+            auto adopted = event.getAdopted();
+            auto fds = kj::mv(received.fds);
+            size_t expected = adopted.getStdinOpen() ? 4 : 3;
+            KJ_REQUIRE(fds.size() == expected, "adopted without its fds", fds.size());
+            KJ_IF_MAYBE (pending, resync_) {
+              AdoptedProcess a;
+              a.process.pid = adopted.getPid();
+              size_t i = 0;
+              if (adopted.getStdinOpen()) a.process.stdinFd = kj::mv(fds[i++]);
+              a.process.stdoutFd = kj::mv(fds[i++]);
+              a.process.stderrFd = kj::mv(fds[i++]);
+              a.process.pidfd = kj::mv(fds[i++]);
+              a.argv = KJ_MAP(arg, adopted.getArgv()) {
+                return kj::str(arg);
+              };
+              a.startedAtNs = adopted.getStartedAtNs();
+              a.timeoutAtMonoNs = adopted.getTimeoutAtMonoNs();
+              ExitSlot slot;
+              if (adopted.getExited()) slot.status = adopted.getWaitStatus();
+              // An `exited` event may come before or after this; either way it lands here.
+              auto existing = exits_.find(a.process.pid);
+              if (existing == exits_.end()) {
+                exits_.emplace(a.process.pid, kj::mv(slot));
+              } else if (existing->second.status == nullptr) {
+                existing->second.status = slot.status;
+              }
+              pending->processes.add(kj::mv(a));
+            }
+            break;
+          }
+          case initproto::Event::RESYNCED: {
+            KJ_IF_MAYBE (pending, resync_) {
+              auto fulfiller = kj::mv(pending->fulfiller);
+              auto processes = pending->processes.releaseAsArray();
+              resync_ = nullptr;
+              fulfiller->fulfill(kj::mv(processes));
+            }
+            break;
+          }
           default:
             // ready/setupFailed belong to launch; signalResult is unused here.
             break;
@@ -136,6 +224,10 @@ void InitChannel::failAll(const kj::Exception& e) {
   broken_ = kj::cp(e);
   for (auto& entry : pendingSpawns_) entry.second->reject(kj::cp(e));
   pendingSpawns_.clear();
+  KJ_IF_MAYBE (pending, resync_) {
+    pending->fulfiller->reject(kj::cp(e));
+    resync_ = nullptr;
+  }
   for (auto& entry : exits_) {
     KJ_IF_MAYBE (waiter, entry.second.waiter) {
       (*waiter)->reject(kj::cp(e));

@@ -7,9 +7,11 @@
 
 #include <map>
 
+#include <capnp/message.h>
 #include <kj/async.h>
 #include <kj/io.h>
 #include <kj/string.h>
+#include <kj/vector.h>
 
 #include "loop/uring_event_port.h"
 
@@ -28,6 +30,15 @@ struct SpawnRequest {
   kj::Array<kj::String> env;  // "KEY=VALUE"
   kj::String cwd;
   bool stdinOpen = false;
+  int64_t timeoutAtMonoNs = 0;  // kept by init for a restarted agent; 0 = none
+};
+
+// A process init still tracks, as a restarted agent gets it back.
+struct AdoptedProcess {
+  SpawnedProcess process;
+  kj::Array<kj::String> argv;
+  int64_t startedAtNs;
+  int64_t timeoutAtMonoNs;  // 0 = none
 };
 
 class InitChannel {
@@ -39,8 +50,16 @@ class InitChannel {
   kj::Promise<SpawnedProcess> spawn(const SpawnRequest& request);
 
   // The waitpid() status of `pid`, once init reaps it. Call after spawn()
-  // resolved; an exit that arrived earlier is kept until asked for.
+  // (or resync()) resolved; an exit that arrived earlier is kept until asked for.
   kj::Promise<int> exitStatus(int pid);
+
+  // For an agent that reconnected to a running sandbox: every process init
+  // still tracks (running, or ended and not yet released).
+  kj::Promise<kj::Array<AdoptedProcess>> resync();
+  // init drops its copy of the process's stdin, so closing ours means EOF.
+  void closeStdin(int pid);
+  // The process ended and its output was read: init may forget it.
+  void release(int pid);
 
  private:
   struct PendingSpawn;
@@ -49,15 +68,28 @@ class InitChannel {
     kj::Maybe<kj::Own<kj::PromiseFulfiller<int>>> waiter;
   };
 
+  struct PendingResync {
+    uint64_t tag;
+    kj::Vector<AdoptedProcess> processes;
+    kj::Own<kj::PromiseFulfiller<kj::Array<AdoptedProcess>>> fulfiller;
+  };
+
   kj::Promise<void> readLoop();
   void failAll(const kj::Exception& e);
+  // Sends a request nobody waits an answer for; errors surface as a broken channel.
+  void sendOneWay(capnp::MessageBuilder& message);
 
   loop::UringEventPort& port_;
   kj::AutoCloseFd control_;
   uint64_t nextTag_ = 1;
   std::map<uint64_t, kj::Own<kj::PromiseFulfiller<SpawnedProcess>>> pendingSpawns_;
   std::map<int, ExitSlot> exits_;  // only pids init reported as spawned
+  kj::Maybe<PendingResync> resync_;
   kj::Maybe<kj::Exception> broken_;
+  struct ErrorLogger : public kj::TaskSet::ErrorHandler {
+    void taskFailed(kj::Exception&& e) override;
+  } errorLogger_;
+  kj::TaskSet oneWaySends_;
   kj::Promise<void> readTask_;
 };
 

@@ -35,6 +35,7 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks ho
       channel_(port, kj::mv(parts.control)),
       fs_(kj::mv(parts.rootDir), record().getUidBase(), record().getUidBase()),
       workDir_(kj::mv(parts.workDir)),
+      controlSocketPath_(kj::mv(parts.controlSocketPath)),
       hooks_(kj::mv(hooks)),
       startedMonoNs_(monotonicNowNs()),
       endedFork_(nullptr),
@@ -45,7 +46,78 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks ho
   watchTask_ = watchInit().eagerlyEvaluate([this](kj::Exception&& e) {
     log::error("sandbox.watch_failed", {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
   });
+  if (parts.adopted) {
+    // The clocks carry on from the record (wall clock) on this agent's monotonic one.
+    auto rec = record();
+    int64_t unixNow = unixNowNs(), monoNow = monotonicNowNs();
+    startedMonoNs_ = monoNow - (unixNow - rec.getCreatedAtNs());
+    pausedTotalNs_ = rec.getPausedNs();
+    // The record is what the tenant was told; the cgroup follows it (the old
+    // agent may have died between freezing and recording, or the reverse).
+    if (rec.getState() == api::SandboxState::PAUSED) {
+      cgroup_->freeze();
+      runState_ = RunState::kPaused;
+      pausedSinceMonoNs_ = monoNow - (unixNow - rec.getPausedAtNs());
+    } else if (cgroup_->frozen()) {
+      cgroup_->thaw();
+    }
+    adoptProcesses();
+  }
   armTimeout();
+}
+
+void SandboxRuntime::adoptProcesses() {
+  synced_ = false;
+  syncing_ = channel_.resync()
+                 .then([this](kj::Array<AdoptedProcess> adopted) {
+                   for (auto& a : adopted) {
+                     int pid = a.process.pid;
+                     auto options = processOptions(kj::mv(a.argv), a.timeoutAtMonoNs);
+                     options.startedAtNs = a.startedAtNs;
+                     track(kj::refcounted<ExecProcess>(port_, kj::mv(a.process), nullptr,
+                                                       channel_.exitStatus(pid), kj::mv(options)));
+                   }
+                   synced_ = true;
+                   log::info("sandbox.resynced",
+                             {{"id", id_.cStr()}, {"processes", int64_t(adopted.size())}});
+                 })
+                 .eagerlyEvaluate([this](kj::Exception&& e) {
+                   // init is gone; watchInit() ends the sandbox.
+                   log::warn("sandbox.resync_failed",
+                             {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
+                 })
+                 .fork();
+}
+
+kj::Promise<void> SandboxRuntime::whenSynced() {
+  if (synced_) return kj::READY_NOW;
+  if (paused()) {
+    throwApiError(api::ErrorCode::UNAVAILABLE,
+                  kj::str("sandbox ", id_,
+                          " was paused when the agent restarted; resume it to see its processes"));
+  }
+  return KJ_ASSERT_NONNULL(syncing_).addBranch();
+}
+
+ExecProcess::Options SandboxRuntime::processOptions(kj::Array<kj::String> argv,
+                                                    int64_t timeoutAtMonoNs) {
+  ExecProcess::Options options;
+  options.argv = kj::mv(argv);
+  if (timeoutAtMonoNs > 0) {
+    options.timeout = kj::max(timeoutAtMonoNs - monotonicNowNs(), int64_t(0)) * kj::NANOSECONDS;
+  }
+  // Read now, so an OOM kill of the process from here on counts.
+  uint64_t oomBefore = 0;
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { oomBefore = cgroup_->oomKills(); })) {
+    log::warn("sandbox.stats_failed", {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+  }
+  options.oomKilledSince = [this, oomBefore]() {
+    bool oom = false;
+    // The cgroup may be gone already (the sandbox ended meanwhile).
+    kj::runCatchingExceptions([&]() { oom = cgroup_->oomKills() > oomBefore; });
+    return oom;
+  };
+  return options;
 }
 
 SandboxRuntime::~SandboxRuntime() noexcept(false) {}
@@ -83,27 +155,18 @@ kj::Promise<kj::Own<ExecProcess>> SandboxRuntime::exec(api::ExecRequest::Reader 
   spawn.env = env.releaseAsArray();
   spawn.cwd = kj::str(request.getCwd().size() > 0 ? request.getCwd() : "/");
   spawn.stdinOpen = request.getStdin();
-  ExecProcess::Options options;
-  options.argv = KJ_MAP(arg, spawn.argv) {
-    return kj::str(arg);
-  };
-  if (request.getTimeoutSeconds() > 0) options.timeout = request.getTimeoutSeconds() * kj::SECONDS;
-  // Read before the spawn, so an OOM kill of the new process always counts.
-  uint64_t oomBefore = 0;
-  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { oomBefore = cgroup_->oomKills(); })) {
-    log::warn("sandbox.stats_failed", {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+  if (request.getTimeoutSeconds() > 0) {
+    spawn.timeoutAtMonoNs = monotonicNowNs() + int64_t(request.getTimeoutSeconds()) * 1000000000;
   }
-  options.oomKilledSince = [this, oomBefore]() {
-    bool oom = false;
-    // The cgroup may be gone already (the sandbox ended meanwhile).
-    kj::runCatchingExceptions([&]() { oom = cgroup_->oomKills() > oomBefore; });
-    return oom;
-  };
+  // Built before the spawn, so an OOM kill of the new process always counts.
+  auto options = processOptions(
+      KJ_MAP(arg, spawn.argv) { return kj::str(arg); }, spawn.timeoutAtMonoNs);
   ++execs_;
 
   return channel_.spawn(spawn).then(
       [this, output = kj::mv(output), options = kj::mv(options)](SpawnedProcess&& spawned) mutable {
         int pid = spawned.pid;
+        options.stdinClosed = [this, pid]() { channel_.closeStdin(pid); };
         auto process = kj::refcounted<ExecProcess>(port_, kj::mv(spawned), kj::mv(output),
                                                    channel_.exitStatus(pid), kj::mv(options));
         track(kj::addRef(*process));
@@ -133,6 +196,8 @@ void SandboxRuntime::retire(ExecProcess& process) {
 }
 , process.startedAtNs(), process.endedAtNs(), exit, process.outputBytes()
 };  // namespace nodeagent
+// init keeps the pipes of a process until told it may forget it.
+if (process.exitInfo() != nullptr) channel_.release(process.pid());
 endedProcesses_.push_back(kj::mv(ended));
 if (endedProcesses_.size() > kEndedProcessesKept) endedProcesses_.pop_front();
 running_.erase(process.pid());  // last: `process` may die with its entry
@@ -212,6 +277,7 @@ kj::Promise<bool> SandboxRuntime::pause() {
   runState_ = RunState::kPausing;
   pausedSinceMonoNs_ = monotonicNowNs();
   record_->getRoot<state::SandboxRecord>().setState(api::SandboxState::PAUSED);
+  record_->getRoot<state::SandboxRecord>().setPausedAtNs(unixNowNs());
   int64_t deadline = pausedSinceMonoNs_ + kFreezeDeadlineNs;
   auto frozen =
       kj::evalNow([&]() { return waitFrozen(deadline, kFreezeFirstPoll); })
@@ -265,6 +331,7 @@ kj::Promise<bool> SandboxRuntime::resume() {
   int64_t now = monotonicNowNs();
   pausedTotalNs_ += now - pausedSinceMonoNs_;
   auto rec = record_->getRoot<state::SandboxRecord>();
+  rec.setPausedNs(pausedTotalNs_);
   rec.setState(api::SandboxState::RUNNING);
   if (rec.getExpiresAtNs() <= unixNowNs()) {
     // Expired while paused (or paused by expiry): never run unbounded.
@@ -403,6 +470,7 @@ void SandboxRuntime::finish() {
     leftoverCgroup_ = nullptr;
   }
   rmdir(workDir_.cStr());
+  if (controlSocketPath_.size() > 0) unlink(controlSocketPath_.cStr());
   fs_.close();  // the root fd would keep the sandbox's tmpfs alive
   ended_ = true;
   endedMonoNs_ = monotonicNowNs();

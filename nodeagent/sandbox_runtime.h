@@ -35,6 +35,10 @@ class SandboxRuntime final : public kj::Refcounted {
     kj::AutoCloseFd control;
     kj::AutoCloseFd rootDir;
     kj::String workDir;
+    kj::String controlSocketPath;  // unlinked when the sandbox ends
+    // A sandbox a previous agent launched (`control` reconnected to its init):
+    // its processes come back through a resync, its clocks from the record.
+    bool adopted = false;
   };
   // What the runtime tells its owner.
   struct Hooks {
@@ -78,6 +82,11 @@ class SandboxRuntime final : public kj::Refcounted {
   // move fails the sandbox is killed ("claim-failed") and this throws.
   void claim(state::SandboxRecord::Reader record, kj::Own<isolator::SandboxCgroup> cgroup);
 
+  // Resolves once an adopted sandbox got its processes back from init (at
+  // once for any other). Throws `unavailable` while an adopted sandbox stays
+  // paused: its frozen init cannot answer until resumed.
+  kj::Promise<void> whenSynced();
+
   // Exec'd processes: the running ones and the last kEndedProcessesKept ended.
   size_t processCount() const { return running_.size() + endedProcesses_.size(); }
   void fillProcesses(capnp::List<api::ProcessInfo>::Builder out);
@@ -107,6 +116,8 @@ class SandboxRuntime final : public kj::Refcounted {
   void captureFinalStats();
   kj::Promise<void> waitFrozen(int64_t deadlineMonoNs, kj::Duration delay);
   void track(kj::Own<ExecProcess> process);
+  void adoptProcesses();
+  ExecProcess::Options processOptions(kj::Array<kj::String> argv, int64_t timeoutAtMonoNs);
   void retire(ExecProcess& process);
 
   loop::UringEventPort& port_;
@@ -118,6 +129,7 @@ class SandboxRuntime final : public kj::Refcounted {
   InitChannel channel_;
   SandboxFs fs_;
   kj::String workDir_;
+  kj::String controlSocketPath_;
   Hooks hooks_;
   kj::String pendingReason_;
   bool ended_ = false;
@@ -140,6 +152,8 @@ class SandboxRuntime final : public kj::Refcounted {
     void taskFailed(kj::Exception&& e) override;
   } errorLogger_;
   kj::TaskSet processWatches_;
+  kj::Maybe<kj::ForkedPromise<void>> syncing_;  // adopted: until init answered the resync
+  bool synced_ = true;
 };
 
 }  // namespace nodeagent

@@ -16,6 +16,7 @@
 #include "isolator/template.h"
 #include "nodeagent/agent_cgroup.h"
 #include "nodeagent/api_error.h"
+#include "nodeagent/audit_entry.h"
 #include "nodeagent/config.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -94,20 +95,6 @@ kj::Own<capnp::MallocMessageBuilder> copyOf(typename T::Reader reader) {
   return message;
 }
 
-kj::Own<capnp::MallocMessageBuilder> auditEntry(int64_t timeNs, kj::StringPtr actor,
-                                                kj::StringPtr action, kj::StringPtr sandboxId,
-                                                kj::StringPtr tenant, kj::StringPtr detail) {
-  auto message = kj::heap<capnp::MallocMessageBuilder>();
-  auto entry = message->initRoot<state::AuditEntry>();
-  entry.setTimeNs(timeNs);
-  entry.setActor(actor);
-  entry.setAction(action);
-  entry.setSandboxId(sandboxId);
-  entry.setTenant(tenant);
-  entry.setDetail(detail);
-  return message;
-}
-
 }  // namespace
 
 void Supervisor::ErrorLogger::taskFailed(kj::Exception&& e) {
@@ -148,7 +135,8 @@ void Supervisor::start() {
     enterAgentCgroup(*KJ_ASSERT_NONNULL(cgroupTree_), AgentReservation{});
   }
   loadTenantWeights();
-  endStaleRecords();
+  makeDir(kj::str(stateDir, "/control"), 0700);
+  adoptLeftovers();
   writer_.flush();
   sweepOrphanCgroups();
   for (auto t : effectiveTemplates(config_)) {
@@ -175,6 +163,7 @@ void Supervisor::sweepOrphanCgroups() {
                 {{"id", id.c_str()}, {"error", e.getDescription().cStr()}});
     }
     rmdir(kj::str(config_.getStateDir(), "/sandboxes/", id).cStr());
+    unlink(controlSocketPathOf(id.c_str()).cStr());
   }
 }
 
@@ -187,38 +176,6 @@ void Supervisor::persist(state::SandboxRecord::Reader record,
       txn.appendAudit((*a)->getRoot<state::AuditEntry>().asReader());
     }
   });
-}
-
-void Supervisor::endStaleRecords() {
-  // Until re-adoption exists, a sandbox a previous agent left running cannot
-  // be served; end it cleanly so nothing leaks, and say so in the record.
-  for (auto& message : store_.listSandboxes()) {
-    auto rec = message->get();
-    if (rec.getState() == api::SandboxState::STOPPED) continue;
-    KJ_IF_MAYBE (tree, cgroupTree_) {
-      try {
-        auto cgroup =
-            isolator::SandboxCgroup::adopt(**tree, rec.getSpec().getTenant(), rec.getId());
-        // The init was the old agent's child; its parent is gone, so the
-        // kernel's reaper (or a subreaper) collects it.
-        cgroup->killAll();
-        cgroup->remove();
-      } catch (kj::Exception& e) {
-        log::warn("sandbox.stale_cleanup",
-                  {{"id", rec.getId().cStr()}, {"error", e.getDescription().cStr()}});
-      }
-    }
-    rmdir(kj::str(config_.getStateDir(), "/sandboxes/", rec.getId()).cStr());
-    capnp::MallocMessageBuilder copy;
-    copy.setRoot(rec);
-    auto updated = copy.getRoot<state::SandboxRecord>();
-    updated.setState(api::SandboxState::STOPPED);
-    updated.setEndedAtNs(unixNowNs());
-    updated.setEndReason("agent-restarted");
-    persist(updated.asReader(), auditEntry(updated.getEndedAtNs(), "agent", "end", rec.getId(),
-                                           rec.getSpec().getTenant(), "reason=agent-restarted"));
-    log::warn("sandbox.ended_on_start", {{"id", rec.getId().cStr()}});
-  }
 }
 
 const Supervisor::TemplateInfo& Supervisor::requireTemplate(kj::StringPtr name) {
@@ -351,6 +308,7 @@ kj::Own<SandboxRuntime> Supervisor::launch(kj::Own<capnp::MallocMessageBuilder> 
 
   kj::String workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
   makeDir(workDir, 0700);
+  kj::String controlSocketPath = controlSocketPathOf(id);
   bool handedOver = false;  // once the runtime owns the cgroup, it cleans up
   KJ_ON_SCOPE_FAILURE({
     if (!handedOver) {
@@ -373,6 +331,7 @@ kj::Own<SandboxRuntime> Supervisor::launch(kj::Own<capnp::MallocMessageBuilder> 
   launchSpec.initStderrFd = STDERR_FILENO;  // init's own diagnostics join the agent's log
   launchSpec.diskBytes = filled.getDiskBytes();
   launchSpec.cgroup = cgroup.get();
+  launchSpec.controlSocketPath = controlSocketPath.cStr();
   isolator::LaunchedSandbox launched = isolator::launch(launchSpec);
   rec.setInitPid(launched.pid);
 
@@ -397,6 +356,7 @@ kj::Own<SandboxRuntime> Supervisor::launch(kj::Own<capnp::MallocMessageBuilder> 
   parts.control = kj::mv(launched.control);
   parts.rootDir = kj::mv(rootDir);
   parts.workDir = kj::mv(workDir);
+  parts.controlSocketPath = kj::mv(controlSocketPath);
   SandboxRuntime::Hooks hooks;
   hooks.ended = [this](SandboxRuntime& s) { onEnded(s); };
   hooks.expired = [this](SandboxRuntime& s) { onExpired(s); };

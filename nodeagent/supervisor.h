@@ -38,9 +38,9 @@ class Supervisor {
   ~Supervisor() noexcept(false);
   KJ_DISALLOW_COPY(Supervisor);
 
-  // Prepares template skeletons and the cgroup tree, and ends sandboxes a
-  // previous agent left in the store. Warm pools fill in the background
-  // once the event loop runs.
+  // Prepares template skeletons and the cgroup tree, and re-adopts the
+  // sandboxes a previous agent left running (see adoptLeftovers()). Warm
+  // pools fill in the background once the event loop runs.
   void start();
 
   // Claims an idle warm-pool sandbox of the template when the spec can be
@@ -124,7 +124,15 @@ class Supervisor {
   void onExpired(SandboxRuntime& sandbox);
   kj::Promise<void> pauseAs(SandboxRuntime& sandbox, kj::StringPtr actor, kj::StringPtr action,
                             kj::StringPtr detail);
-  void endStaleRecords();
+  // For every record a previous agent left running: finds its cgroup and
+  // init, reconnects to init's control socket and serves it again; its
+  // processes come back through a resync. One that cannot be adopted (init
+  // gone, cgroup gone) is ended cleanly with the reason recorded. Idle pool
+  // sandboxes are ended and refilled.
+  void adoptLeftovers();
+  void adopt(state::SandboxRecord::Reader record);
+  void endLeftover(state::SandboxRecord::Reader record, kj::StringPtr reason);
+  kj::String controlSocketPathOf(kj::StringPtr id);
   void sweepOrphanCgroups();
   void loadTenantWeights();
   // Queues the record (and an audit entry, if given) as one change.

@@ -2,6 +2,13 @@
 # The in-sandbox protocol between the agent and a sandbox's init (PID 1).
 # One message per SOCK_SEQPACKET datagram; file descriptors travel beside a
 # message as SCM_RIGHTS.
+#
+# The first connection is a socketpair made at launch. init also listens on a
+# socket at a host path only root can reach (fd 4, when the launcher gave one):
+# an agent that restarted connects there, sends `resync`, and gets every
+# process init still tracks, with copies of its pipes and pidfd. init keeps
+# those copies until the agent `release`s the process, so output is never cut
+# off (no SIGPIPE) while no agent is connected; the writer blocks instead.
 
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("nodeagent::initproto");
@@ -20,6 +27,9 @@ struct Request {
   union {
     spawn @1 :Spawn;
     signal @2 :SignalRequest;
+    resync @3 :Void;        # answered with one `adopted` per tracked process, then `resynced`
+    closeStdin @4 :Int32;   # pid: init drops its copy of the stdin pipe (no reply)
+    release @5 :Int32;      # pid of an exited process the agent is done with (no reply)
   }
 }
 
@@ -28,6 +38,7 @@ struct Spawn {
   env @1 :List(Text);       # "KEY=VALUE"
   cwd @2 :Text;
   stdinOpen @3 :Bool;       # else /dev/null
+  timeoutAtMonoNs @4 :Int64; # the agent's kill deadline (CLOCK_MONOTONIC), kept for a resync
 }
 
 struct SignalRequest {
@@ -44,6 +55,8 @@ struct Event {
     spawnFailed @4 :Text;
     exited @5 :Exited;
     signalResult @6 :Int32; # 0 or errno
+    adopted @7 :Adopted;    # fds: [stdin write end (if stdinOpen)], stdout, stderr, pidfd
+    resynced @8 :Void;      # the last answer to `resync`
   }
 }
 
@@ -54,4 +67,14 @@ struct Spawned {
 struct Exited {
   pid @0 :Int32;
   waitStatus @1 :Int32;     # as from waitpid
+}
+
+struct Adopted {
+  pid @0 :Int32;
+  argv @1 :List(Text);
+  startedAtNs @2 :Int64;    # CLOCK_REALTIME at spawn
+  timeoutAtMonoNs @3 :Int64;
+  stdinOpen @4 :Bool;       # a stdin fd travels with this event
+  exited @5 :Bool;
+  waitStatus @6 :Int32;     # when exited
 }

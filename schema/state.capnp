@@ -17,6 +17,8 @@ struct SandboxRecord {
   initPid @7 :Int32;        # host pid of the sandbox's init
   uidBase @8 :UInt32;       # first host uid of the sandbox's range
   cgroupPath @9 :Text;      # relative to the agent's cgroup root
+  pausedNs @10 :Int64;      # time spent paused, over the pauses that ended
+  pausedAtNs @11 :Int64;    # when the current pause began (state PAUSED)
 }
 
 struct AuditEntry {

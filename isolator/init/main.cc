@@ -7,9 +7,13 @@
 //   2. serve spawn/signal requests and reap children until killed.
 //
 // If the agent goes away, init keeps running and reaping: sandboxes outlive the agent.
+// A restarted agent reconnects through the listening socket on fd 4 (if any) and
+// resyncs (see ProcessTable).
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -27,6 +31,28 @@ namespace nodeagent::isolator::init {
 namespace {
 
 constexpr int kControlFd = 3;
+constexpr int kListenerFd = 4;  // optional: where a restarted agent reconnects
+
+// fd 4 when the launcher passed a listening socket there, else -1.
+kj::AutoCloseFd takeListener() {
+  int listening = 0;
+  socklen_t size = sizeof(listening);
+  if (getsockopt(kListenerFd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &size) != 0 || !listening) {
+    return nullptr;
+  }
+  fcntl(kListenerFd, F_SETFD, FD_CLOEXEC);
+  fcntl(kListenerFd, F_SETFL, fcntl(kListenerFd, F_GETFL) | O_NONBLOCK);
+  return kj::AutoCloseFd(kListenerFd);
+}
+
+// Every tracked process holds up to four fds here; use the whole hard limit.
+void raiseFdLimit() {
+  rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
 
 kj::AutoCloseFd setUpSignals() {
   // Dispositions the agent ignored survive exec; start from the defaults. As PID 1,
@@ -74,6 +100,8 @@ int run() {
     return 2;
   }
   kj::AutoCloseFd control(kControlFd);
+  kj::AutoCloseFd listener = takeListener();
+  raiseFdLimit();
   // The session inherited from the agent is not visible in our pid namespace; lead our own.
   setsid();
   kj::AutoCloseFd signals = setUpSignals();
@@ -91,7 +119,7 @@ int run() {
 
   Control connection;
   connection.attach(kj::mv(control));
-  Server(connection, kj::mv(signals), kj::mv(seccomp)).run();
+  Server(connection, kj::mv(signals), kj::mv(listener), kj::mv(seccomp)).run();
 }
 
 }  // namespace

@@ -3,8 +3,11 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <capnp/message.h>
@@ -15,17 +18,27 @@
 
 namespace nodeagent::isolator::init {
 
-Server::Server(Control& control, kj::AutoCloseFd signalFd, SeccompProgram seccomp)
-    : control_(control), signalFd_(kj::mv(signalFd)), seccomp_(kj::mv(seccomp)) {}
+Server::Server(Control& control, kj::AutoCloseFd signalFd, kj::AutoCloseFd listener,
+               SeccompProgram seccomp)
+    : control_(control),
+      signalFd_(kj::mv(signalFd)),
+      listener_(kj::mv(listener)),
+      seccomp_(kj::mv(seccomp)) {}
 
 void Server::run() {
   for (;;) {
-    pollfd fds[2];
+    pollfd fds[3];
     nfds_t count = 0;
     fds[count++] = pollfd{signalFd_, POLLIN, 0};
+    int listenerSlot = -1, controlSlot = -1;
+    if (listener_.get() >= 0) {
+      listenerSlot = int(count);
+      fds[count++] = pollfd{listener_, POLLIN, 0};
+    }
     if (control_.connected()) {
       short events = POLLIN;
       if (control_.hasPendingOutput()) events = short(events | POLLOUT);
+      controlSlot = int(count);
       fds[count++] = pollfd{control_.fd(), events, 0};
     }
     int n = poll(fds, count, -1);
@@ -34,14 +47,17 @@ void Server::run() {
       KJ_FAIL_SYSCALL("poll", errno);
     }
     if (fds[0].revents & POLLIN) reapChildren();
-    if (count > 1 && fds[1].revents != 0) {
-      if (fds[1].revents & POLLOUT) control_.flush();
-      if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+    if (controlSlot >= 0 && fds[controlSlot].revents != 0) {
+      short revents = fds[controlSlot].revents;
+      if (revents & POLLOUT) control_.flush();
+      if (revents & (POLLIN | POLLHUP | POLLERR)) {
         KJ_IF_MAYBE (message, control_.receive()) {
           handleRequest(*message);
         }
       }
     }
+    // After the old connection's last requests: a new one replaces it.
+    if (listenerSlot >= 0 && (fds[listenerSlot].revents & POLLIN)) acceptAgent();
   }
 }
 
@@ -65,7 +81,22 @@ void Server::handleRequest(InitMessage& message) {
         outcome.error = e.getDescription().cStr();
       }
       if (outcome.pid > 0) {
-        spawned_.insert(outcome.pid);
+        auto spawn = request.getSpawn();
+        TrackedProcess tracked;
+        for (auto arg : spawn.getArgv()) tracked.argv.emplace_back(arg.cStr(), arg.size());
+        timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        tracked.startedAtNs = int64_t(now.tv_sec) * 1000000000 + now.tv_nsec;
+        tracked.timeoutAtMonoNs = spawn.getTimeoutAtMonoNs();
+        try {
+          processes_.add(outcome.pid, kj::mv(tracked), outcome.fds, spawn.getStdinOpen());
+        } catch (const kj::Exception& e) {
+          // Out of fds: the process could not survive an agent restart. Refuse it.
+          kill(outcome.pid, SIGKILL);
+          event.setSpawnFailed(kj::str("tracking the process: ", e.getDescription()));
+          control_.send(reply);
+          return;
+        }
         event.initSpawned().setPid(outcome.pid);
         control_.send(reply, kj::mv(outcome.fds));
       } else {
@@ -88,6 +119,15 @@ void Server::handleRequest(InitMessage& message) {
       control_.send(reply);
       return;
     }
+    case initproto::Request::RESYNC:
+      resync(request.getTag());
+      return;
+    case initproto::Request::CLOSE_STDIN:
+      processes_.closeStdin(request.getCloseStdin());
+      return;
+    case initproto::Request::RELEASE:
+      processes_.release(request.getRelease());
+      return;
   }
   logError("bad request", "unknown request type");
 }
@@ -101,7 +141,9 @@ void Server::reapChildren() {
     int status;
     pid_t pid = waitpid(-1, &status, WNOHANG);
     if (pid <= 0) break;
-    if (spawned_.erase(pid) == 0) continue;  // an orphan reparented to us
+    // Kept (with its status) until the agent releases it, so an agent that was
+    // away when it ended still learns how it ended.
+    if (!processes_.markExited(pid, status)) continue;  // an orphan reparented to us
     capnp::MallocMessageBuilder message(64);
     auto event = message.initRoot<initproto::Event>();
     auto exited = event.initExited();
@@ -109,6 +151,55 @@ void Server::reapChildren() {
     exited.setWaitStatus(status);
     control_.send(message);
   }
+}
+
+}  // namespace nodeagent::isolator::init
+
+namespace nodeagent::isolator::init {
+
+void Server::acceptAgent() {
+  int fd = accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd < 0) {
+    if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+      logError("accept", strerror(errno));
+    }
+    return;
+  }
+  kj::AutoCloseFd socket(fd);
+  configureInitSocket(socket);
+  control_.attach(kj::mv(socket));
+}
+
+void Server::resync(uint64_t tag) {
+  for (auto& [pid, process] : processes_.processes()) {
+    capnp::MallocMessageBuilder message(256);
+    auto event = message.initRoot<initproto::Event>();
+    event.setTag(tag);
+    auto adopted = event.initAdopted();
+    adopted.setPid(pid);
+    auto argv = adopted.initArgv(unsigned(process.argv.size()));
+    for (size_t i = 0; i < process.argv.size(); ++i) {
+      argv.set(unsigned(i), capnp::Text::Reader(process.argv[i].data(), process.argv[i].size()));
+    }
+    adopted.setStartedAtNs(process.startedAtNs);
+    adopted.setTimeoutAtMonoNs(process.timeoutAtMonoNs);
+    adopted.setStdinOpen(process.stdinFd.get() >= 0);
+    adopted.setExited(process.exited);
+    adopted.setWaitStatus(process.waitStatus);
+    kj::Vector<kj::AutoCloseFd> fds;
+    try {
+      fds = ProcessTable::duplicateFds(process);
+    } catch (const kj::Exception& e) {
+      logError("resync", e.getDescription().cStr());
+      continue;
+    }
+    control_.send(message, kj::mv(fds));
+  }
+  capnp::MallocMessageBuilder done(64);
+  auto event = done.initRoot<initproto::Event>();
+  event.setTag(tag);
+  event.setResynced();
+  control_.send(done);
 }
 
 }  // namespace nodeagent::isolator::init

@@ -6,9 +6,8 @@
 
 #include <kj/io.h>
 
-#include <unordered_set>
-
 #include "isolator/init/control.h"
+#include "isolator/init/process_table.h"
 #include "isolator/init/seccomp_profile.h"
 #include "isolator/init_protocol.h"
 
@@ -17,7 +16,9 @@ namespace nodeagent::isolator::init {
 class Server {
  public:
   // `signalFd` reports SIGCHLD (blocked by the caller). Spawned processes run under `seccomp`.
-  Server(Control& control, kj::AutoCloseFd signalFd, SeccompProgram seccomp);
+  // `listener` (may be -1) accepts an agent's reconnection; the newest connection wins.
+  Server(Control& control, kj::AutoCloseFd signalFd, kj::AutoCloseFd listener,
+         SeccompProgram seccomp);
 
   // Runs until an unrecoverable error, which it throws.
   [[noreturn]] void run();
@@ -25,11 +26,14 @@ class Server {
  private:
   void handleRequest(InitMessage& message);
   void reapChildren();
+  void acceptAgent();
+  void resync(uint64_t tag);
 
   Control& control_;
   kj::AutoCloseFd signalFd_;
+  kj::AutoCloseFd listener_;
   SeccompProgram seccomp_;
-  std::unordered_set<pid_t> spawned_;  // reported in `exited` events; others are just reaped
+  ProcessTable processes_;  // reported in `exited` events; other children are just reaped
 };
 
 }  // namespace nodeagent::isolator::init

@@ -45,8 +45,7 @@ const char kUsage[] =
     "  pause ID                       resume ID\n"
     "  ps ID [--json]                 attach ID PID          (replays its last output, follows)\n"
     "  drain [--off]                  (refuse new sandboxes, for rolling upgrades)\n"
-    "  tenant-weight TENANT WEIGHT    (CPU weight against other tenants, 1-10000, default 100)\n"
-    "  drain [--off]                  (refuse new sandboxes, for rolling upgrades)\n";
+    "  tenant-weight TENANT WEIGHT    (CPU weight against other tenants, 1-10000, default 100)\n";
 
 struct Session {
   loop::IoContext io;

@@ -164,11 +164,17 @@ class AgentProcess {
   // SIGKILLs the agent (no chance to clean up) and starts it again on the
   // same state dir and socket.
   void restartHard() {
+    killHard();
+    start();
+  }
+  // SIGKILLs the agent and waits until it is gone; startAgain() brings it back.
+  void killHard() {
     kill(pid_, SIGKILL);
     int status;
     waitpid(pid_, &status, 0);
-    start();
+    pid_ = -1;
   }
+  void startAgain() { start(); }
 
   // Waits until the agent accepts connections (`sbx ls` works).
   bool waitReady(const std::string& connect = "") {

@@ -46,6 +46,26 @@ bool InitClient::readEvent(int timeoutMs, uint64_t wantTag, std::optional<Reply>
       case initproto::Event::SIGNAL_RESULT:
         r.signalResult = event.getSignalResult();
         break;
+      case initproto::Event::ADOPTED: {
+        auto a = event.getAdopted();
+        AdoptedProcess adopted;
+        adopted.process.pid = a.getPid();
+        for (auto arg : a.getArgv()) adopted.argv.push_back(arg.cStr());
+        adopted.timeoutAtMonoNs = a.getTimeoutAtMonoNs();
+        adopted.exited = a.getExited();
+        adopted.waitStatus = a.getWaitStatus();
+        size_t want = a.getStdinOpen() ? 4 : 3;
+        KJ_REQUIRE(message->fds.size() == want, "adopted carries the wrong fds");
+        size_t i = 0;
+        if (a.getStdinOpen()) adopted.process.stdinFd = kj::mv(message->fds[i++]);
+        adopted.process.stdoutFd = kj::mv(message->fds[i++]);
+        adopted.process.stderrFd = kj::mv(message->fds[i++]);
+        adopted.process.pidfd = kj::mv(message->fds[i++]);
+        r.adopted = kj::mv(adopted);
+        break;
+      }
+      case initproto::Event::RESYNCED:
+        break;
       default:
         KJ_FAIL_REQUIRE("unexpected event from init", uint(event.which()));
     }
@@ -126,6 +146,42 @@ int InitClient::signal(int32_t pid, int sig) {
   signal.setSignal(sig);
   sendInitMessage(control_, message);
   return awaitReply(tag).signalResult;
+}
+
+void InitClient::sendRequest(capnp::MessageBuilder& message) {
+  sendInitMessage(control_, message);
+}
+
+void InitClient::closeStdin(SpawnedProcess& process) {
+  process.stdinFd = nullptr;
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<initproto::Request>();
+  request.setTag(nextTag_++);
+  request.setCloseStdin(process.pid);
+  sendRequest(message);
+}
+
+void InitClient::release(int32_t pid) {
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<initproto::Request>();
+  request.setTag(nextTag_++);
+  request.setRelease(pid);
+  sendRequest(message);
+}
+
+std::vector<AdoptedProcess> InitClient::resync() {
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<initproto::Request>();
+  uint64_t tag = nextTag_++;
+  request.setTag(tag);
+  request.setResync();
+  sendRequest(message);
+  std::vector<AdoptedProcess> processes;
+  for (;;) {
+    Reply reply = awaitReply(tag);
+    if (!reply.adopted) return processes;  // `resynced`
+    processes.push_back(kj::mv(*reply.adopted));
+  }
 }
 
 RunResult InitClient::run(const std::vector<std::string>& argv,

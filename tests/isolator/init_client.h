@@ -2,6 +2,7 @@
 // and exit statuses. (The agent's real client runs on its event loop.)
 #pragma once
 
+#include <capnp/message.h>
 #include <kj/io.h>
 
 #include <cstdint>
@@ -16,6 +17,14 @@ namespace nodeagent::isolator::testing {
 struct SpawnedProcess {
   int32_t pid = 0;  // in the sandbox's pid namespace
   kj::AutoCloseFd stdinFd, stdoutFd, stderrFd, pidfd;
+};
+
+struct AdoptedProcess {
+  SpawnedProcess process;
+  std::vector<std::string> argv;
+  int64_t timeoutAtMonoNs = 0;
+  bool exited = false;
+  int waitStatus = 0;
 };
 
 struct RunResult {
@@ -36,6 +45,11 @@ class InitClient {
   int waitExit(int32_t pid, int timeoutMs = 20000);
   // signalResult: 0 or errno.
   int signal(int32_t pid, int sig);
+  // Closes our stdin pipe and tells init to drop its copy (so the process sees EOF).
+  void closeStdin(SpawnedProcess& process);
+  // Every process init tracks, as a reconnected agent gets them.
+  std::vector<AdoptedProcess> resync();
+  void release(int32_t pid);
   // spawn + read stdout/stderr to EOF + waitExit. Throws on spawnFailed.
   RunResult run(const std::vector<std::string>& argv, const std::vector<std::string>& env = {});
 
@@ -46,11 +60,13 @@ class InitClient {
     int32_t pid = 0;
     int32_t signalResult = 0;
     std::vector<kj::AutoCloseFd> fds;
+    std::optional<AdoptedProcess> adopted;  // an `adopted` event (more follow)
   };
   // Reads events until the reply to `tag` arrives, recording exits on the way.
   Reply awaitReply(uint64_t tag, int timeoutMs = 20000);
   // Reads one event (blocking up to timeoutMs); false on timeout.
   bool readEvent(int timeoutMs, uint64_t wantTag, std::optional<Reply>* reply);
+  void sendRequest(capnp::MessageBuilder& message);
 
   int control_;
   uint64_t nextTag_ = 1;

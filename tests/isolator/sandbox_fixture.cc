@@ -112,6 +112,7 @@ TestSandbox::TestSandbox(SandboxOptions options) {
   spec_.diskBytes = options.diskBytes;
   spec_.cgroup = cgroup_.get();
   spec_.initStderrFd = STDERR_FILENO;
+  spec_.controlSocketPath = scratchDir() + "/" + id + ".sock";
   try {
     launched_ = launch(spec_);
   } catch (...) {
@@ -120,6 +121,12 @@ TestSandbox::TestSandbox(SandboxOptions options) {
     throw;
   }
   client_.emplace(launched_.control);
+}
+
+InitClient& TestSandbox::reconnect() {
+  reconnected_ = reconnectInit(spec_.controlSocketPath);
+  client_.emplace(reconnected_);
+  return *client_;
 }
 
 int TestSandbox::shutdown() {
@@ -144,6 +151,7 @@ TestSandbox::~TestSandbox() {
   try {
     removeCgroup();
     rmdir(spec_.workDir.c_str());
+    unlink(spec_.controlSocketPath.c_str());
   } catch (const kj::Exception& e) {
     ADD_FAILURE_AT(__FILE__, __LINE__) << "sandbox teardown: " << e.getDescription().cStr();
   }

@@ -44,6 +44,9 @@ class TestSandbox {
   SandboxCgroup& cgroup() { return *cgroup_; }
   LaunchedSandbox& launched() { return launched_; }
   InitClient& client() { return *client_; }
+  // A new connection to init's listening socket, as a restarted agent makes;
+  // client() uses it from now on.
+  InitClient& reconnect();
   const LaunchSpec& spec() const { return spec_; }
 
   // Kills everything, reaps init; returns init's wait status. Idempotent.
@@ -56,6 +59,7 @@ class TestSandbox {
   kj::Own<SandboxCgroup> cgroup_;
   LaunchSpec spec_;
   LaunchedSandbox launched_;
+  kj::AutoCloseFd reconnected_;
   std::optional<InitClient> client_;
   std::optional<int> initStatus_;
   bool cgroupRemoved_ = false;

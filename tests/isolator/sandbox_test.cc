@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -71,7 +72,7 @@ TEST(Sandbox, StdinPipe) {
   auto p = sandbox.client().spawn({"cat"}, nullptr, {}, "", /*stdinOpen=*/true);
   ASSERT_TRUE(p.has_value());
   ASSERT_EQ(write(p->stdinFd, "hello\n", 6), 6);
-  p->stdinFd = nullptr;
+  sandbox.client().closeStdin(*p);
   std::string out, err;
   readBoth(p->stdoutFd, p->stderrFd, &out, &err);
   EXPECT_EQ(out, "hello\n");
@@ -399,6 +400,66 @@ TEST(Sandbox, InitOutlivesTheAgentConnection) {
   EXPECT_FALSE(pidfdExited(sandbox.launched().pidfd, 200));
   for (int i = 0; i < 100 && sandbox.cgroup().pids().size() > 1; ++i) usleep(10000);
   EXPECT_EQ(sandbox.cgroup().pids().size(), 1u);
+}
+
+TEST(Sandbox, AReconnectedAgentGetsEveryTrackedProcessBack) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  auto cat = sandbox.client().spawn({"cat"}, nullptr, {}, "", /*stdinOpen=*/true);
+  ASSERT_TRUE(cat.has_value());
+  auto quick = sandbox.client().spawn({"sh", "-c", "echo early; exit 3"});
+  ASSERT_TRUE(quick.has_value());
+  int32_t catPid = cat->pid, quickPid = quick->pid;
+  // The agent dies: every fd it held goes, and `quick` ends meanwhile.
+  cat.reset();
+  quick.reset();
+  sandbox.launched().control = nullptr;
+  usleep(200000);
+
+  auto adopted = sandbox.reconnect().resync();
+  ASSERT_EQ(adopted.size(), 2u);
+  std::map<int32_t, AdoptedProcess*> byPid;
+  for (auto& a : adopted) byPid[a.process.pid] = &a;
+  ASSERT_TRUE(byPid.count(catPid) && byPid.count(quickPid));
+
+  // The one that ended: its status, and the output it wrote with no agent there.
+  AdoptedProcess& ended = *byPid[quickPid];
+  EXPECT_TRUE(ended.exited);
+  EXPECT_EQ(exitCode(ended.waitStatus), 3);
+  EXPECT_EQ(ended.argv, (std::vector<std::string>{"sh", "-c", "echo early; exit 3"}));
+  std::string out, err;
+  readBoth(ended.process.stdoutFd, ended.process.stderrFd, &out, &err);
+  EXPECT_EQ(out, "early\n");
+
+  // The one still running: stdin, stdout and pidfd all work again.
+  AdoptedProcess& running = *byPid[catPid];
+  EXPECT_FALSE(running.exited);
+  ASSERT_GE(running.process.stdinFd.get(), 0);
+  ASSERT_EQ(write(running.process.stdinFd, "again\n", 6), 6);
+  sandbox.client().closeStdin(running.process);
+  out.clear();
+  readBoth(running.process.stdoutFd, running.process.stderrFd, &out, &err);
+  EXPECT_EQ(out, "again\n");
+  EXPECT_EQ(exitCode(sandbox.client().waitExit(catPid)), 0);
+  EXPECT_TRUE(pidfdExited(running.process.pidfd, 5000));
+
+  // Released processes are forgotten; the next resync is empty.
+  sandbox.client().release(catPid);
+  sandbox.client().release(quickPid);
+  EXPECT_TRUE(sandbox.client().resync().empty());
+}
+
+TEST(Sandbox, OnlyRootReachesInitsControlSocket) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  struct stat st;
+  ASSERT_EQ(stat(sandbox.spec().controlSocketPath.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(st.st_uid, 0u);
+  // From inside the sandbox the path does not exist.
+  std::string script = "test -e '" + sandbox.spec().controlSocketPath + "' && echo visible || true";
+  EXPECT_EQ(sh(sandbox, script), "");
 }
 
 TEST(Sandbox, SetupFailureIsReported) {
