@@ -19,6 +19,10 @@ namespace {
 constexpr int64_t kFreezeDeadlineNs = 2'000'000'000;
 constexpr kj::Duration kFreezeFirstPoll = 200 * kj::MICROSECONDS;
 constexpr kj::Duration kFreezeMaxPoll = 20 * kj::MILLISECONDS;
+// Removing an ended sandbox's cgroups: how long its last tasks get to leave.
+constexpr kj::Duration kCgroupFirstPoll = 100 * kj::MICROSECONDS;
+constexpr kj::Duration kCgroupMaxPoll = 20 * kj::MILLISECONDS;
+constexpr int64_t kCgroupRemoveDeadlineNs = 200'000'000;
 
 }  // namespace
 
@@ -39,10 +43,14 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks ho
       hooks_(kj::mv(hooks)),
       startedMonoNs_(monotonicNowNs()),
       endedFork_(nullptr),
+      releasedFork_(nullptr),
       processWatches_(errorLogger_) {
   auto paf = kj::newPromiseAndFulfiller<void>();
   endedFulfiller_ = kj::mv(paf.fulfiller);
   endedFork_ = paf.promise.fork();
+  auto released = kj::newPromiseAndFulfiller<void>();
+  releasedFulfiller_ = kj::mv(released.fulfiller);
+  releasedFork_ = released.promise.fork();
   watchTask_ = watchInit().eagerlyEvaluate([this](kj::Exception&& e) {
     log::error("sandbox.watch_failed", {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
   });
@@ -438,26 +446,59 @@ kj::Promise<void> SandboxRuntime::watchInit() {
 }
 
 void SandboxRuntime::finish() {
-  // Reap the init (the agent launched it, so it is our child) and release
-  // everything the sandbox held.
+  // init has exited. The kernel killed every other process of its pid
+  // namespace before that, so no tenant code runs any more: record the end
+  // and answer whoever waits for it now. What the sandbox held (mounts,
+  // cgroups, host paths) is released in a later turn, after those answers are
+  // on their way: that teardown takes the kernel a millisecond or more.
+  // Reap the init if it is our child (an adopted one is not).
   siginfo_t info{};
   waitid(idtype_t(P_PIDFD), initPidfd_.get(), &info, WEXITED | WNOHANG);
   if (pendingReason_.size() == 0) {
     pendingReason_ = kj::str("init-exited");
     captureFinalStats();
   }
-  try {
-    // The namespace's processes are dying with init; give them a moment to
-    // leave the cgroup, then kill whatever is still in it the slow way.
-    KJ_IF_MAYBE (e, kj::runCatchingExceptions(
-                        [&]() { cgroup_->remove(std::chrono::milliseconds(200)); })) {
-      (void)e;
-      cgroup_->killAll();
-      cgroup_->remove();
+  ended_ = true;
+  endedMonoNs_ = monotonicNowNs();
+  timeoutTask_ = nullptr;
+  auto rec = record_->getRoot<state::SandboxRecord>();
+  rec.setState(api::SandboxState::STOPPED);
+  rec.setEndedAtNs(unixNowNs());
+  rec.setEndReason(pendingReason_);
+  log::info("sandbox.ended", {{"id", id_.cStr()}, {"reason", pendingReason_.cStr()}});
+  hooks_.ended(*this);
+  endedFulfiller_->fulfill();
+  processWatches_.add(port_.timer()
+                          .afterDelay(0 * kj::NANOSECONDS)
+                          .then([this]() { return releaseResources(); })
+                          .then([this]() { releasedFulfiller_->fulfill(); })
+                          .attach(kj::addRef(*this)));
+}
+
+kj::Promise<void> SandboxRuntime::releaseResources() {
+  fs_.close();  // the last reference to the sandbox's mounts: its tmpfs goes now
+  rmdir(workDir_.cStr());
+  if (controlSocketPath_.size() > 0) unlink(controlSocketPath_.cStr());
+  return removeCgroups(kCgroupFirstPoll, monotonicNowNs() + kCgroupRemoveDeadlineNs);
+}
+
+kj::Promise<void> SandboxRuntime::removeCgroups(kj::Duration delay, int64_t deadlineMonoNs) {
+  // The namespace's last tasks may still be leaving the cgroups; poll without
+  // blocking the loop, and only after the deadline kill stragglers the slow way.
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions(
+                      [&]() { cgroup_->remove(std::chrono::milliseconds(0)); })) {
+    if (monotonicNowNs() < deadlineMonoNs) {
+      return port_.timer().afterDelay(delay).then([this, delay, deadlineMonoNs]() {
+        return removeCgroups(kj::min(delay * 2, kCgroupMaxPoll), deadlineMonoNs);
+      });
     }
-  } catch (kj::Exception& e) {
-    log::warn("sandbox.cgroup_cleanup_failed",
-              {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
+    KJ_IF_MAYBE (e2, kj::runCatchingExceptions([&]() {
+                   cgroup_->killAll();
+                   cgroup_->remove();
+                 })) {
+      log::warn("sandbox.cgroup_cleanup_failed",
+                {{"id", id_.cStr()}, {"error", e2->getDescription().cStr()}});
+    }
   }
   KJ_IF_MAYBE (leftover, leftoverCgroup_) {
     KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
@@ -469,19 +510,7 @@ void SandboxRuntime::finish() {
     }
     leftoverCgroup_ = nullptr;
   }
-  rmdir(workDir_.cStr());
-  if (controlSocketPath_.size() > 0) unlink(controlSocketPath_.cStr());
-  fs_.close();  // the root fd would keep the sandbox's tmpfs alive
-  ended_ = true;
-  endedMonoNs_ = monotonicNowNs();
-  timeoutTask_ = nullptr;
-  auto rec = record_->getRoot<state::SandboxRecord>();
-  rec.setState(api::SandboxState::STOPPED);
-  rec.setEndedAtNs(unixNowNs());
-  rec.setEndReason(pendingReason_);
-  log::info("sandbox.ended", {{"id", id_.cStr()}, {"reason", pendingReason_.cStr()}});
-  hooks_.ended(*this);
-  endedFulfiller_->fulfill();
+  return kj::READY_NOW;
 }
 
 void SandboxRuntime::fillUsage(api::Usage::Builder usage) {

@@ -93,10 +93,13 @@ class SandboxRuntime final : public kj::Refcounted {
   // A running exec'd process by its in-sandbox pid.
   kj::Own<ExecProcess> findProcess(uint32_t pid);
 
-  // Resolves when the sandbox has ended and been cleaned up.
+  // Resolves when the sandbox has ended: every process of it is dead and the
+  // record says why.
   kj::Promise<void> whenEnded() {
     return ended_ ? kj::Promise<void>(kj::READY_NOW) : endedFork_.addBranch();
   }
+  // Resolves once, after the end, its cgroups, mounts and host paths are gone.
+  kj::Promise<void> whenReleased() { return releasedFork_.addBranch(); }
 
  private:
   enum class RunState { kRunning, kPausing, kPaused };
@@ -113,6 +116,8 @@ class SandboxRuntime final : public kj::Refcounted {
   kj::Promise<void> watchInit();
   void armTimeout();
   void finish();
+  kj::Promise<void> releaseResources();
+  kj::Promise<void> removeCgroups(kj::Duration delay, int64_t deadlineMonoNs);
   void captureFinalStats();
   kj::Promise<void> waitFrozen(int64_t deadlineMonoNs, kj::Duration delay);
   void track(kj::Own<ExecProcess> process);
@@ -147,6 +152,8 @@ class SandboxRuntime final : public kj::Refcounted {
   kj::Promise<void> timeoutTask_ = nullptr;
   kj::Own<kj::PromiseFulfiller<void>> endedFulfiller_;
   kj::ForkedPromise<void> endedFork_;
+  kj::Own<kj::PromiseFulfiller<void>> releasedFulfiller_;
+  kj::ForkedPromise<void> releasedFork_;
   kj::Promise<void> watchTask_ = nullptr;
   struct ErrorLogger : public kj::TaskSet::ErrorHandler {
     void taskFailed(kj::Exception&& e) override;

@@ -460,7 +460,7 @@ kj::Promise<void> Supervisor::killAll(kj::StringPtr reason) {
   for (auto& entry : live_) refs.add(kj::addRef(*entry.second));
   for (auto& s : refs) {
     s->kill(reason);
-    waits.add(s->whenEnded());
+    waits.add(s->whenReleased());
   }
   return kj::joinPromises(waits.releaseAsArray()).attach(kj::mv(refs));
 }
@@ -599,7 +599,7 @@ kj::Promise<void> Supervisor::endPools() {
       auto it = live_.find(id);
       if (it == live_.end()) continue;
       it->second->kill("agent-stopped");
-      waits.add(it->second->whenEnded().attach(kj::addRef(*it->second)));
+      waits.add(it->second->whenReleased().attach(kj::addRef(*it->second)));
     }
   }
   return kj::joinPromises(waits.releaseAsArray());

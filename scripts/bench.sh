@@ -4,3 +4,4 @@ set -euo pipefail
 build=${1:-build}
 "$build/bin/rpc_roundtrip_bench" --benchmark_format=json
 "$build/bin/bench-create-exec" --iterations "${BENCH_ITERATIONS:-100}"
+"$build/bin/bench-exec" --iterations "${BENCH_ITERATIONS:-200}"

@@ -6,7 +6,8 @@
 
 namespace nodeagent::isolator::init {
 
-// For a forked child before exec. Returns false (errno set) on failure; async-signal-safe.
+// Drops them from the calling process (init, once set up: its children inherit the
+// reduced sets). Returns false (errno set) on failure.
 bool dropCapabilities();
 
 }  // namespace nodeagent::isolator::init

@@ -2,7 +2,8 @@
 // the control socket as fd 3, inside fresh namespaces and already in the sandbox's
 // cgroups. Protocol: schema/init.capnp.
 //
-//   1. read Setup, build the root filesystem, compile the seccomp filter, reply ready (or
+//   1. read Setup, build the root filesystem, drop capabilities and install the seccomp
+//      filter on itself (spawned processes inherit both), reply ready (or
 //      setupFailed and exit 1);
 //   2. serve spawn/signal requests and reap children until killed.
 //
@@ -20,6 +21,7 @@
 #include <capnp/message.h>
 #include <kj/debug.h>
 
+#include "isolator/init/capabilities.h"
 #include "isolator/init/control.h"
 #include "isolator/init/seccomp_profile.h"
 #include "isolator/init/server.h"
@@ -106,11 +108,14 @@ int run() {
   setsid();
   kj::AutoCloseFd signals = setUpSignals();
   SetupConfig config = readSetup(control);
-  SeccompProgram seccomp;
   try {
     setupSandbox(config);
-    // Compiled once here; every spawned child installs this same program.
-    seccomp = SeccompProgram::compileDefault();
+    // From here on init needs no privilege it does not hand its children, so it takes
+    // their restrictions on itself and they inherit them: spawning then costs no
+    // capability drops and no filter load, and init is no softer a target than they are.
+    SeccompProgram seccomp = SeccompProgram::compileDefault();
+    KJ_SYSCALL(dropCapabilities() ? 0 : -1, "dropping capabilities");
+    KJ_SYSCALL(seccomp.install() ? 0 : -1, "installing the seccomp filter");
   } catch (const kj::Exception& e) {
     sendSetupResult(control, e.getDescription());
     return 1;
@@ -119,7 +124,7 @@ int run() {
 
   Control connection;
   connection.attach(kj::mv(control));
-  Server(connection, kj::mv(signals), kj::mv(listener), kj::mv(seccomp)).run();
+  Server(connection, kj::mv(signals), kj::mv(listener)).run();
 }
 
 }  // namespace

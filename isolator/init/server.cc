@@ -18,12 +18,8 @@
 
 namespace nodeagent::isolator::init {
 
-Server::Server(Control& control, kj::AutoCloseFd signalFd, kj::AutoCloseFd listener,
-               SeccompProgram seccomp)
-    : control_(control),
-      signalFd_(kj::mv(signalFd)),
-      listener_(kj::mv(listener)),
-      seccomp_(kj::mv(seccomp)) {}
+Server::Server(Control& control, kj::AutoCloseFd signalFd, kj::AutoCloseFd listener)
+    : control_(control), signalFd_(kj::mv(signalFd)), listener_(kj::mv(listener)) {}
 
 void Server::run() {
   for (;;) {
@@ -76,7 +72,7 @@ void Server::handleRequest(InitMessage& message) {
     case initproto::Request::SPAWN: {
       SpawnOutcome outcome;
       try {
-        outcome = spawnProcess(request.getSpawn(), seccomp_);
+        outcome = spawnProcess(request.getSpawn());
       } catch (const kj::Exception& e) {
         outcome.error = e.getDescription().cStr();
       }

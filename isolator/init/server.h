@@ -8,17 +8,15 @@
 
 #include "isolator/init/control.h"
 #include "isolator/init/process_table.h"
-#include "isolator/init/seccomp_profile.h"
 #include "isolator/init_protocol.h"
 
 namespace nodeagent::isolator::init {
 
 class Server {
  public:
-  // `signalFd` reports SIGCHLD (blocked by the caller). Spawned processes run under `seccomp`.
-  // `listener` (may be -1) accepts an agent's reconnection; the newest connection wins.
-  Server(Control& control, kj::AutoCloseFd signalFd, kj::AutoCloseFd listener,
-         SeccompProgram seccomp);
+  // `signalFd` reports SIGCHLD (blocked by the caller). `listener` (may be -1) accepts an
+  // agent's reconnection; the newest connection wins.
+  Server(Control& control, kj::AutoCloseFd signalFd, kj::AutoCloseFd listener);
 
   // Runs until an unrecoverable error, which it throws.
   [[noreturn]] void run();
@@ -32,7 +30,6 @@ class Server {
   Control& control_;
   kj::AutoCloseFd signalFd_;
   kj::AutoCloseFd listener_;
-  SeccompProgram seccomp_;
   ProcessTable processes_;  // reported in `exited` events; other children are just reaped
 };
 

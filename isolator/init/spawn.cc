@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,7 +14,6 @@
 
 #include <vector>
 
-#include "isolator/init/capabilities.h"
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
@@ -24,11 +25,10 @@ namespace {
 enum Stage : int32_t {
   kStageStdio = 1,
   kStageChdir,
-  kStageCapabilities,
-  kStageSeccomp,
   kStageExec,
 };
 
+// Written by a child that fails before exec; read by init once the child is gone.
 struct ChildError {
   int32_t stage;
   int32_t err;
@@ -36,6 +36,22 @@ struct ChildError {
 
 struct Pipe {
   kj::AutoCloseFd read, write;
+};
+
+// The stack spawned children run on until they exec.
+class ChildStack {
+ public:
+  static constexpr size_t kBytes = 64 * 1024;
+  ChildStack() {
+    base_ = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
+                 -1, 0);
+    if (base_ == MAP_FAILED) KJ_FAIL_SYSCALL("mmap child stack", errno);
+  }
+  KJ_DISALLOW_COPY(ChildStack);
+  void* top() { return static_cast<char*>(base_) + kBytes; }
+
+ private:
+  void* base_;
 };
 
 Pipe makePipe() {
@@ -88,31 +104,45 @@ ExecPlan planExec(initproto::Spawn::Reader request) {
   return plan;
 }
 
-[[noreturn]] void reportAndExit(int fd, int32_t stage, int err) {
-  ChildError error{stage, err};
-  ssize_t ignored = write(fd, &error, sizeof(error));
-  (void)ignored;
+// What the child needs, all prepared before clone: it shares init's memory and must
+// not allocate.
+struct ChildContext {
+  const ExecPlan* plan;
+  int stdinFd, stdoutFd, stderrFd;
+  ChildError* error;  // in init's memory (CLONE_VM)
+};
+
+[[noreturn]] void failChild(const ChildContext& c, int32_t stage) {
+  c.error->stage = stage;
+  c.error->err = errno;
   _exit(127);
 }
 
-// In the forked child. init is single-threaded, but keep to plain system calls anyway.
-[[noreturn]] void runChild(const ExecPlan& plan, const SeccompProgram& seccomp, int stdinFd,
-                           int stdoutFd, int stderrFd, int errorFd) {
+// Runs in the clone child, in init's memory until exec (CLONE_VM | CLONE_VFORK: init is
+// suspended meanwhile). Only plain system calls; errno is shared with init, which is
+// why failures go through ChildError.
+int runChild(void* arg) {
+  const ChildContext& c = *static_cast<const ChildContext*>(arg);
+  const ExecPlan& plan = *c.plan;
   setsid();
-  if (dup2(stdinFd, 0) < 0 || dup2(stdoutFd, 1) < 0 || dup2(stderrFd, 2) < 0) {
-    reportAndExit(errorFd, kStageStdio, errno);
+  if (dup2(c.stdinFd, 0) < 0 || dup2(c.stdoutFd, 1) < 0 || dup2(c.stderrFd, 2) < 0) {
+    failChild(c, kStageStdio);
   }
   syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC);
-  // init blocks SIGCHLD and ignores SIGPIPE; a new program starts from the defaults.
-  for (int sig = 1; sig < NSIG; ++sig) signal(sig, SIG_DFL);
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, nullptr);
-  if (chdir(plan.cwd.c_str()) != 0) reportAndExit(errorFd, kStageChdir, errno);
-  if (!dropCapabilities()) reportAndExit(errorFd, kStageCapabilities, errno);
-  // Last: from here to exec the child only calls execve, write and exit_group, which the
-  // filter allows; a failed exec is still reported.
-  if (!seccomp.install()) reportAndExit(errorFd, kStageSeccomp, errno);
+  // init ignores SIGPIPE (an ignored signal stays ignored across exec) and blocks SIGCHLD;
+  // a new program starts from the defaults. init has no handlers, so nothing else to reset.
+  // The raw syscall: glibc's signal() may touch state shared with init.
+  struct kernel_sigaction {
+    void* handler;
+    unsigned long flags;
+    void* restorer;
+    uint64_t mask;
+  } dfl{};
+  syscall(SYS_rt_sigaction, SIGPIPE, &dfl, nullptr, sizeof(uint64_t));
+  uint64_t none = 0;
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof(uint64_t));
+  if (chdir(plan.cwd.c_str()) != 0) failChild(c, kStageChdir);
+  // Capabilities and the seccomp filter are init's own, inherited.
   // Like execvpe: the first error other than "not here" wins, else EACCES if seen.
   int err = ENOENT;
   bool sawAccess = false;
@@ -127,7 +157,8 @@ ExecPlan planExec(initproto::Spawn::Reader request) {
     }
   }
   if (sawAccess && (err == ENOENT || err == ENOTDIR)) err = EACCES;
-  reportAndExit(errorFd, kStageExec, err);
+  errno = err;
+  failChild(c, kStageExec);
 }
 
 std::string describe(const ExecPlan& plan, const ChildError& error) {
@@ -139,12 +170,6 @@ std::string describe(const ExecPlan& plan, const ChildError& error) {
     case kStageChdir:
       what = "chdir \"" + plan.cwd + "\"";
       break;
-    case kStageCapabilities:
-      what = "dropping capabilities";
-      break;
-    case kStageSeccomp:
-      what = "installing the seccomp filter";
-      break;
     default:
       what = "exec \"" + plan.argvStorage.front() + "\"";
       break;
@@ -154,7 +179,7 @@ std::string describe(const ExecPlan& plan, const ChildError& error) {
 
 }  // namespace
 
-SpawnOutcome spawnProcess(initproto::Spawn::Reader request, const SeccompProgram& seccomp) {
+SpawnOutcome spawnProcess(initproto::Spawn::Reader request) {
   SpawnOutcome outcome;
   if (request.getArgv().size() == 0 || request.getArgv()[0].size() == 0) {
     outcome.error = "spawn: argv is empty";
@@ -162,7 +187,7 @@ SpawnOutcome spawnProcess(initproto::Spawn::Reader request, const SeccompProgram
   }
   ExecPlan plan = planExec(request);
 
-  Pipe in, out, err, status;
+  Pipe in, out, err;
   kj::AutoCloseFd devNull;
   if (request.getStdinOpen()) {
     in = makePipe();
@@ -173,26 +198,22 @@ SpawnOutcome spawnProcess(initproto::Spawn::Reader request, const SeccompProgram
   }
   out = makePipe();
   err = makePipe();
-  status = makePipe();
 
-  pid_t pid;
-  KJ_SYSCALL(pid = fork());
-  if (pid == 0) {
-    runChild(plan, seccomp, request.getStdinOpen() ? in.read.get() : devNull.get(), out.write,
-             err.write, status.write);
-  }
+  // posix_spawn's way: the child borrows init's memory instead of copying its page
+  // tables, and init sleeps until the child has exec'd or died. One stack serves every
+  // spawn: init is single-threaded and suspended while a child runs on it.
+  static ChildStack stack;
+  ChildError error{0, 0};
+  ChildContext context{&plan, request.getStdinOpen() ? in.read.get() : devNull.get(),
+                       out.write.get(), err.write.get(), &error};
+  pid_t pid = clone(runChild, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &context);
+  if (pid < 0) KJ_FAIL_SYSCALL("clone", errno);
   // Our copies of the child's ends must go, or EOF never comes.
   in.read = nullptr;
   out.write = nullptr;
   err.write = nullptr;
-  status.write = nullptr;
 
-  ChildError error{0, 0};
-  ssize_t n;
-  do {
-    n = read(status.read, &error, sizeof(error));
-  } while (n < 0 && errno == EINTR);
-  if (n > 0) {
+  if (error.stage != 0) {
     int ignored;
     while (waitpid(pid, &ignored, 0) < 0 && errno == EINTR) {
     }

@@ -1,5 +1,5 @@
-// Starts one process for the agent: fork, wire stdio to fresh pipes, exec, and learn
-// through a close-on-exec pipe whether exec succeeded before answering.
+// Starts one process for the agent: clone (vfork-style), wire stdio to fresh pipes, exec,
+// and learn whether exec succeeded before answering.
 #pragma once
 
 #include <sys/types.h>
@@ -9,7 +9,6 @@
 
 #include <string>
 
-#include "isolator/init/seccomp_profile.h"
 #include "schema/init.capnp.h"
 
 namespace nodeagent::isolator::init {
@@ -24,7 +23,7 @@ struct SpawnOutcome {
 };
 
 // Blocks until the child has exec'd or failed to. A failed child is reaped here. The
-// child drops capabilities and installs `seccomp` just before exec.
-SpawnOutcome spawnProcess(initproto::Spawn::Reader request, const SeccompProgram& seccomp);
+// child inherits init's capabilities and seccomp filter.
+SpawnOutcome spawnProcess(initproto::Spawn::Reader request);
 
 }  // namespace nodeagent::isolator::init

@@ -127,6 +127,16 @@ inline CommandResult runCommand(const std::vector<std::string>& argv, const std:
 }
 
 // One agent process for a test suite.
+// Whether `path` disappears within `timeoutMs`. A killed sandbox's cgroups and
+// mounts are released just after the kill is answered.
+inline bool waitGone(const std::string& path, int timeoutMs = 2000) {
+  for (int waited = 0; access(path.c_str(), F_OK) == 0; waited += 5) {
+    if (waited >= timeoutMs) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
 class AgentProcess {
  public:
   // `extraConfig` is spliced into the agent's JSON config file (",\"tls\": {...}").

@@ -187,8 +187,8 @@ TEST_F(CliTest, KilledSandboxLeavesNoProcess) {
   for (pid_t p : pids) {
     EXPECT_NE(access(("/proc/" + std::to_string(p)).c_str(), F_OK), 0) << "pid " << p << " lives";
   }
-  EXPECT_NE(access(agent().cgroupDir("pids", "e2e", id).c_str(), F_OK), 0);
-  EXPECT_NE(access(agent().cgroupDir("unified", "e2e", id).c_str(), F_OK), 0);
+  EXPECT_TRUE(waitGone(agent().cgroupDir("pids", "e2e", id)));
+  EXPECT_TRUE(waitGone(agent().cgroupDir("unified", "e2e", id)));
 }
 
 TEST_F(CliTest, ListInfoUsageAsJson) {

@@ -34,11 +34,6 @@ std::string trim(std::string s) {
   return s;
 }
 
-bool exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0;
-}
-
 class LifecycleTest : public SharedAgentTest<LifecycleTest> {
  protected:
   ~LifecycleTest() noexcept override {}
@@ -195,7 +190,7 @@ TEST_F(LifecycleTest, KillWhilePausedEndsEverything) {
   EXPECT_EQ(waited.wait(io_.waitScope).getStatus().getReason(), api::ExitReason::KILLED);
   // The cgroup can only go once no process is left in it.
   for (const char* hierarchy : {"unified", "freezer", "pids"}) {
-    EXPECT_FALSE(exists(agent().cgroupDir(hierarchy, "e2e", id))) << hierarchy;
+    EXPECT_TRUE(waitGone(agent().cgroupDir(hierarchy, "e2e", id))) << hierarchy;
   }
 }
 

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "e2e/agent_harness.h"
+#include "nodeagent/store.h"
 #include "support/privileged.h"
 
 namespace nodeagent::testing {
@@ -79,6 +80,20 @@ long lastTick(const std::string& output) {
   return last;
 }
 
+// Records reach LMDB a moment after the API answered (group commit on the
+// writer thread); a kill -9 before then loses the change (and the agent sweeps
+// what it cannot find). Waits until `id` is stored in `state`.
+bool waitStored(AgentProcess& agent, const std::string& id, api::SandboxState state) {
+  auto store = Store::open((agent.dir() + "/state").c_str());
+  for (int i = 0; i < 400; ++i) {
+    KJ_IF_MAYBE (record, store->getSandbox(id.c_str())) {
+      if ((*record)->get().getState() == state) return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
 uint64_t jsonNumber(const std::string& json, const std::string& key) {
   std::smatch m;
   if (!std::regex_search(json, m, std::regex("\"" + key + "\": \"?([0-9]+)"))) return 0;
@@ -122,6 +137,11 @@ TEST(AgentRestart, FiftySandboxesAreReadoptedAfterKillDashNine) {
   std::map<std::string, pid_t> initsBefore;
   for (auto& id : cgroupsBefore) initsBefore[id] = initPid(agent, id);
 
+  for (auto& id : cgroupsBefore) {
+    ASSERT_TRUE(waitStored(agent, id,
+                           id == ids[2] ? api::SandboxState::PAUSED : api::SandboxState::RUNNING))
+        << id;
+  }
   auto killedAt = std::chrono::steady_clock::now();
   agent.killHard();
   // Long enough for the short process to end and the output pipes to fill.
@@ -257,6 +277,7 @@ TEST(AgentRestart, ASandboxWhoseInitDiedWhileTheAgentWasDownIsEndedCleanly) {
   std::string id = agent.create();
   pid_t init = initPid(agent, id);
   ASSERT_GT(init, 0);
+  ASSERT_TRUE(waitStored(agent, id, api::SandboxState::RUNNING));
   agent.killHard();
   kill(init, SIGKILL);
   for (int i = 0; i < 100 && initPid(agent, id) > 0; ++i) usleep(10000);
@@ -265,7 +286,7 @@ TEST(AgentRestart, ASandboxWhoseInitDiedWhileTheAgentWasDownIsEndedCleanly) {
   auto info = agent.sbx({"info", id, "--json"});
   EXPECT_NE(info.out.find("\"endReason\": \"lost-on-restart\""), std::string::npos)
       << info.out << info.err;
-  EXPECT_NE(access(agent.cgroupDir("pids", "e2e", id).c_str(), F_OK), 0);
+  EXPECT_TRUE(waitGone(agent.cgroupDir("pids", "e2e", id)));
   auto again = agent.sbx({"run", "--template", "python", "--", "echo", "again"});
   EXPECT_EQ(again.out, "again\n") << again.err;
 }

@@ -1,0 +1,202 @@
+// Exec round trip in a live sandbox: exec `true` -> its exit status, through
+// the real agent's RPC, sequentially. Measured three ways in one run:
+//   - idle: the node runs nothing else;
+//   - neighbour: another tenant's sandbox burns its whole CPU allowance
+//     (two busy loops) meanwhile; the goal is within 2x of idle;
+// and beside the peers, interleaved: `runc exec true` into a running runc
+// container, and a plain posix_spawn of /bin/true on the host (the floor).
+// Prints one JSON object.
+//
+//   build/bin/bench-exec [--iterations N]
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <kj/debug.h>
+
+#include "loop/io_context.h"
+#include "nodeagent/config.h"
+#include "nodeagent/rpc_endpoint.h"
+#include "schema/gateway.capnp.h"
+
+extern char** environ;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+pid_t spawn(const std::vector<std::string>& argv, bool quiet = true) {
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (quiet) {
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  }
+  pid_t pid = -1;
+  if (posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+int spawnAndWait(const std::vector<std::string>& argv) {
+  pid_t pid = spawn(argv);
+  if (pid < 0) return -1;
+  int status;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+struct Stats {
+  double p50Us, p99Us, meanUs;
+  size_t n;
+};
+
+Stats summarize(std::vector<double> us) {
+  std::sort(us.begin(), us.end());
+  double sum = 0;
+  for (double v : us) sum += v;
+  auto pct = [&](double p) {
+    return us[std::min(us.size() - 1, size_t(p * double(us.size() - 1) + 0.5))];
+  };
+  return Stats{pct(0.5), pct(0.99), sum / double(us.size()), us.size()};
+}
+
+std::string json(const char* name, const Stats& s) {
+  char buf[256];
+  snprintf(buf, sizeof(buf),
+           "\"%s\": {\"p50_us\": %.1f, \"p99_us\": %.1f, \"mean_us\": %.1f, \"n\": %zu}", name,
+           s.p50Us, s.p99Us, s.meanUs, s.n);
+  return buf;
+}
+
+double since(Clock::time_point t) {
+  return std::chrono::duration<double, std::micro>(Clock::now() - t).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int iterations = 200;
+  std::string binDir;
+  {
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    self[n > 0 ? n : 0] = '\0';
+    binDir = self;
+    binDir = binDir.substr(0, binDir.rfind('/'));
+  }
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--iterations" && i + 1 < argc) iterations = atoi(argv[++i]);
+  }
+  if (geteuid() != 0) {
+    fprintf(stderr, "bench-exec needs root\n");
+    return 1;
+  }
+  char tmpl[] = "/tmp/nodeagent-bench-exec-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  chmod(dir.c_str(), 0711);
+  std::string sock = dir + "/agent.sock";
+  {
+    FILE* f = fopen((dir + "/config.json").c_str(), "w");
+    fputs("{\"cgroupRoot\": \"nodeagent-bench-exec\", \"uidBase\": 400000000}", f);
+    fclose(f);
+  }
+  pid_t agent = spawn({binDir + "/nodeagent", "--config", dir + "/config.json", "--state-dir",
+                       dir + "/state", "--listen", "unix:" + sock, "--log-level", "warn"},
+                      false);
+  for (int i = 0; i < 400 && access(sock.c_str(), F_OK) != 0; ++i) usleep(10000);
+
+  // runc peer: a running busybox container to `runc exec` into.
+  std::string bundle = dir + "/bundle";
+  std::string container = "bench-exec-" + std::to_string(getpid());
+  std::string setup = "set -e; mkdir -p " + bundle + "/rootfs/bin && cp /bin/busybox " + bundle +
+                      "/rootfs/bin/busybox && for c in true sleep; do ln -s busybox " + bundle +
+                      "/rootfs/bin/$c; done && cd " + bundle +
+                      " && runc spec && sed -i 's/\"terminal\": true/\"terminal\": false/; "
+                      "s/\"sh\"/\"\\/bin\\/sleep\", \"1000\"/' config.json";
+  bool haveRunc = spawnAndWait({"/bin/sh", "-c", setup}) == 0 &&
+                  spawnAndWait({"runc", "run", "--detach", "--bundle", bundle, container}) == 0;
+
+  std::vector<double> idleUs, neighbourUs, runcUs, hostUs;
+  {
+    nodeagent::loop::IoContext io;
+    auto conn = nodeagent::connectToNode(io.port, nodeagent::parseListenAddress("unix:" + sock),
+                                         nullptr, 8 << 20)
+                    .wait(io.waitScope);
+    auto node = conn->bootstrap().castAs<nodeagent::api::Node>();
+    auto create = [&](const char* tenant) {
+      auto request = node.createRequest();
+      request.initSpec().setTemplate("python");
+      request.getSpec().setTenant(tenant);
+      return request.send().wait(io.waitScope).getSandbox();
+    };
+    auto sandbox = create("bench");
+    auto execTrue = [&]() {
+      auto t = Clock::now();
+      auto exec = sandbox.execRequest();
+      exec.initRequest().initArgv(1).set(0, "true");
+      auto status = exec.send().getProcess().waitRequest().send().wait(io.waitScope);
+      KJ_ASSERT(status.getStatus().getCode() == 0);
+      return since(t);
+    };
+    auto peers = [&]() {
+      auto t = Clock::now();
+      spawnAndWait({"/bin/true"});
+      hostUs.push_back(since(t));
+      if (haveRunc) {
+        t = Clock::now();
+        spawnAndWait({"runc", "exec", container, "/bin/true"});
+        runcUs.push_back(since(t));
+      }
+    };
+    for (int i = 0; i < 10; ++i) execTrue();  // warm-up
+    for (int i = 0; i < iterations; ++i) {
+      idleUs.push_back(execTrue());
+      peers();
+    }
+
+    // A neighbour of another tenant burns its CPU allowance (1 vCPU burst).
+    auto hog = create("neighbour");
+    for (int i = 0; i < 2; ++i) {
+      auto exec = hog.execRequest();
+      auto args = exec.initRequest().initArgv(3);
+      args.set(0, "sh");
+      args.set(1, "-c");
+      args.set(2, "while :; do :; done");
+      exec.send().wait(io.waitScope);
+    }
+    usleep(200000);
+    for (int i = 0; i < iterations; ++i) neighbourUs.push_back(execTrue());
+    hog.killRequest().send().wait(io.waitScope);
+    sandbox.killRequest().send().wait(io.waitScope);
+  }
+  if (haveRunc) spawnAndWait({"runc", "delete", "--force", container});
+  kill(agent, SIGTERM);
+  waitpid(agent, nullptr, 0);
+  spawnAndWait({"rm", "-rf", dir});
+
+  Stats idle = summarize(idleUs), neighbour = summarize(neighbourUs), host = summarize(hostUs);
+  Stats runc = haveRunc ? summarize(runcUs) : Stats{};
+  printf("{\n  \"benchmark\": \"exec_true_round_trip\",\n  \"iterations\": %d,\n", iterations);
+  printf("  %s,\n", json("nodeagent_idle", idle).c_str());
+  printf("  %s,\n", json("nodeagent_with_cpu_hog_neighbour", neighbour).c_str());
+  printf("  %s,\n", json("host_posix_spawn_true", host).c_str());
+  if (haveRunc) printf("  %s,\n", json("runc_exec", runc).c_str());
+  printf("  \"ratio_neighbour_vs_idle_p50\": %.2f,\n", neighbour.p50Us / idle.p50Us);
+  printf("  \"ratio_idle_p50_vs_host_spawn\": %.2f,\n", idle.p50Us / host.p50Us);
+  printf("  \"ratio_idle_p50_vs_runc_exec\": %.2f\n}\n", haveRunc ? idle.p50Us / runc.p50Us : 0.0);
+  return 0;
+}
