@@ -1,6 +1,7 @@
 // End-to-end latency harness: create a sandbox -> run `echo hi` -> its first
 // output arrives -> kill (answered), through the real agent, side by side with
-// bubblewrap and runc running the same command to its exit, in the same run. A second agent with a warm pool
+// bubblewrap and runc running the same command to its exit, in the same run. A second agent with a
+// warm pool
 // ("nodeagent_warm") serves every create from its pool: before each of its
 // iterations the harness waits, untimed, until the pool is full again.
 // Prints one JSON object.

@@ -369,13 +369,19 @@ void SandboxRuntime::claim(state::SandboxRecord::Reader record,
                      }
                    }
                  }
-                 old->remove(std::chrono::milliseconds(200));
                })) {
     log::error("sandbox.claim_failed", {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
     leftoverCgroup_ = kj::mv(old);  // finish() removes it with the new one
     kill("claim-failed");
     kj::throwFatalException(kj::mv(*e));
   }
+  // The pool's cgroup goes after the reply: nothing runs in it any more.
+  processWatches_.add(
+      port_.timer().afterDelay(0 * kj::NANOSECONDS).then([this, old = kj::mv(old)]() mutable {
+        auto& cgroup = *old;
+        return removeCgroup(cgroup, kCgroupFirstPoll, monotonicNowNs() + kCgroupRemoveDeadlineNs)
+            .attach(kj::mv(old));
+      }));
   record_->setRoot(record);
   startedMonoNs_ = monotonicNowNs();
   rpcRequests_ = 0;
@@ -479,27 +485,35 @@ kj::Promise<void> SandboxRuntime::releaseResources() {
   fs_.close();  // the last reference to the sandbox's mounts: its tmpfs goes now
   rmdir(workDir_.cStr());
   if (controlSocketPath_.size() > 0) unlink(controlSocketPath_.cStr());
-  return removeCgroups(kCgroupFirstPoll, monotonicNowNs() + kCgroupRemoveDeadlineNs);
+  int64_t deadline = monotonicNowNs() + kCgroupRemoveDeadlineNs;
+  return removeCgroup(*cgroup_, kCgroupFirstPoll, deadline).then([this]() {
+    releaseLeftoverCgroup();
+  });
 }
 
-kj::Promise<void> SandboxRuntime::removeCgroups(kj::Duration delay, int64_t deadlineMonoNs) {
-  // The namespace's last tasks may still be leaving the cgroups; poll without
-  // blocking the loop, and only after the deadline kill stragglers the slow way.
-  KJ_IF_MAYBE (e, kj::runCatchingExceptions(
-                      [&]() { cgroup_->remove(std::chrono::milliseconds(0)); })) {
+kj::Promise<void> SandboxRuntime::removeCgroup(isolator::SandboxCgroup& cgroup, kj::Duration delay,
+                                               int64_t deadlineMonoNs) {
+  // The last tasks may still be leaving the cgroup; poll without blocking the
+  // loop, and only after the deadline kill stragglers the slow way.
+  KJ_IF_MAYBE (e,
+               kj::runCatchingExceptions([&]() { cgroup.remove(std::chrono::milliseconds(0)); })) {
     if (monotonicNowNs() < deadlineMonoNs) {
-      return port_.timer().afterDelay(delay).then([this, delay, deadlineMonoNs]() {
-        return removeCgroups(kj::min(delay * 2, kCgroupMaxPoll), deadlineMonoNs);
+      return port_.timer().afterDelay(delay).then([this, &cgroup, delay, deadlineMonoNs]() {
+        return removeCgroup(cgroup, kj::min(delay * 2, kCgroupMaxPoll), deadlineMonoNs);
       });
     }
     KJ_IF_MAYBE (e2, kj::runCatchingExceptions([&]() {
-                   cgroup_->killAll();
-                   cgroup_->remove();
+                   cgroup.killAll();
+                   cgroup.remove();
                  })) {
       log::warn("sandbox.cgroup_cleanup_failed",
                 {{"id", id_.cStr()}, {"error", e2->getDescription().cStr()}});
     }
   }
+  return kj::READY_NOW;
+}
+
+void SandboxRuntime::releaseLeftoverCgroup() {
   KJ_IF_MAYBE (leftover, leftoverCgroup_) {
     KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
                    (*leftover)->killAll();
@@ -510,7 +524,6 @@ kj::Promise<void> SandboxRuntime::removeCgroups(kj::Duration delay, int64_t dead
     }
     leftoverCgroup_ = nullptr;
   }
-  return kj::READY_NOW;
 }
 
 void SandboxRuntime::fillUsage(api::Usage::Builder usage) {

@@ -117,7 +117,9 @@ class SandboxRuntime final : public kj::Refcounted {
   void armTimeout();
   void finish();
   kj::Promise<void> releaseResources();
-  kj::Promise<void> removeCgroups(kj::Duration delay, int64_t deadlineMonoNs);
+  kj::Promise<void> removeCgroup(isolator::SandboxCgroup& cgroup, kj::Duration delay,
+                                 int64_t deadlineMonoNs);
+  void releaseLeftoverCgroup();
   void captureFinalStats();
   kj::Promise<void> waitFrozen(int64_t deadlineMonoNs, kj::Duration delay);
   void track(kj::Own<ExecProcess> process);

@@ -179,7 +179,7 @@ TEST_F(WarmPoolTest, CreateClaimsAPoolSandboxWithTheTenantsLimits) {
 
   // It is the tenant's now: its cgroup, its memory limit, every process in it.
   EXPECT_EQ(memoryLimit("warm", created.id), 256ull << 20);
-  EXPECT_NE(access(agent().cgroupDir("unified", "_pool", created.id).c_str(), F_OK), 0);
+  EXPECT_TRUE(waitGone(agent().cgroupDir("unified", "_pool", created.id)));
   auto info = created.sandbox.infoRequest().send().wait(io_.waitScope).getInfo();
   EXPECT_EQ(info.getSpec().getTenant(), "warm");
   EXPECT_EQ(info.getSpec().getMemoryBytes(), 256ull << 20);
