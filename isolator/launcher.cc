@@ -189,6 +189,7 @@ void validate(const LaunchSpec& spec) {
   KJ_REQUIRE(hostnameOk, "hostname must be 1..64 characters from [A-Za-z0-9.-]",
              spec.hostname.c_str());
   KJ_REQUIRE(spec.diskBytes > 0, "diskBytes must be positive");
+  KJ_REQUIRE(spec.seccompFilter.size() > 0, "a sandbox needs a seccomp filter");
   for (const std::string* path : {&spec.initPath, &spec.skeletonDir, &spec.usrDir, &spec.workDir}) {
     if (path->empty() || (*path)[0] != '/')
       failSyscall("launch: path must be absolute", EINVAL, *path);
@@ -329,6 +330,7 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   setup.setUsrDir(spec.usrDir);
   setup.setDiskBytes(spec.diskBytes);
   setup.setWorkDir(spec.workDir);
+  setup.setSeccompFilter(spec.seccompFilter);
   sendInitMessage(sandbox.control, message);
 
   auto deadline = Clock::now() + spec.setupTimeout;

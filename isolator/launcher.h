@@ -38,7 +38,10 @@ struct LaunchSpec {
   std::string workDir;
   uint64_t diskBytes = 0;
   SandboxCgroup* cgroup = nullptr;  // may be null (no cgroup placement), e.g. in tests
-  int initStderrFd = -1;            // init's stderr (its diagnostics); -1 = /dev/null
+  // The BPF program every process of the sandbox runs under (SeccompProgram::bytes());
+  // required. Must stay valid during launch().
+  kj::ArrayPtr<const kj::byte> seccompFilter;
+  int initStderrFd = -1;  // init's stderr (its diagnostics); -1 = /dev/null
   // Where init listens for a restarted agent (reconnectInit()); empty = nowhere. Any
   // old socket there is replaced; the caller unlinks it once the sandbox ended. Its
   // directory must keep sandboxes out (the socket is mode 0600, owned by the caller).

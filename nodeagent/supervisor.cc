@@ -129,6 +129,7 @@ void Supervisor::start() {
     isolator::prepareSkeleton(info.skeletonDir.cStr(), info.usrDir.cStr());
     templates_.add(kj::mv(info));
   }
+  seccomp_ = isolator::SeccompProgram::compileDefault();
   hostLock_ = lockCgroupRoot(config_.getCgroupRoot());
   cgroupTree_ = isolator::CgroupTree::open(config_.getCgroupRoot().cStr());
   if (config_.getAgentCgroup()) {
@@ -332,6 +333,7 @@ kj::Own<SandboxRuntime> Supervisor::launch(kj::Own<capnp::MallocMessageBuilder> 
   launchSpec.diskBytes = filled.getDiskBytes();
   launchSpec.cgroup = cgroup.get();
   launchSpec.controlSocketPath = controlSocketPath.cStr();
+  launchSpec.seccompFilter = seccomp_.bytes();
   isolator::LaunchedSandbox launched = isolator::launch(launchSpec);
   rec.setInitPid(launched.pid);
 

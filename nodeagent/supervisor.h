@@ -10,6 +10,7 @@
 #include <kj/vector.h>
 
 #include "isolator/cgroup.h"
+#include "isolator/seccomp_profile.h"
 #include "loop/uring_event_port.h"
 #include "nodeagent/sandbox_runtime.h"
 #include "nodeagent/store.h"
@@ -146,6 +147,7 @@ class Supervisor {
   kj::AutoCloseFd hostLock_;
   bool draining_ = false;
   kj::Vector<TemplateInfo> templates_;
+  isolator::SeccompProgram seccomp_;  // compiled once, sent to every init
   isolator::CgroupMode cgroupMode_;
   kj::Maybe<kj::Own<isolator::CgroupTree>> cgroupTree_;
   std::map<std::string, kj::Own<SandboxRuntime>> live_;

@@ -20,6 +20,7 @@ struct Setup {
   usrDir @2 :Text;          # host dir mounted as /usr (overlay lower), usually "/usr"
   diskBytes @3 :UInt64;     # size of the tmpfs holding the writable layers
   workDir @4 :Text;         # host dir for the tmpfs mount point (created by the agent)
+  seccompFilter @5 :Data;   # BPF program (struct sock_filter[]) init installs on itself
 }
 
 struct Request {

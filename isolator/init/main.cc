@@ -23,7 +23,7 @@
 
 #include "isolator/init/capabilities.h"
 #include "isolator/init/control.h"
-#include "isolator/init/seccomp_profile.h"
+#include "isolator/init/seccomp_install.h"
 #include "isolator/init/server.h"
 #include "isolator/init/setup_mounts.h"
 #include "isolator/init_protocol.h"
@@ -79,6 +79,8 @@ SetupConfig readSetup(int fd) {
     config.usrDir = setup.getUsrDir().cStr();
     config.workDir = setup.getWorkDir().cStr();
     config.diskBytes = setup.getDiskBytes();
+    auto filter = setup.getSeccompFilter();
+    config.seccompFilter = kj::heapArray<kj::byte>(filter.begin(), filter.size());
     return config;
   }
   KJ_FAIL_REQUIRE("control socket closed before Setup");
@@ -113,9 +115,8 @@ int run() {
     // From here on init needs no privilege it does not hand its children, so it takes
     // their restrictions on itself and they inherit them: spawning then costs no
     // capability drops and no filter load, and init is no softer a target than they are.
-    SeccompProgram seccomp = SeccompProgram::compileDefault();
     KJ_SYSCALL(dropCapabilities() ? 0 : -1, "dropping capabilities");
-    KJ_SYSCALL(seccomp.install() ? 0 : -1, "installing the seccomp filter");
+    installSeccompFilter(config.seccompFilter);
   } catch (const kj::Exception& e) {
     sendSetupResult(control, e.getDescription());
     return 1;

@@ -3,7 +3,9 @@
 // pivot_root, hostname and loopback.
 #pragma once
 
+#include <kj/array.h>
 #include <cstdint>
+
 #include <string>
 
 namespace nodeagent::isolator::init {
@@ -14,6 +16,7 @@ struct SetupConfig {
   std::string usrDir;
   std::string workDir;
   uint64_t diskBytes = 0;
+  kj::Array<kj::byte> seccompFilter;  // installed by main() after setup, not here
 };
 
 // Throws kj::Exception naming the step that failed.

@@ -92,6 +92,11 @@ uint32_t nextUidBase() {
   return 1000000000u + slot * 65536u;
 }
 
+kj::ArrayPtr<const kj::byte> seccompFilter() {
+  static const SeccompProgram program = SeccompProgram::compileDefault();
+  return program.bytes();
+}
+
 std::string uniqueId(const char* prefix) {
   static std::atomic<int> counter{0};
   return std::string(prefix) + "-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
@@ -113,6 +118,7 @@ TestSandbox::TestSandbox(SandboxOptions options) {
   spec_.cgroup = cgroup_.get();
   spec_.initStderrFd = STDERR_FILENO;
   spec_.controlSocketPath = scratchDir() + "/" + id + ".sock";
+  spec_.seccompFilter = seccompFilter();
   try {
     launched_ = launch(spec_);
   } catch (...) {

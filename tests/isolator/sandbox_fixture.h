@@ -10,6 +10,7 @@
 
 #include "isolator/cgroup.h"
 #include "isolator/launcher.h"
+#include "isolator/seccomp_profile.h"
 #include "tests/isolator/init_client.h"
 
 namespace nodeagent::isolator::testing {
@@ -27,6 +28,8 @@ std::string initPath();
 // A fresh uid range for each sandbox of this process.
 uint32_t nextUidBase();
 std::string uniqueId(const char* prefix);
+// The default seccomp program, compiled once per process.
+kj::ArrayPtr<const kj::byte> seccompFilter();
 
 struct SandboxOptions {
   CgroupLimits limits;

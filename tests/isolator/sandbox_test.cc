@@ -476,6 +476,37 @@ TEST(Sandbox, SetupFailureIsReported) {
   }
 }
 
+TEST(Sandbox, ABrokenSeccompProgramFailsSetup) {
+  NODEAGENT_REQUIRE_ROOT();
+  auto tree = CgroupTree::open(kTestCgroupRoot);
+  // Not a whole instruction, then a whole one the kernel's checker refuses
+  // (BPF_LD | BPF_W | BPF_ABS from past the end of seccomp_data).
+  const kj::byte truncated[7] = {};
+  const kj::byte invalid[8] = {0x20, 0, 0, 0, 0xff, 0xff, 0, 0};
+  for (kj::ArrayPtr<const kj::byte> filter :
+       {kj::arrayPtr(truncated, sizeof(truncated)), kj::arrayPtr(invalid, sizeof(invalid))}) {
+    LaunchSpec spec;
+    spec.sandboxId = uniqueId("badfilter");
+    spec.hostname = "x";
+    spec.uidBase = nextUidBase();
+    spec.uidCount = 65536;
+    spec.initPath = initPath();
+    spec.skeletonDir = skeletonDir();
+    spec.workDir = scratchDir() + "/work-" + spec.sandboxId;
+    spec.diskBytes = 1 << 20;
+    spec.seccompFilter = filter;
+    try {
+      launch(spec);
+      ADD_FAILURE() << "launch should fail";
+    } catch (const kj::Exception& e) {
+      std::string message = e.getDescription().cStr();
+      EXPECT_NE(message.find("setup failed"), std::string::npos) << message;
+      EXPECT_NE(message.find("seccomp"), std::string::npos) << message;
+    }
+    rmdir(spec.workDir.c_str());
+  }
+}
+
 TEST(Sandbox, BadInitPathIsReported) {
   NODEAGENT_REQUIRE_ROOT();
   auto tree = CgroupTree::open(kTestCgroupRoot);
@@ -488,6 +519,7 @@ TEST(Sandbox, BadInitPathIsReported) {
   spec.skeletonDir = skeletonDir();
   spec.workDir = scratchDir() + "/work-" + spec.sandboxId;
   spec.diskBytes = 1 << 20;
+  spec.seccompFilter = seccompFilter();
   try {
     launch(spec);
     ADD_FAILURE() << "launch should fail";
@@ -546,6 +578,7 @@ TEST(Sandbox, InvalidSpecsAreRejectedBeforeCloning) {
   spec.skeletonDir = skeletonDir();
   spec.workDir = scratchDir() + "/never-created";
   spec.diskBytes = 1 << 20;
+  spec.seccompFilter = seccompFilter();
   LaunchSpec bad = spec;
   bad.hostname = "evil\n1.2.3.4 bank.example";
   EXPECT_THROW(launch(bad), kj::Exception);
@@ -554,6 +587,9 @@ TEST(Sandbox, InvalidSpecsAreRejectedBeforeCloning) {
   EXPECT_THROW(launch(bad), kj::Exception);
   bad = spec;
   bad.skeletonDir = "relative";
+  EXPECT_THROW(launch(bad), kj::Exception);
+  bad = spec;
+  bad.seccompFilter = nullptr;  // never an unfiltered sandbox
   EXPECT_THROW(launch(bad), kj::Exception);
   struct stat st;
   EXPECT_NE(stat(spec.workDir.c_str(), &st), 0);

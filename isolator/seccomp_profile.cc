@@ -1,4 +1,4 @@
-#include "isolator/init/seccomp_profile.h"
+#include "isolator/seccomp_profile.h"
 
 #include <errno.h>
 #include <linux/seccomp.h>
@@ -16,7 +16,7 @@
 #include <cstring>
 #include <string>
 
-namespace nodeagent::isolator::init {
+namespace nodeagent::isolator {
 namespace {
 
 // Everything not allowed below fails with EPERM, as in Docker.
@@ -268,10 +268,4 @@ SeccompProgram SeccompProgram::compileDefault() {
   return program;
 }
 
-bool SeccompProgram::install() const {
-  sock_fprog prog{static_cast<unsigned short>(code_.size()),
-                  const_cast<sock_filter*>(code_.data())};
-  return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) == 0;
-}
-
-}  // namespace nodeagent::isolator::init
+}  // namespace nodeagent::isolator
