@@ -23,50 +23,20 @@
 
 #include <kj/debug.h>
 
+#include "bench/latency_stats.h"
 #include "loop/io_context.h"
 #include "nodeagent/config.h"
 #include "nodeagent/rpc_endpoint.h"
 #include "schema/gateway.capnp.h"
 
-extern char** environ;
-
 namespace {
 
+using nodeagent::bench::json;
+using nodeagent::bench::spawnAndWait;
+using nodeagent::bench::Stats;
+using nodeagent::bench::summarize;
+
 using Clock = std::chrono::steady_clock;
-
-int spawnAndWait(const std::vector<std::string>& argv, bool quiet = true) {
-  std::vector<char*> args;
-  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  if (quiet) {
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
-  }
-  pid_t pid;
-  int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) return -1;
-  int status;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-struct Stats {
-  double p50Us, p99Us, meanUs;
-  size_t n;
-};
-
-Stats summarize(std::vector<double> us) {
-  std::sort(us.begin(), us.end());
-  double sum = 0;
-  for (double v : us) sum += v;
-  auto pct = [&](double p) {
-    return us[std::min(us.size() - 1, size_t(p * (us.size() - 1) + 0.5))];
-  };
-  return Stats{pct(0.5), pct(0.99), sum / us.size(), us.size()};
-}
 
 // Fulfils `first` when the first stdout bytes arrive.
 class FirstOutput final : public nodeagent::api::OutputSink::Server {
@@ -82,14 +52,6 @@ class FirstOutput final : public nodeagent::api::OutputSink::Server {
  private:
   kj::Own<kj::PromiseFulfiller<void>> first_;
 };
-
-std::string json(const char* name, const Stats& s) {
-  char buf[256];
-  snprintf(buf, sizeof(buf),
-           "\"%s\": {\"p50_us\": %.1f, \"p99_us\": %.1f, \"mean_us\": %.1f, \"n\": %zu}", name,
-           s.p50Us, s.p99Us, s.meanUs, s.n);
-  return buf;
-}
 
 }  // namespace
 
@@ -154,13 +116,8 @@ int main(int argc, char** argv) {
                   spawnAndWait({"runc", "run", "--bundle", bundle, "bench-warm"}) == 0;
   int counter = 0;
 
-  auto startAgent = [&](std::vector<std::string> a) {
-    pid_t pid;
-    std::vector<char*> args;
-    for (auto& s : a) args.push_back(const_cast<char*>(s.c_str()));
-    args.push_back(nullptr);
-    posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), environ);
-    return pid;
+  auto startAgent = [](std::vector<std::string> argv) {
+    return nodeagent::bench::spawnCommand(argv, /*quiet=*/false);
   };
   auto writeConfig = [&](const std::string& path, const std::string& json) {
     FILE* f = fopen(path.c_str(), "w");

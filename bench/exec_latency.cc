@@ -23,63 +23,20 @@
 
 #include <kj/debug.h>
 
+#include "bench/latency_stats.h"
 #include "loop/io_context.h"
 #include "nodeagent/config.h"
 #include "nodeagent/rpc_endpoint.h"
 #include "schema/gateway.capnp.h"
 
-extern char** environ;
-
 namespace {
 
+using nodeagent::bench::json;
+using nodeagent::bench::spawnAndWait;
+using nodeagent::bench::Stats;
+using nodeagent::bench::summarize;
+
 using Clock = std::chrono::steady_clock;
-
-pid_t spawn(const std::vector<std::string>& argv, bool quiet = true) {
-  std::vector<char*> args;
-  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  if (quiet) {
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
-  }
-  pid_t pid = -1;
-  if (posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) pid = -1;
-  posix_spawn_file_actions_destroy(&actions);
-  return pid;
-}
-
-int spawnAndWait(const std::vector<std::string>& argv) {
-  pid_t pid = spawn(argv);
-  if (pid < 0) return -1;
-  int status;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-struct Stats {
-  double p50Us, p99Us, meanUs;
-  size_t n;
-};
-
-Stats summarize(std::vector<double> us) {
-  std::sort(us.begin(), us.end());
-  double sum = 0;
-  for (double v : us) sum += v;
-  auto pct = [&](double p) {
-    return us[std::min(us.size() - 1, size_t(p * double(us.size() - 1) + 0.5))];
-  };
-  return Stats{pct(0.5), pct(0.99), sum / double(us.size()), us.size()};
-}
-
-std::string json(const char* name, const Stats& s) {
-  char buf[256];
-  snprintf(buf, sizeof(buf),
-           "\"%s\": {\"p50_us\": %.1f, \"p99_us\": %.1f, \"mean_us\": %.1f, \"n\": %zu}", name,
-           s.p50Us, s.p99Us, s.meanUs, s.n);
-  return buf;
-}
 
 double since(Clock::time_point t) {
   return std::chrono::duration<double, std::micro>(Clock::now() - t).count();
@@ -114,9 +71,10 @@ int main(int argc, char** argv) {
     fputs("{\"cgroupRoot\": \"nodeagent-bench-exec\", \"uidBase\": 400000000}", f);
     fclose(f);
   }
-  pid_t agent = spawn({binDir + "/nodeagent", "--config", dir + "/config.json", "--state-dir",
-                       dir + "/state", "--listen", "unix:" + sock, "--log-level", "warn"},
-                      false);
+  pid_t agent = nodeagent::bench::spawnCommand(
+      {binDir + "/nodeagent", "--config", dir + "/config.json", "--state-dir", dir + "/state",
+       "--listen", "unix:" + sock, "--log-level", "warn"},
+      false);
   for (int i = 0; i < 400 && access(sock.c_str(), F_OK) != 0; ++i) usleep(10000);
 
   // runc peer: a running busybox container to `runc exec` into.

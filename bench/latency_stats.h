@@ -1,0 +1,68 @@
+// Helpers shared by the latency harnesses: running a peer command, and
+// summarizing samples as JSON.
+#pragma once
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+extern char** environ;
+
+namespace nodeagent::bench {
+
+// Starts `argv` (PATH search), its output discarded when `quiet`; -1 on failure.
+inline pid_t spawnCommand(const std::vector<std::string>& argv, bool quiet = true) {
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (quiet) {
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  }
+  pid_t pid = -1;
+  if (posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+// Runs `argv` to its end: its exit code, or -1.
+inline int spawnAndWait(const std::vector<std::string>& argv, bool quiet = true) {
+  pid_t pid = spawnCommand(argv, quiet);
+  if (pid < 0) return -1;
+  int status;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+struct Stats {
+  double p50Us, p99Us, meanUs;
+  size_t n;
+};
+
+inline Stats summarize(std::vector<double> us) {
+  std::sort(us.begin(), us.end());
+  double sum = 0;
+  for (double v : us) sum += v;
+  auto pct = [&](double p) {
+    return us[std::min(us.size() - 1, size_t(p * double(us.size() - 1) + 0.5))];
+  };
+  return Stats{pct(0.5), pct(0.99), sum / double(us.size()), us.size()};
+}
+
+// `"name": {"p50_us": ..., "p99_us": ..., "mean_us": ..., "n": ...}`
+inline std::string json(const char* name, const Stats& s) {
+  char buf[256];
+  snprintf(buf, sizeof(buf),
+           "\"%s\": {\"p50_us\": %.1f, \"p99_us\": %.1f, \"mean_us\": %.1f, \"n\": %zu}", name,
+           s.p50Us, s.p99Us, s.meanUs, s.n);
+  return buf;
+}
+
+}  // namespace nodeagent::bench
