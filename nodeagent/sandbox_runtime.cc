@@ -83,7 +83,7 @@ void SandboxRuntime::adoptProcesses() {
                      auto options = processOptions(kj::mv(a.argv), a.timeoutAtMonoNs);
                      options.startedAtNs = a.startedAtNs;
                      track(kj::refcounted<ExecProcess>(port_, kj::mv(a.process), nullptr,
-                                                       channel_.exitStatus(pid), kj::mv(options)));
+                                                       exitStatusOf(pid), kj::mv(options)));
                    }
                    synced_ = true;
                    log::info("sandbox.resynced",
@@ -105,6 +105,14 @@ kj::Promise<void> SandboxRuntime::whenSynced() {
                           " was paused when the agent restarted; resume it to see its processes"));
   }
   return KJ_ASSERT_NONNULL(syncing_).addBranch();
+}
+
+kj::Promise<int> SandboxRuntime::exitStatusOf(int pid) {
+  // If init goes, the process went with the sandbox: report that only once
+  // the sandbox's end is recorded, so whoever sees the exit also sees why.
+  return channel_.exitStatus(pid).catch_([this](kj::Exception&& e) -> kj::Promise<int> {
+    return whenEnded().then([e = kj::mv(e)]() mutable -> kj::Promise<int> { return kj::mv(e); });
+  });
 }
 
 ExecProcess::Options SandboxRuntime::processOptions(kj::Array<kj::String> argv,
@@ -176,7 +184,7 @@ kj::Promise<kj::Own<ExecProcess>> SandboxRuntime::exec(api::ExecRequest::Reader 
         int pid = spawned.pid;
         options.stdinClosed = [this, pid]() { channel_.closeStdin(pid); };
         auto process = kj::refcounted<ExecProcess>(port_, kj::mv(spawned), kj::mv(output),
-                                                   channel_.exitStatus(pid), kj::mv(options));
+                                                   exitStatusOf(pid), kj::mv(options));
         track(kj::addRef(*process));
         return process;
       });
