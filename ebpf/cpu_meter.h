@@ -4,6 +4,7 @@
 // counters, which it is checked against.
 #pragma once
 
+#include <kj/array.h>
 #include <kj/memory.h>
 #include <kj/string.h>
 
@@ -15,9 +16,15 @@ namespace nodeagent::ebpf {
 
 class CpuMeter {
  public:
-  // Loads and attaches the program. Throws (with libbpf's reason) without the
-  // privileges or BTF it needs.
-  static kj::Own<CpuMeter> start();
+  // Loads the program and attaches it to sched_switch, with its maps and its
+  // link pinned in `pinDir` (on bpffs, mounted at /sys/fs/bpf if it is not):
+  // the program keeps counting while no agent runs, and the next start()
+  // takes over the same counters (replacing the program, so an upgrade takes
+  // effect). Throws (with libbpf's reason) without the privileges or BTF it
+  // needs.
+  static kj::Own<CpuMeter> start(kj::StringPtr pinDir);
+  // Detaches the program and deletes its pinned maps (uninstall, tests).
+  static void removePinned(kj::StringPtr pinDir);
   explicit CpuMeter(cpu_accounting* skeleton);
   ~CpuMeter();
   KJ_DISALLOW_COPY(CpuMeter);
@@ -31,11 +38,17 @@ class CpuMeter {
   // while this reads may be missed once (never counted twice); keep the
   // largest value seen. Throws if it is not tracked.
   uint64_t read(uint64_t cgroupId) const;
+  bool tracks(uint64_t cgroupId) const;
+  // Untracks every cgroup not in `keep` (ended while no agent ran).
+  void retainOnly(kj::ArrayPtr<const uint64_t> keep);
 
  private:
   cpu_accounting* skeleton_;
   int cpus_;
 };
+
+// Mounts bpffs on /sys/fs/bpf unless it is there already.
+void ensureBpffs();
 
 // The id the kernel gives a v2 cgroup (what bpf_get_current_cgroup_id() and
 // the program report): the inode number of its directory.

@@ -1,6 +1,7 @@
 #include "nodeagent/sandbox_runtime.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,6 +43,7 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks ho
       controlSocketPath_(kj::mv(parts.controlSocketPath)),
       hooks_(kj::mv(hooks)),
       startedMonoNs_(monotonicNowNs()),
+      cpuMeter_(parts.cpuMeter),
       endedFork_(nullptr),
       releasedFork_(nullptr),
       processWatches_(errorLogger_) {
@@ -51,6 +53,7 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks ho
   auto released = kj::newPromiseAndFulfiller<void>();
   releasedFulfiller_ = kj::mv(released.fulfiller);
   releasedFork_ = released.promise.fork();
+  trackCpu();
   watchTask_ = watchInit().eagerlyEvaluate([this](kj::Exception&& e) {
     log::error("sandbox.watch_failed", {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
   });
@@ -362,7 +365,10 @@ void SandboxRuntime::claim(state::SandboxRecord::Reader record,
   requireRunning();
   KJ_REQUIRE(!paused() && running_.empty() && execs_ == 0, "only an idle pool sandbox is claimed");
   auto old = kj::mv(cgroup_);
+  untrackCpu();  // the tenant's count starts at the claim, as its cgroup's does
+  meteredCpuNs_ = 0;
   cgroup_ = kj::mv(cgroup);
+  trackCpu();
   KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
                  // An idle sandbox runs its init only; a few rounds catch any
                  // process forked meanwhile.
@@ -429,6 +435,43 @@ void SandboxRuntime::captureFinalStats() {
   }
 }
 
+void SandboxRuntime::trackCpu() {
+  KJ_IF_MAYBE (meter, cpuMeter_) {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                   struct stat st;
+                   KJ_SYSCALL(fstat(cgroup_->v2Fd(), &st));
+                   cpuCgroupId_ = uint64_t(st.st_ino);
+                   meter->track(cpuCgroupId_);  // an adopted sandbox's count carries on
+                 })) {
+      log::warn("sandbox.cpu_meter_failed",
+                {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+      cpuCgroupId_ = 0;
+    }
+  }
+}
+
+void SandboxRuntime::untrackCpu() {
+  KJ_IF_MAYBE (meter, cpuMeter_) {
+    if (cpuCgroupId_ == 0) return;
+    kj::runCatchingExceptions([&]() { meter->untrack(cpuCgroupId_); });
+    cpuCgroupId_ = 0;
+  }
+}
+
+uint64_t SandboxRuntime::meteredCpuNs() {
+  KJ_IF_MAYBE (meter, cpuMeter_) {
+    if (cpuCgroupId_ != 0) {
+      KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                     meteredCpuNs_ = kj::max(meteredCpuNs_, meter->read(cpuCgroupId_));
+                   })) {
+        log::warn("sandbox.cpu_meter_failed",
+                  {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+      }
+    }
+  }
+  return meteredCpuNs_;
+}
+
 void SandboxRuntime::setTimeout(uint32_t seconds) {
   requireRunning();
   record_->getRoot<state::SandboxRecord>().setExpiresAtNs(unixNowNs() +
@@ -472,6 +515,7 @@ void SandboxRuntime::finish() {
     pendingReason_ = kj::str("init-exited");
     captureFinalStats();
   }
+  meteredCpuNs();  // every process is dead: this reading is final
   ended_ = true;
   endedMonoNs_ = monotonicNowNs();
   timeoutTask_ = nullptr;
@@ -490,6 +534,7 @@ void SandboxRuntime::finish() {
 }
 
 kj::Promise<void> SandboxRuntime::releaseResources() {
+  untrackCpu();
   fs_.close();  // the last reference to the sandbox's mounts: its tmpfs goes now
   rmdir(workDir_.cStr());
   if (controlSocketPath_.size() > 0) unlink(controlSocketPath_.cStr());
@@ -548,6 +593,7 @@ void SandboxRuntime::fillUsage(api::Usage::Builder usage) {
   usage.setWallRunningNs(uint64_t(end - startedMonoNs_ - paused));
   usage.setWallPausedNs(uint64_t(paused));
   usage.setRpcRequests(rpcRequests_);
+  usage.setCpuMeteredNs(ended_ ? meteredCpuNs_ : meteredCpuNs());
   usage.setExecs(execs_);
 }
 

@@ -13,6 +13,7 @@
 #include <kj/function.h>
 #include <kj/refcount.h>
 
+#include "ebpf/cpu_meter.h"
 #include "isolator/cgroup.h"
 #include "loop/uring_event_port.h"
 #include "nodeagent/exec_process.h"
@@ -39,6 +40,7 @@ class SandboxRuntime final : public kj::Refcounted {
     // A sandbox a previous agent launched (`control` reconnected to its init):
     // its processes come back through a resync, its clocks from the record.
     bool adopted = false;
+    kj::Maybe<ebpf::CpuMeter&> cpuMeter;  // null where the eBPF meter could not start
   };
   // What the runtime tells its owner.
   struct Hooks {
@@ -53,6 +55,7 @@ class SandboxRuntime final : public kj::Refcounted {
   KJ_DISALLOW_COPY(SandboxRuntime);
 
   kj::StringPtr id() const { return id_; }
+  int cgroupV2Fd() const { return cgroup_->v2Fd(); }
   state::SandboxRecord::Reader record() { return record_->getRoot<state::SandboxRecord>(); }
   bool running() const { return !ended_; }  // alive, paused or not
   bool paused() const { return runState_ != RunState::kRunning; }
@@ -121,6 +124,10 @@ class SandboxRuntime final : public kj::Refcounted {
                                  int64_t deadlineMonoNs);
   void releaseLeftoverCgroup();
   void captureFinalStats();
+  // On-CPU ns from the eBPF meter (0 without it); never less than it said before.
+  uint64_t meteredCpuNs();
+  void trackCpu();
+  void untrackCpu();
   kj::Promise<void> waitFrozen(int64_t deadlineMonoNs, kj::Duration delay);
   void track(kj::Own<ExecProcess> process);
   void adoptProcesses();
@@ -150,6 +157,9 @@ class SandboxRuntime final : public kj::Refcounted {
   int64_t pausedTotalNs_ = 0;                    // of the spans that ended
   kj::Maybe<kj::ForkedPromise<void>> freezing_;  // while kPausing
   isolator::CgroupStats finalStats_{};
+  kj::Maybe<ebpf::CpuMeter&> cpuMeter_;
+  uint64_t cpuCgroupId_ = 0;                     // the v2 leaf the meter charges (0: not tracked)
+  uint64_t meteredCpuNs_ = 0;                    // the largest reading so far; final once ended
   std::map<int, kj::Own<ExecProcess>> running_;  // by in-sandbox pid
   std::deque<EndedProcess> endedProcesses_;      // oldest first
   kj::Promise<void> timeoutTask_ = nullptr;

@@ -136,14 +136,40 @@ void Supervisor::start() {
     enterAgentCgroup(*KJ_ASSERT_NONNULL(cgroupTree_), AgentReservation{});
   }
   loadTenantWeights();
+  startCpuMeter();
   makeDir(kj::str(stateDir, "/control"), 0700);
   adoptLeftovers();
+  KJ_IF_MAYBE (meter, cpuMeter_) {
+    // Sandboxes that ended while no agent ran leave their counters behind.
+    kj::Vector<uint64_t> live;
+    for (auto& entry : live_) {
+      struct stat st;
+      if (fstat(entry.second->cgroupV2Fd(), &st) == 0) live.add(uint64_t(st.st_ino));
+    }
+    (*meter)->retainOnly(live);
+  }
   writer_.flush();
   sweepOrphanCgroups();
   for (auto t : effectiveTemplates(config_)) {
     if (t.getWarmPool() > 0) pools_.add(WarmPool{kj::str(t.getName()), t.getWarmPool(), {}, 0});
   }
   scheduleRefill(kPoolRefillDelay);  // in the background, once the loop runs
+}
+
+void Supervisor::startCpuMeter() {
+  // One meter per cgroup root, like the host lock: its counters are pinned
+  // under a name of its own, so the next agent on this root takes them over.
+  kj::String name = kj::str(config_.getCgroupRoot());
+  for (char& c : name) {
+    if (c == '/') c = '-';
+  }
+  try {
+    ebpf::ensureBpffs();
+    makeDir("/sys/fs/bpf/nodeagent", 0700);
+    cpuMeter_ = ebpf::CpuMeter::start(kj::str("/sys/fs/bpf/nodeagent/", name));
+  } catch (kj::Exception& e) {
+    log::error("agent.cpu_meter_unavailable", {{"error", e.getDescription().cStr()}});
+  }
 }
 
 void Supervisor::sweepOrphanCgroups() {
@@ -359,6 +385,9 @@ kj::Own<SandboxRuntime> Supervisor::launch(kj::Own<capnp::MallocMessageBuilder> 
   parts.rootDir = kj::mv(rootDir);
   parts.workDir = kj::mv(workDir);
   parts.controlSocketPath = kj::mv(controlSocketPath);
+  KJ_IF_MAYBE (meter, cpuMeter_) {
+    parts.cpuMeter = **meter;
+  }
   SandboxRuntime::Hooks hooks;
   hooks.ended = [this](SandboxRuntime& s) { onEnded(s); };
   hooks.expired = [this](SandboxRuntime& s) { onExpired(s); };

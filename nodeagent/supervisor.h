@@ -9,6 +9,7 @@
 #include <kj/string.h>
 #include <kj/vector.h>
 
+#include "ebpf/cpu_meter.h"
 #include "isolator/cgroup.h"
 #include "isolator/seccomp_profile.h"
 #include "loop/uring_event_port.h"
@@ -136,6 +137,7 @@ class Supervisor {
   kj::String controlSocketPathOf(kj::StringPtr id);
   void sweepOrphanCgroups();
   void loadTenantWeights();
+  void startCpuMeter();
   // Queues the record (and an audit entry, if given) as one change.
   void persist(state::SandboxRecord::Reader record,
                kj::Maybe<kj::Own<capnp::MallocMessageBuilder>> audit);
@@ -147,7 +149,8 @@ class Supervisor {
   kj::AutoCloseFd hostLock_;
   bool draining_ = false;
   kj::Vector<TemplateInfo> templates_;
-  isolator::SeccompProgram seccomp_;  // compiled once, sent to every init
+  isolator::SeccompProgram seccomp_;             // compiled once, sent to every init
+  kj::Maybe<kj::Own<ebpf::CpuMeter>> cpuMeter_;  // null where eBPF cannot run
   isolator::CgroupMode cgroupMode_;
   kj::Maybe<kj::Own<isolator::CgroupTree>> cgroupTree_;
   std::map<std::string, kj::Own<SandboxRuntime>> live_;

@@ -86,6 +86,9 @@ void Supervisor::adopt(state::SandboxRecord::Reader rec) {
   parts.workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
   parts.controlSocketPath = kj::mv(controlSocketPath);
   parts.adopted = true;
+  KJ_IF_MAYBE (meter, cpuMeter_) {
+    parts.cpuMeter = **meter;
+  }
   SandboxRuntime::Hooks hooks;
   hooks.ended = [this](SandboxRuntime& s) { onEnded(s); };
   hooks.expired = [this](SandboxRuntime& s) { onExpired(s); };

@@ -82,6 +82,8 @@ struct Usage {
   rpcRequests @6 :UInt64;
   execs @7 :UInt64;
   wallPausedNs @8 :UInt64;    # time frozen; not part of wallRunningNs
+  cpuMeteredNs @9 :UInt64;    # on-CPU time measured in the kernel by the eBPF
+                              # sched_switch meter (0 where it cannot run)
 }
 
 struct NodeInfo {

@@ -225,6 +225,9 @@ class AgentProcess {
       std::string rm = "find '" + base + "' -depth -type d -exec rmdir {} + 2>/dev/null";
       if (system(rm.c_str()) < 0) perror("rmdir");
     }
+    // The CPU meter's pinned program keeps counting until unpinned.
+    std::string unpin = "rm -rf '/sys/fs/bpf/nodeagent/" + cgroupRoot_ + "'";
+    if (system(unpin.c_str()) != 0) perror("unpin");
     std::string cmd = "rm -rf '" + dir_ + "'";
     if (system(cmd.c_str()) != 0) perror("rm");
   }

@@ -19,6 +19,18 @@
 namespace nodeagent::ebpf {
 namespace {
 
+// Each test pins under a directory of its own and removes it after.
+class PinnedMeter {
+ public:
+  PinnedMeter() : dir_(kj::str("/sys/fs/bpf/nodeagent-test-", getpid())) {}
+  ~PinnedMeter() { CpuMeter::removePinned(dir_); }
+  kj::Own<CpuMeter> start() { return CpuMeter::start(dir_); }
+  kj::StringPtr dir() const { return dir_; }
+
+ private:
+  kj::String dir_;
+};
+
 // The cgroup2 mount: /sys/fs/cgroup/unified on hybrid hosts, else /sys/fs/cgroup.
 std::string cgroup2Root() {
   struct stat st;
@@ -48,7 +60,9 @@ class TestCgroup {
     return 0;
   }
 
-  // Forks a child that joins this cgroup and runs `body`, then exits.
+  // Runs `body` in a process born in this cgroup, as a sandbox's processes
+  // are (a child joins, then forks it); returns the child, which exits with
+  // its status.
   template <typename Body>
   pid_t run(Body body) const {
     pid_t pid = fork();
@@ -57,8 +71,14 @@ class TestCgroup {
       int fd = open(procs.c_str(), O_WRONLY);
       if (fd < 0 || write(fd, "0", 1) != 1) _exit(3);
       close(fd);
-      body();
-      _exit(0);
+      pid_t worker = fork();
+      if (worker == 0) {
+        body();
+        _exit(0);
+      }
+      int status = 0;
+      waitpid(worker, &status, 0);
+      _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 4);
     }
     return pid;
   }
@@ -81,7 +101,8 @@ int waitExit(pid_t pid) {
 
 TEST(CpuMeter, AgreesWithTheCgroupCounterWithinTwoPercentOnABusyWorkload) {
   NODEAGENT_REQUIRE_ROOT();
-  auto meter = CpuMeter::start();
+  PinnedMeter pinned;
+  auto meter = pinned.start();
   TestCgroup busy("busy");
   uint64_t id = cgroupIdOf(busy.path());
   meter->track(id);
@@ -108,7 +129,8 @@ TEST(CpuMeter, AgreesWithTheCgroupCounterWithinTwoPercentOnABusyWorkload) {
 
 TEST(CpuMeter, CountsARunningTaskBeforeItIsSwitchedOut) {
   NODEAGENT_REQUIRE_ROOT();
-  auto meter = CpuMeter::start();
+  PinnedMeter pinned;
+  auto meter = pinned.start();
   TestCgroup busy("open");
   uint64_t id = cgroupIdOf(busy.path());
   meter->track(id);
@@ -124,13 +146,14 @@ TEST(CpuMeter, CountsARunningTaskBeforeItIsSwitchedOut) {
     EXPECT_NEAR(double(now), double(kernel), 0.05 * double(kernel) + 10e6);
     previous = now;
   }
-  kill(spinner, SIGKILL);
+  kill(spinner, SIGKILL);  // the launcher; its worker ends on its own
   waitExit(spinner);
 }
 
 TEST(CpuMeter, ASleepingCgroupAccruesNothingAndUntrackedOnesAreNotCharged) {
   NODEAGENT_REQUIRE_ROOT();
-  auto meter = CpuMeter::start();
+  PinnedMeter pinned;
+  auto meter = pinned.start();
   TestCgroup idle("idle");
   TestCgroup untracked("untracked");
   uint64_t id = cgroupIdOf(idle.path());
@@ -143,6 +166,40 @@ TEST(CpuMeter, ASleepingCgroupAccruesNothingAndUntrackedOnesAreNotCharged) {
   EXPECT_THROW(meter->read(cgroupIdOf(untracked.path())), kj::Exception);
   meter->untrack(id);
   EXPECT_THROW(meter->read(id), kj::Exception);
+}
+
+}  // namespace
+}  // namespace nodeagent::ebpf
+
+namespace nodeagent::ebpf {
+namespace {
+
+TEST(CpuMeter, CountsOnWhileNoAgentRunsAndTheNextStartTakesOver) {
+  NODEAGENT_REQUIRE_ROOT();
+  PinnedMeter pinned;
+  TestCgroup busy("handover");
+  uint64_t id = cgroupIdOf(busy.path());
+  auto meter = pinned.start();
+  meter->track(id);
+  meter = nullptr;  // the agent stops; the pinned program keeps counting
+  pid_t spinner = busy.run([] { spinFor(std::chrono::milliseconds(600)); });
+  EXPECT_EQ(waitExit(spinner), 0);
+  meter = pinned.start();  // the next agent
+  ASSERT_TRUE(meter->tracks(id));
+  uint64_t kernel = busy.usageNs();
+  EXPECT_NEAR(double(meter->read(id)), double(kernel), 0.02 * double(kernel));
+  // Restarting again changes nothing: one program attached, nothing counted twice.
+  meter = pinned.start();
+  spinner = busy.run([] { spinFor(std::chrono::milliseconds(300)); });
+  EXPECT_EQ(waitExit(spinner), 0);
+  kernel = busy.usageNs();
+  EXPECT_NEAR(double(meter->read(id)), double(kernel), 0.02 * double(kernel));
+  // Sandboxes that ended meanwhile are forgotten.
+  meter->track(12345);
+  uint64_t keep[] = {id};
+  meter->retainOnly(keep);
+  EXPECT_TRUE(meter->tracks(id));
+  EXPECT_FALSE(meter->tracks(12345));
 }
 
 }  // namespace

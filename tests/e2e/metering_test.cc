@@ -1,0 +1,89 @@
+// CPU metering through the real agent (needs root): the eBPF sched_switch
+// meter's figure in `sbx usage` against the sandbox cgroup's own counter,
+// while paused, and across a kill -9 of the agent.
+#include <regex>
+#include <thread>
+
+#include "e2e/agent_harness.h"
+#include "support/privileged.h"
+
+namespace nodeagent::testing {
+namespace {
+
+const char kBurnOneSecond[] =
+    "import time\nend = time.monotonic() + 1.0\nwhile time.monotonic() < end: pass\n";
+
+uint64_t jsonNumber(const std::string& json, const std::string& key) {
+  std::smatch m;
+  if (!std::regex_search(json, m, std::regex("\"" + key + "\": \"?([0-9]+)"))) {
+    ADD_FAILURE() << key << " missing from " << json;
+    return 0;
+  }
+  return std::stoull(m[1]);
+}
+
+struct Cpu {
+  uint64_t metered, cgroup;
+};
+
+Cpu cpuOf(AgentProcess& agent, const std::string& id) {
+  auto usage = agent.sbx({"usage", id, "--json"}).out;
+  return Cpu{jsonNumber(usage, "cpuMeteredNs"),
+             jsonNumber(usage, "cpuUserNs") + jsonNumber(usage, "cpuSystemNs")};
+}
+
+TEST(Metering, TheEbpfMeterAgreesWithTheCgroupAndStopsWhilePaused) {
+  NODEAGENT_REQUIRE_ROOT();
+  AgentProcess agent;
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  std::string id = agent.create();
+  auto r = agent.sbx({"exec", id, "--", "python3", "-c", kBurnOneSecond});
+  ASSERT_EQ(r.exitCode, 0) << r.err;
+  Cpu cpu = cpuOf(agent, id);
+  ASSERT_GT(cpu.cgroup, 900'000'000u);
+  // cpuacct (v1) counts in ticks of user/system time; the meter counts
+  // nanoseconds on CPU. Within 2% of each other on a second of work.
+  EXPECT_NEAR(double(cpu.metered), double(cpu.cgroup), 0.02 * double(cpu.cgroup));
+
+  // A paused sandbox accrues nothing, even with a busy process in it.
+  ASSERT_EQ(agent.sbx({"exec", id, "-d", "--", "sh", "-c", "while :; do :; done"}).exitCode, 0);
+  ASSERT_EQ(agent.sbx({"pause", id}).exitCode, 0);
+  uint64_t before = cpuOf(agent, id).metered;
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_LT(cpuOf(agent, id).metered - before, 2'000'000u);
+  ASSERT_EQ(agent.sbx({"resume", id}).exitCode, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_GT(cpuOf(agent, id).metered - before, 100'000'000u);
+
+  // The figure survives the sandbox's end.
+  ASSERT_EQ(agent.sbx({"kill", id}).exitCode, 0);
+  uint64_t final1 = cpuOf(agent, id).metered;
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(cpuOf(agent, id).metered, final1);
+  EXPECT_GT(final1, before);
+}
+
+TEST(Metering, CountsOnWhileTheAgentIsDownAndNothingTwice) {
+  NODEAGENT_REQUIRE_ROOT();
+  AgentProcess agent;
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  std::string id = agent.create({"--timeout", "120"});
+  ASSERT_EQ(agent.sbx({"exec", id, "-d", "--", "python3", "-c",
+                       "import time\nend = time.monotonic() + 1.5\n"
+                       "while time.monotonic() < end: pass\n"})
+                .exitCode,
+            0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Wait until the record is durable (see restart_test.cc), then kill -9.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  agent.killHard();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the work finishes meanwhile
+  agent.startAgain();
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  Cpu cpu = cpuOf(agent, id);
+  ASSERT_GT(cpu.cgroup, 1'300'000'000u);
+  EXPECT_NEAR(double(cpu.metered), double(cpu.cgroup), 0.02 * double(cpu.cgroup));
+}
+
+}  // namespace
+}  // namespace nodeagent::testing
