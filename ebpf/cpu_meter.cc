@@ -50,8 +50,10 @@ kj::Own<CpuMeter> CpuMeter::start(kj::StringPtr pinDir) {
   bpf_map__set_pin_path(skeleton->maps.running, runningPin.cStr());
   bpf_map__set_pin_path(skeleton->maps.cpu_ns, totalsPin.cStr());
   bpf_map__set_pin_path(skeleton->maps.active, activePin.cStr());
-  kj::String cameInPin = kj::str(pinDir, "/cpu_came_in_at");
-  bpf_map__set_pin_path(skeleton->maps.came_in_at, cameInPin.cStr());
+  kj::String lastSeenPin = kj::str(pinDir, "/cpu_last_seen");
+  bpf_map__set_pin_path(skeleton->maps.last_seen, lastSeenPin.cStr());
+  kj::String sincePin = kj::str(pinDir, "/cpu_tracked_since");
+  bpf_map__set_pin_path(skeleton->maps.tracked_since, sincePin.cStr());
   int rc = cpu_accounting::load(skeleton);
   if (rc != 0) KJ_FAIL_SYSCALL("loading the CPU accounting BPF program", -rc, pinDir);
 
@@ -73,7 +75,8 @@ kj::Own<CpuMeter> CpuMeter::start(kj::StringPtr pinDir) {
 }
 
 void CpuMeter::removePinned(kj::StringPtr pinDir) {
-  for (const char* name : {"cpu_link", "cpu_running", "cpu_ns", "cpu_active", "cpu_came_in_at"}) {
+  for (const char* name :
+       {"cpu_link", "cpu_running", "cpu_ns", "cpu_active", "cpu_last_seen", "cpu_tracked_since"}) {
     kj::String path = kj::str(pinDir, "/", name);
     if (unlink(path.cStr()) != 0 && errno != ENOENT) KJ_FAIL_SYSCALL("unlink", errno, path);
   }
@@ -90,6 +93,13 @@ CpuMeter::~CpuMeter() {
 }
 
 void CpuMeter::track(uint64_t cgroupId) {
+  // An adopted sandbox keeps its count and the time tracking began.
+  uint64_t now = monotonicNs();
+  if (bpf_map_update_elem(bpf_map__fd(skeleton_->maps.tracked_since), &cgroupId, &now,
+                          BPF_NOEXIST) != 0 &&
+      errno != EEXIST) {
+    KJ_FAIL_SYSCALL("tracking a cgroup's CPU time", errno, cgroupId);
+  }
   std::vector<uint64_t> zeros(static_cast<size_t>(cpus_), 0);
   int fd = bpf_map__fd(skeleton_->maps.cpu_ns);
   if (bpf_map_update_elem(fd, &cgroupId, zeros.data(), BPF_NOEXIST) != 0 && errno != EEXIST) {
@@ -102,6 +112,7 @@ void CpuMeter::untrack(uint64_t cgroupId) {
   if (bpf_map_delete_elem(fd, &cgroupId) != 0 && errno != ENOENT) {
     KJ_FAIL_SYSCALL("untracking a cgroup's CPU time", errno, cgroupId);
   }
+  bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.tracked_since), &cgroupId);
 }
 
 uint64_t CpuMeter::read(uint64_t cgroupId) const {

@@ -19,6 +19,7 @@
 
 #include <gtest/gtest.h>
 
+#include "nodeagent/store.h"
 #include "support/privileged.h"
 
 extern char** environ;
@@ -330,5 +331,19 @@ class SharedAgentTest : public ::testing::Test {
   static inline AgentProcess* agent_ = nullptr;
   static inline bool ready_ = false;
 };
+
+// Records reach LMDB a moment after the API answered (group commit on the
+// writer thread); a kill -9 before then loses the change (and the agent sweeps
+// what it cannot find). Waits until `id` is stored in `state`.
+inline bool waitStored(AgentProcess& agent, const std::string& id, api::SandboxState state) {
+  auto store = Store::open((agent.dir() + "/state").c_str());
+  for (int i = 0; i < 400; ++i) {
+    KJ_IF_MAYBE (record, store->getSandbox(id.c_str())) {
+      if ((*record)->get().getState() == state) return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
 
 }  // namespace nodeagent::testing

@@ -10,7 +10,6 @@
 #include <thread>
 
 #include "e2e/agent_harness.h"
-#include "nodeagent/store.h"
 #include "support/privileged.h"
 
 namespace nodeagent::testing {
@@ -78,20 +77,6 @@ long lastTick(const std::string& output) {
     last = std::stol((*it)[1]);
   }
   return last;
-}
-
-// Records reach LMDB a moment after the API answered (group commit on the
-// writer thread); a kill -9 before then loses the change (and the agent sweeps
-// what it cannot find). Waits until `id` is stored in `state`.
-bool waitStored(AgentProcess& agent, const std::string& id, api::SandboxState state) {
-  auto store = Store::open((agent.dir() + "/state").c_str());
-  for (int i = 0; i < 400; ++i) {
-    KJ_IF_MAYBE (record, store->getSandbox(id.c_str())) {
-      if ((*record)->get().getState() == state) return true;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return false;
 }
 
 uint64_t jsonNumber(const std::string& json, const std::string& key) {

@@ -123,6 +123,9 @@ TEST(CpuMeter, AgreesWithTheCgroupCounterWithinTwoPercentOnABusyWorkload) {
   uint64_t kernel = busy.usageNs();
   ASSERT_GT(kernel, 1'000'000'000u) << "the workload did not run";
   double error = (double(measured) - double(kernel)) / double(kernel);
+  RecordProperty("relative_error_ppm", int(error * 1e6));
+  printf("bpf %llu ns, cgroup %llu ns, error %+.3f%%\n", (unsigned long long)measured,
+         (unsigned long long)kernel, error * 100);
   EXPECT_LT(std::abs(error), 0.02) << "bpf " << measured << " ns, cgroup " << kernel << " ns";
   meter->untrack(id);
 }
