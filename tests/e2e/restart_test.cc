@@ -7,6 +7,7 @@
 #include <fstream>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "e2e/agent_harness.h"
@@ -43,6 +44,23 @@ std::string readFile(const std::string& path) {
 pid_t initPid(AgentProcess& agent, const std::string& id) {
   for (pid_t p : cgroupPids(agent, "e2e", id)) {
     if (trim(readFile("/proc/" + std::to_string(p) + "/comm")) == "nodeagent-init") return p;
+  }
+  return -1;
+}
+
+// The host pid of the process that is `inner` in the sandbox's pid namespace.
+pid_t hostPidOf(AgentProcess& agent, const std::string& id, int inner) {
+  for (pid_t p : cgroupPids(agent, "e2e", id)) {
+    std::istringstream status(readFile("/proc/" + std::to_string(p) + "/status"));
+    std::string line;
+    while (std::getline(status, line)) {
+      if (line.rfind("NSpid:", 0) != 0) continue;
+      std::istringstream ids(line.substr(6));
+      std::vector<int> levels;
+      int v;
+      while (ids >> v) levels.push_back(v);
+      if (levels.size() >= 2 && levels.back() == inner) return p;
+    }
   }
   return -1;
 }
@@ -100,7 +118,10 @@ TEST(AgentRestart, FiftySandboxesAreReadoptedAfterKillDashNine) {
   // Special cases: a process that ends while no agent runs, one whose exec
   // timeout fires after the restart, a paused sandbox, and one whose own
   // lifetime runs out after the restart.
-  auto r = agent.sbx({"exec", ids[0], "-d", "--", "sh", "-c", "sleep 1; exit 7"});
+  // (It ends with code 7 when the test sends it SIGTERM from the host, once
+  // the agent is down.)
+  auto r = agent.sbx(
+      {"exec", ids[0], "-d", "--", "sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"});
   ASSERT_EQ(r.exitCode, 0) << r.err;
   int exitsWhileDown = std::stoi(r.out);
   r = agent.sbx({"exec", ids[1], "-d", "--exec-timeout", "4", "--", "sleep", "1000"});
@@ -129,7 +150,10 @@ TEST(AgentRestart, FiftySandboxesAreReadoptedAfterKillDashNine) {
   }
   auto killedAt = std::chrono::steady_clock::now();
   agent.killHard();
-  // Long enough for the short process to end and the output pipes to fill.
+  pid_t endsWhileDown = hostPidOf(agent, ids[0], exitsWhileDown);
+  ASSERT_GT(endsWhileDown, 0);
+  ASSERT_EQ(kill(endsWhileDown, SIGTERM), 0);
+  // Long enough for it to end and for the output pipes to fill.
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   for (auto& [id, pid] : initsBefore) {
     EXPECT_EQ(access(("/proc/" + std::to_string(pid)).c_str(), F_OK), 0)
