@@ -25,8 +25,8 @@ int sendSignal(int pidfd, int signo) {
 }  // namespace
 
 ExecProcess::ExecProcess(loop::UringEventPort& port, SpawnedProcess spawned,
-                         kj::Maybe<api::OutputSink::Client> output, kj::Promise<int> exitStatus,
-                         Options options)
+                         kj::Maybe<api::OutputSink::Client> output,
+                         kj::Promise<ProcessExit> exitStatus, Options options)
     : port_(port),
       pid_(spawned.pid),
       argv_(kj::mv(options.argv)),
@@ -44,21 +44,22 @@ ExecProcess::ExecProcess(loop::UringEventPort& port, SpawnedProcess spawned,
     output_.follow(kj::mv(*sink));  // nothing was read yet: it misses nothing
   }
 
-  kj::Promise<int> exited = kj::mv(exitStatus);
+  kj::Promise<ProcessExit> exited = kj::mv(exitStatus);
   KJ_IF_MAYBE (t, options.timeout) {
-    exited = exited.exclusiveJoin(port.timer().afterDelay(*t).then([this]() -> kj::Promise<int> {
-      timedOut_ = true;
-      sendSignal(pidfd_, SIGKILL);
-      return kj::NEVER_DONE;
-    }));
+    exited =
+        exited.exclusiveJoin(port.timer().afterDelay(*t).then([this]() -> kj::Promise<ProcessExit> {
+          timedOut_ = true;
+          sendSignal(pidfd_, SIGKILL);
+          return kj::NEVER_DONE;
+        }));
     // The timer's branch never resolves: after the kill, the exit status
     // still arrives through `exitStatus` once init reaps the process.
   }
 
   done_ = exited
               .then(
-                  [this](int status) -> kj::Promise<ExitInfo> {
-                    ExitInfo info = ended(classify(status));
+                  [this](ProcessExit exit) -> kj::Promise<ExitInfo> {
+                    ExitInfo info = ended(classify(exit));
                     return output_.whenDrained()
                         .exclusiveJoin(port_.timer().afterDelay(kDrainGrace))
                         .then([info]() { return info; });
@@ -76,7 +77,13 @@ ExitInfo ExecProcess::ended(ExitInfo info) {
   return info;
 }
 
-ExitInfo ExecProcess::classify(int status) {
+ExitInfo ExecProcess::classify(const ProcessExit& exit) {
+  ExitInfo info = classifyStatus(exit.waitStatus);
+  info.cpuNs = exit.cpuNs;
+  return info;
+}
+
+ExitInfo ExecProcess::classifyStatus(int status) {
   if (WIFEXITED(status)) return ExitInfo{api::ExitReason::EXITED, WEXITSTATUS(status), 0};
   int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
   if (timedOut_) return ExitInfo{api::ExitReason::TIMEOUT, 0, sig};

@@ -19,6 +19,7 @@ struct ExitInfo {
   api::ExitReason reason;
   int code = 0;
   int signal = 0;
+  uint64_t cpuNs = 0;  // what init's wait4 reported; 0 when killed with the sandbox
 };
 
 class ExecProcess final : public kj::Refcounted {
@@ -35,7 +36,7 @@ class ExecProcess final : public kj::Refcounted {
   // is the init's report of the wait status; it breaks when the sandbox is
   // killed.
   ExecProcess(loop::UringEventPort& port, SpawnedProcess spawned,
-              kj::Maybe<api::OutputSink::Client> output, kj::Promise<int> exitStatus,
+              kj::Maybe<api::OutputSink::Client> output, kj::Promise<ProcessExit> exitStatus,
               Options options);
   KJ_DISALLOW_COPY(ExecProcess);
 
@@ -58,7 +59,8 @@ class ExecProcess final : public kj::Refcounted {
                                              ProcessOutput::Offsets from);
 
  private:
-  ExitInfo classify(int waitStatus);
+  ExitInfo classify(const ProcessExit& exit);
+  ExitInfo classifyStatus(int waitStatus);
   ExitInfo ended(ExitInfo info);
 
   loop::UringEventPort& port_;

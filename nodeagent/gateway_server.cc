@@ -60,6 +60,7 @@ class ProcessImpl final : public api::Process::Server {
       status.setReason(info.reason);
       status.setCode(info.code);
       status.setSignal(info.signal);
+      status.setCpuNs(info.cpuNs);
     });
   }
 

@@ -62,20 +62,20 @@ kj::Promise<SpawnedProcess> InitChannel::spawn(const SpawnRequest& request) {
             });
 }
 
-kj::Promise<int> InitChannel::exitStatus(int pid) {
+kj::Promise<ProcessExit> InitChannel::exitStatus(int pid) {
   auto found = exits_.find(pid);
   KJ_REQUIRE(found != exits_.end(), "exitStatus() of a pid that was not spawned", pid);
   ExitSlot& slot = found->second;
   KJ_IF_MAYBE (status, slot.status) {
-    int s = *status;
+    ProcessExit exit = *status;
     exits_.erase(pid);
-    return s;
+    return exit;
   }
   KJ_IF_MAYBE (e, broken_) {
     exits_.erase(pid);
     return kj::cp(*e);
   }
-  auto paf = kj::newPromiseAndFulfiller<int>();
+  auto paf = kj::newPromiseAndFulfiller<ProcessExit>();
   slot.waiter = kj::mv(paf.fulfiller);
   return kj::mv(paf.promise);
 }
@@ -163,11 +163,12 @@ kj::Promise<void> InitChannel::readLoop() {
             auto found = exits_.find(exited.getPid());
             if (found == exits_.end()) break;  // not a process we spawned
             ExitSlot& slot = found->second;
+            ProcessExit exit{exited.getWaitStatus(), exited.getCpuNs()};
             KJ_IF_MAYBE (waiter, slot.waiter) {
-              (*waiter)->fulfill(exited.getWaitStatus());
+              (*waiter)->fulfill(kj::mv(exit));
               exits_.erase(exited.getPid());
             } else {
-              slot.status = exited.getWaitStatus();
+              slot.status = exit;
             }
             break;
           }
@@ -190,7 +191,9 @@ kj::Promise<void> InitChannel::readLoop() {
               a.startedAtNs = adopted.getStartedAtNs();
               a.timeoutAtMonoNs = adopted.getTimeoutAtMonoNs();
               ExitSlot slot;
-              if (adopted.getExited()) slot.status = adopted.getWaitStatus();
+              if (adopted.getExited()) {
+                slot.status = ProcessExit{adopted.getWaitStatus(), adopted.getCpuNs()};
+              }
               // An `exited` event may come before or after this; either way it lands here.
               auto existing = exits_.find(a.process.pid);
               if (existing == exits_.end()) {

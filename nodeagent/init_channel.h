@@ -25,6 +25,12 @@ struct SpawnedProcess {
   kj::AutoCloseFd pidfd;
 };
 
+// How a process ended, as init reaped it.
+struct ProcessExit {
+  int waitStatus = 0;  // as from waitpid
+  uint64_t cpuNs = 0;  // user + system, with the children it waited for
+};
+
 struct SpawnRequest {
   kj::Array<kj::String> argv;
   kj::Array<kj::String> env;  // "KEY=VALUE"
@@ -49,9 +55,9 @@ class InitChannel {
 
   kj::Promise<SpawnedProcess> spawn(const SpawnRequest& request);
 
-  // The waitpid() status of `pid`, once init reaps it. Call after spawn()
-  // (or resync()) resolved; an exit that arrived earlier is kept until asked for.
-  kj::Promise<int> exitStatus(int pid);
+  // How `pid` ended, once init reaps it. Call after spawn() (or resync())
+  // resolved; an exit that arrived earlier is kept until asked for.
+  kj::Promise<ProcessExit> exitStatus(int pid);
 
   // For an agent that reconnected to a running sandbox: every process init
   // still tracks (running, or ended and not yet released).
@@ -64,8 +70,8 @@ class InitChannel {
  private:
   struct PendingSpawn;
   struct ExitSlot {
-    kj::Maybe<int> status;
-    kj::Maybe<kj::Own<kj::PromiseFulfiller<int>>> waiter;
+    kj::Maybe<ProcessExit> status;
+    kj::Maybe<kj::Own<kj::PromiseFulfiller<ProcessExit>>> waiter;
   };
 
   struct PendingResync {

@@ -110,11 +110,12 @@ kj::Promise<void> SandboxRuntime::whenSynced() {
   return KJ_ASSERT_NONNULL(syncing_).addBranch();
 }
 
-kj::Promise<int> SandboxRuntime::exitStatusOf(int pid) {
+kj::Promise<ProcessExit> SandboxRuntime::exitStatusOf(int pid) {
   // If init goes, the process went with the sandbox: report that only once
   // the sandbox's end is recorded, so whoever sees the exit also sees why.
-  return channel_.exitStatus(pid).catch_([this](kj::Exception&& e) -> kj::Promise<int> {
-    return whenEnded().then([e = kj::mv(e)]() mutable -> kj::Promise<int> { return kj::mv(e); });
+  return channel_.exitStatus(pid).catch_([this](kj::Exception&& e) -> kj::Promise<ProcessExit> {
+    return whenEnded().then(
+        [e = kj::mv(e)]() mutable -> kj::Promise<ProcessExit> { return kj::mv(e); });
   });
 }
 
@@ -227,6 +228,7 @@ void SandboxRuntime::fillProcesses(capnp::List<api::ProcessInfo>::Builder out) {
     status.setReason(exit.reason);
     status.setCode(exit.code);
     status.setSignal(exit.signal);
+    status.setCpuNs(exit.cpuNs);
   };
   size_t i = 0;
   for (auto& e : endedProcesses_) {

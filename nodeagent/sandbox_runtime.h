@@ -131,7 +131,7 @@ class SandboxRuntime final : public kj::Refcounted {
   kj::Promise<void> waitFrozen(int64_t deadlineMonoNs, kj::Duration delay);
   void track(kj::Own<ExecProcess> process);
   void adoptProcesses();
-  kj::Promise<int> exitStatusOf(int pid);
+  kj::Promise<ProcessExit> exitStatusOf(int pid);
   ExecProcess::Options processOptions(kj::Array<kj::String> argv, int64_t timeoutAtMonoNs);
   void retire(ExecProcess& process);
 

@@ -139,6 +139,8 @@ struct ExitStatus {
   reason @0 :ExitReason;
   code @1 :Int32;             # exit code when exited
   signal @2 :Int32;           # signal number when signaled / killed
+  cpuNs @3 :UInt64;           # CPU time it used (user + system, with the children it
+                              # waited for); 0 when killed with its sandbox
 }
 
 interface OutputSink {

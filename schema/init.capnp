@@ -68,6 +68,7 @@ struct Spawned {
 struct Exited {
   pid @0 :Int32;
   waitStatus @1 :Int32;     # as from waitpid
+  cpuNs @2 :UInt64;         # its CPU time, user + system, with its reaped children (wait4)
 }
 
 struct Adopted {
@@ -78,4 +79,5 @@ struct Adopted {
   stdinOpen @4 :Bool;       # a stdin fd travels with this event
   exited @5 :Bool;
   waitStatus @6 :Int32;     # when exited
+  cpuNs @7 :UInt64;         # when exited, as in Exited
 }

@@ -26,11 +26,12 @@ void ProcessTable::add(pid_t pid, TrackedProcess process, kj::ArrayPtr<const kj:
   processes_.insert_or_assign(pid, kj::mv(process));
 }
 
-bool ProcessTable::markExited(pid_t pid, int waitStatus) {
+bool ProcessTable::markExited(pid_t pid, int waitStatus, uint64_t cpuNs) {
   auto it = processes_.find(pid);
   if (it == processes_.end() || it->second.exited) return false;
   it->second.exited = true;
   it->second.waitStatus = waitStatus;
+  it->second.cpuNs = cpuNs;
   return true;
 }
 

@@ -25,6 +25,7 @@ struct TrackedProcess {
   kj::AutoCloseFd pidfd;
   bool exited = false;
   int waitStatus = 0;
+  uint64_t cpuNs = 0;
 };
 
 class ProcessTable {
@@ -36,7 +37,7 @@ class ProcessTable {
   void add(pid_t pid, TrackedProcess process, kj::ArrayPtr<const kj::AutoCloseFd> fds,
            bool stdinOpen);
   // Records the exit of a tracked pid; false for any other child (an orphan).
-  bool markExited(pid_t pid, int waitStatus);
+  bool markExited(pid_t pid, int waitStatus, uint64_t cpuNs);
   void closeStdin(pid_t pid);
   // Forgets an exited process; a running one stays tracked.
   void release(pid_t pid);

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -135,16 +136,20 @@ void Server::reapChildren() {
   }
   for (;;) {
     int status;
-    pid_t pid = waitpid(-1, &status, WNOHANG);
+    struct rusage usage {};
+    pid_t pid = wait4(-1, &status, WNOHANG, &usage);
     if (pid <= 0) break;
+    uint64_t cpuNs = uint64_t(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1000000000 +
+                     uint64_t(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1000;
     // Kept (with its status) until the agent releases it, so an agent that was
     // away when it ended still learns how it ended.
-    if (!processes_.markExited(pid, status)) continue;  // an orphan reparented to us
+    if (!processes_.markExited(pid, status, cpuNs)) continue;  // an orphan reparented to us
     capnp::MallocMessageBuilder message(64);
     auto event = message.initRoot<initproto::Event>();
     auto exited = event.initExited();
     exited.setPid(pid);
     exited.setWaitStatus(status);
+    exited.setCpuNs(cpuNs);
     control_.send(message);
   }
 }
@@ -182,6 +187,7 @@ void Server::resync(uint64_t tag) {
     adopted.setStdinOpen(process.stdinFd.get() >= 0);
     adopted.setExited(process.exited);
     adopted.setWaitStatus(process.waitStatus);
+    adopted.setCpuNs(process.cpuNs);
     kj::Vector<kj::AutoCloseFd> fds;
     try {
       fds = ProcessTable::duplicateFds(process);

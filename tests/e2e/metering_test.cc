@@ -14,6 +14,11 @@ namespace {
 const char kBurnOneSecond[] =
     "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end: pass\n";
 
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
 uint64_t jsonNumber(const std::string& json, const std::string& key) {
   std::smatch m;
   if (!std::regex_search(json, m, std::regex("\"" + key + "\": \"?([0-9]+)"))) {
@@ -79,6 +84,40 @@ TEST(Metering, TheEbpfMeterAgreesWithTheCgroupAndStopsWhilePaused) {
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_EQ(metered(), final1);
   EXPECT_GT(final1, before);
+}
+
+TEST(Metering, EachProcessExitReportsItsOwnCpuTime) {
+  NODEAGENT_REQUIRE_ROOT();
+  AgentProcess agent;
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  std::string id = agent.create();
+  auto burner = agent.sbx({"exec", id, "-d", "--", "python3", "-c",
+                           "import time\nend = time.process_time() + 0.5\n"
+                           "while time.process_time() < end: pass\n"});
+  auto sleeper = agent.sbx({"exec", id, "-d", "--", "sleep", "0.3"});
+  ASSERT_EQ(burner.exitCode, 0);
+  ASSERT_EQ(sleeper.exitCode, 0);
+  std::string ps;
+  for (int i = 0; i < 200; ++i) {
+    ps = agent.sbx({"ps", id, "--json"}).out;
+    if (ps.find("\"running\": true") == std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  auto cpuOfPid = [&](const std::string& pid) -> uint64_t {
+    std::smatch m;
+    std::regex entry("\\{\\s*\"pid\": " + pid +
+                     ",[^{}]*\"status\": \\{[^{}]*\"cpuNs\": \"([0-9]+)\"");
+    if (!std::regex_search(ps, m, entry)) {
+      ADD_FAILURE() << "no cpuNs for pid " << pid << " in " << ps;
+      return 0;
+    }
+    return std::stoull(m[1]);
+  };
+  uint64_t burnt = cpuOfPid(trim(burner.out));
+  EXPECT_GE(burnt, 500'000'000u);
+  EXPECT_LT(burnt, 800'000'000u);  // interpreter start-up on top, not much more
+  EXPECT_LT(cpuOfPid(trim(sleeper.out)), 50'000'000u);
+  EXPECT_LE(burnt, cgroupUsageNs(agent, id));
 }
 
 TEST(Metering, CountsOnWhileTheAgentIsDownAndNothingTwice) {
