@@ -10,18 +10,15 @@
 // in interrupts. A task born after its cgroup was tracked is charged its
 // whole clock the first time it leaves; an older one only from then on.
 //
-// A task that runs alone is not switched out for as long as it runs, so each
-// CPU also notes when its current stretch began and whose it is (`running`),
-// and the agent adds those open stretches when it reads.
+// A task that runs alone is not switched out for as long as it runs, so the
+// agent adds, when it reads, how far each task's clock has gone since it was
+// last seen leaving (from /proc, see cpu_meter.cc). Nothing is done for the
+// task coming in: a switch costs one cgroup lookup unless a tracked task leaves.
 #include "vmlinux.h"
 
-#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
 
 char LICENSE[] SEC("license") = "GPL";
-
-#define TASK_DEAD_STATE 0x80  // TASK_DEAD: this is the task's last switch
 
 // Handover between agents: each loaded copy of this program has a generation
 // of its own, and only the one `active` names charges anything. A new agent
@@ -36,30 +33,16 @@ struct {
   __type(value, __u64);
 } active SEC(".maps");
 
-struct stretch {
-  __u64 started_ns;  // bpf_ktime_get_ns() (CLOCK_MONOTONIC); 0: nothing known yet
-  __u64 cgroup_id;   // v2 cgroup of the task running since then (0: none tracked)
-  __u64 pid;         // that task
-};
-
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-  __uint(max_entries, 1);
-  __type(key, __u32);
-  __type(value, struct stretch);
-} running SEC(".maps");
-
-// What a task's clock read when it last left a CPU (tasks of tracked
-// cgroups), with its start time to tell a reused pid apart.
+// What a task's clock read when it last left a CPU, for tasks of tracked
+// cgroups: kept on the task itself (task storage, freed with the task).
 struct seen {
   __u64 runtime;
-  __u64 start_time;
 };
 
 struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, 65536);
-  __type(key, __u32);
+  __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, int);
   __type(value, struct seen);
 } last_seen SEC(".maps");
 
@@ -80,62 +63,37 @@ struct {
   __type(value, __u64);
 } tracked_since SEC(".maps");
 
-static __always_inline __u64 cgroup_id_of(struct task_struct *task) {
-  return BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
-}
-
-// The part of the leaving task's clock not charged yet.
-static __always_inline __u64 unbilled(struct task_struct *prev, __u32 pid, __u64 cgroup,
-                                      struct stretch *current, __u64 now) {
-  __u64 runtime = BPF_CORE_READ(prev, se.sum_exec_runtime);
-  __u64 start_time = BPF_CORE_READ(prev, start_time);
-  struct seen *last = bpf_map_lookup_elem(&last_seen, &pid);
-  if (last && last->start_time == start_time && runtime >= last->runtime) {
-    return runtime - last->runtime;
+// Charges the leaving task of a tracked cgroup the part of its clock not
+// charged yet, and remembers where its clock stands.
+static __always_inline void charge(struct task_struct *task, __u64 cgroup, __u64 *total) {
+  __u64 runtime = task->se.sum_exec_runtime;
+  struct seen *last = bpf_task_storage_get(&last_seen, task, 0, 0);
+  if (last) {
+    if (runtime >= last->runtime) *total += runtime - last->runtime;
+    last->runtime = runtime;
+    return;
   }
+  // Its first departure since tracking began. Born under tracking: all of
+  // its clock is this cgroup's. Older: counted from now on (its clock so far
+  // belongs to wherever it ran before).
   __u64 *since = bpf_map_lookup_elem(&tracked_since, &cgroup);
-  if (since && start_time >= *since) return runtime;  // born under tracking
-  // Older than the tracking: only the stretch ending now, if this CPU saw it begin.
-  if (current->pid == pid && current->started_ns != 0 && now > current->started_ns) {
-    return now - current->started_ns;
-  }
-  return 0;
+  if (since && task->start_time >= *since) *total += runtime;
+  last = bpf_task_storage_get(&last_seen, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+  if (last) last->runtime = runtime;
 }
 
 SEC("raw_tp/sched_switch")
-int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next) {
+int on_sched_switch(void *ctx) {
   __u32 zero = 0;
   __u64 *active_generation = bpf_map_lookup_elem(&active, &zero);
   if (!active_generation || *active_generation != generation) return 0;
-  struct stretch *current = bpf_map_lookup_elem(&running, &zero);
-  if (!current) return 0;
-  __u64 now = bpf_ktime_get_ns();
-
-  // Charged to the cgroup the task is in now, as the kernel's own accounting
-  // does: a task moved into a sandbox's cgroup counts there from the move.
-  __u32 prev_pid = BPF_CORE_READ(prev, pid);
-  if (prev_pid != 0) {
-    __u64 leaving = cgroup_id_of(prev);
-    __u64 *total = bpf_map_lookup_elem(&cpu_ns, &leaving);
-    if (total) {
-      *total += unbilled(prev, prev_pid, leaving, current, now);
-      if (BPF_CORE_READ(prev, __state) & TASK_DEAD_STATE) {
-        bpf_map_delete_elem(&last_seen, &prev_pid);
-      } else {
-        struct seen seen = {
-            .runtime = BPF_CORE_READ(prev, se.sum_exec_runtime),
-            .start_time = BPF_CORE_READ(prev, start_time),
-        };
-        bpf_map_update_elem(&last_seen, &prev_pid, &seen, BPF_ANY);
-      }
-    }
-  }
-
-  __u32 next_pid = BPF_CORE_READ(next, pid);
-  __u64 coming = next_pid == 0 ? 0 : cgroup_id_of(next);  // the idle task is no sandbox's
-  if (coming != 0 && !bpf_map_lookup_elem(&cpu_ns, &coming)) coming = 0;
-  current->started_ns = now;
-  current->cgroup_id = coming;
-  current->pid = next_pid;
+  // The task leaving is still `current` here: its fields are read directly
+  // (a BTF pointer), which costs far less per switch than probe reads.
+  __u32 pid = (__u32)bpf_get_current_pid_tgid();
+  if (pid == 0) return 0;  // the idle task
+  // Charged to the cgroup the task is in now, as the kernel's own accounting does.
+  __u64 leaving = bpf_get_current_cgroup_id();
+  __u64 *total = bpf_map_lookup_elem(&cpu_ns, &leaving);
+  if (total) charge(bpf_get_current_task_btf(), leaving, total);
   return 0;
 }

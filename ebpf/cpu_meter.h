@@ -33,11 +33,12 @@ class CpuMeter {
   void track(uint64_t cgroupId);
   // Stops charging it and forgets its total.
   void untrack(uint64_t cgroupId);
-  // Nanoseconds its tasks have been on a CPU since track(), including the
-  // stretches running right now. Not strictly monotonic: a stretch that ends
+  // Nanoseconds its tasks have been on a CPU since track(), including how far
+  // the clocks of its tasks (the threads in `v2Path`, its directory) have gone
+  // since they last left a CPU. Not strictly monotonic: a task leaving a CPU
   // while this reads may be missed once (never counted twice); keep the
   // largest value seen. Throws if it is not tracked.
-  uint64_t read(uint64_t cgroupId) const;
+  uint64_t read(uint64_t cgroupId, kj::StringPtr v2Path) const;
   bool tracks(uint64_t cgroupId) const;
   // Untracks every cgroup not in `keep` (ended while no agent ran).
   void retainOnly(kj::ArrayPtr<const uint64_t> keep);

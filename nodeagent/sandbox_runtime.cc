@@ -464,7 +464,8 @@ uint64_t SandboxRuntime::meteredCpuNs() {
   KJ_IF_MAYBE (meter, cpuMeter_) {
     if (cpuCgroupId_ != 0) {
       KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
-                     meteredCpuNs_ = kj::max(meteredCpuNs_, meter->read(cpuCgroupId_));
+                     meteredCpuNs_ =
+                         kj::max(meteredCpuNs_, meter->read(cpuCgroupId_, cgroup_->v2Path()));
                    })) {
         log::warn("sandbox.cpu_meter_failed",
                   {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});

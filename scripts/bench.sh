@@ -5,3 +5,4 @@ build=${1:-build}
 "$build/bin/rpc_roundtrip_bench" --benchmark_format=json
 "$build/bin/bench-create-exec" --iterations "${BENCH_ITERATIONS:-100}"
 "$build/bin/bench-exec" --iterations "${BENCH_ITERATIONS:-200}"
+"$build/bin/bench-sched-switch"

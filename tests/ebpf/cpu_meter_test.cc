@@ -119,7 +119,7 @@ TEST(CpuMeter, AgreesWithTheCgroupCounterWithinTwoPercentOnABusyWorkload) {
   EXPECT_EQ(waitExit(a), 0);
   EXPECT_EQ(waitExit(b), 0);
   EXPECT_EQ(waitExit(c), 0);
-  uint64_t measured = meter->read(id);
+  uint64_t measured = meter->read(id, busy.path());
   uint64_t kernel = busy.usageNs();
   ASSERT_GT(kernel, 1'000'000'000u) << "the workload did not run";
   double error = (double(measured) - double(kernel)) / double(kernel);
@@ -142,7 +142,7 @@ TEST(CpuMeter, CountsARunningTaskBeforeItIsSwitchedOut) {
   uint64_t previous = 0;
   for (int i = 0; i < 5; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    uint64_t now = meter->read(id);
+    uint64_t now = meter->read(id, busy.path());
     uint64_t kernel = busy.usageNs();
     EXPECT_GE(now, previous);
     // The cgroup counter lags by up to a tick; the meter by a missed stretch.
@@ -165,10 +165,10 @@ TEST(CpuMeter, ASleepingCgroupAccruesNothingAndUntrackedOnesAreNotCharged) {
   pid_t other = untracked.run([] { spinFor(std::chrono::milliseconds(500)); });
   EXPECT_EQ(waitExit(sleeper), 0);
   EXPECT_EQ(waitExit(other), 0);
-  EXPECT_LT(meter->read(id), 20'000'000u);  // fork, exec-less start and exit only
-  EXPECT_THROW(meter->read(cgroupIdOf(untracked.path())), kj::Exception);
+  EXPECT_LT(meter->read(id, idle.path()), 20'000'000u);  // fork, exec-less start and exit only
+  EXPECT_THROW(meter->read(cgroupIdOf(untracked.path()), untracked.path()), kj::Exception);
   meter->untrack(id);
-  EXPECT_THROW(meter->read(id), kj::Exception);
+  EXPECT_THROW(meter->read(id, idle.path()), kj::Exception);
 }
 
 }  // namespace
@@ -190,13 +190,13 @@ TEST(CpuMeter, CountsOnWhileNoAgentRunsAndTheNextStartTakesOver) {
   meter = pinned.start();  // the next agent
   ASSERT_TRUE(meter->tracks(id));
   uint64_t kernel = busy.usageNs();
-  EXPECT_NEAR(double(meter->read(id)), double(kernel), 0.02 * double(kernel));
+  EXPECT_NEAR(double(meter->read(id, busy.path())), double(kernel), 0.02 * double(kernel));
   // Restarting again changes nothing: one program attached, nothing counted twice.
   meter = pinned.start();
   spinner = busy.run([] { spinFor(std::chrono::milliseconds(300)); });
   EXPECT_EQ(waitExit(spinner), 0);
   kernel = busy.usageNs();
-  EXPECT_NEAR(double(meter->read(id)), double(kernel), 0.02 * double(kernel));
+  EXPECT_NEAR(double(meter->read(id, busy.path())), double(kernel), 0.02 * double(kernel));
   // Sandboxes that ended meanwhile are forgotten.
   meter->track(12345);
   uint64_t keep[] = {id};
