@@ -118,9 +118,10 @@ int main(int argc, char** argv) {
   }
   rmdir(cgroup.c_str());
   double a = median(without), b = median(with);
-  printf("{\n  \"benchmark\": \"sched_switch_meter_overhead\",\n  \"rounds\": %d,\n"
-         "  \"trials\": %d,\n  \"round_trips_per_s_without\": %.0f,\n"
-         "  \"round_trips_per_s_with_meter\": %.0f,\n  \"switch_rate_loss_fraction\": %.4f\n}\n",
-         rounds, trials, a, b, (a - b) / a);
+  printf(
+      "{\n  \"benchmark\": \"sched_switch_meter_overhead\",\n  \"rounds\": %d,\n"
+      "  \"trials\": %d,\n  \"round_trips_per_s_without\": %.0f,\n"
+      "  \"round_trips_per_s_with_meter\": %.0f,\n  \"switch_rate_loss_fraction\": %.4f\n}\n",
+      rounds, trials, a, b, (a - b) / a);
   return 0;
 }

@@ -75,6 +75,7 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks ho
     adoptProcesses();
   }
   armTimeout();
+  armCpuCap();
 }
 
 void SandboxRuntime::adoptProcesses() {
@@ -402,6 +403,45 @@ void SandboxRuntime::claim(state::SandboxRecord::Reader record,
   startedMonoNs_ = monotonicNowNs();
   rpcRequests_ = 0;
   armTimeout();
+  armCpuCap();
+}
+
+void SandboxRuntime::armCpuCap() {
+  uint64_t capMillis = record().getSpec().getCpuCapMillis();
+  if (capMillis == 0) {
+    cpuCapTask_ = nullptr;
+    return;
+  }
+  cpuCapTask_ = watchCpuCap(capMillis * 1000000).eagerlyEvaluate([this](kj::Exception&& e) {
+    log::error("sandbox.cpu_cap_failed",
+               {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
+  });
+}
+
+kj::Promise<void> SandboxRuntime::watchCpuCap(uint64_t capNs) {
+  if (ended_ || pendingReason_.size() > 0) return kj::READY_NOW;
+  uint64_t used = cpuUsedNs();
+  if (used >= capNs) {
+    log::warn("sandbox.cpu_cap", {{"id", id_.cStr()}, {"cpuNs", int64_t(used)}});
+    hooks_.cpuCapped(*this);
+    return kj::READY_NOW;
+  }
+  // A sandbox at its full burst allowance reaches the cap no sooner than
+  // this; checking then (at least every 10 ms, at most every second) keeps
+  // the overshoot small without polling idle sandboxes often.
+  uint64_t burstMillis = kj::max(1u, record().getSpec().getCpuMillis());
+  uint64_t soonestNs = (capNs - used) * 1000 / burstMillis;
+  int64_t delayNs =
+      int64_t(kj::min(kj::max(soonestNs, uint64_t(10'000'000)), uint64_t(1'000'000'000)));
+  return port_.timer().afterDelay(delayNs * kj::NANOSECONDS).then([this, capNs]() {
+    return watchCpuCap(capNs);
+  });
+}
+
+uint64_t SandboxRuntime::cpuUsedNs() {
+  if (cpuMeter_ != nullptr && cpuCgroupId_ != 0) return meteredCpuNs();
+  isolator::CgroupStats stats = cgroup_->stats();
+  return stats.cpuUserNs + stats.cpuSystemNs;
 }
 
 void SandboxRuntime::kill(kj::StringPtr reason) {
@@ -522,6 +562,7 @@ void SandboxRuntime::finish() {
   ended_ = true;
   endedMonoNs_ = monotonicNowNs();
   timeoutTask_ = nullptr;
+  cpuCapTask_ = nullptr;
   auto rec = record_->getRoot<state::SandboxRecord>();
   rec.setState(api::SandboxState::STOPPED);
   rec.setEndedAtNs(unixNowNs());

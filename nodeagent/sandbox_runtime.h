@@ -48,6 +48,9 @@ class SandboxRuntime final : public kj::Refcounted {
     kj::Function<void(SandboxRuntime&)> ended;
     // The lifetime ran out; the owner kills or pauses it (spec.onTimeout).
     kj::Function<void(SandboxRuntime&)> expired;
+    // Its CPU time reached spec.cpuCapMillis; the owner kills or pauses it
+    // (spec.onCpuCap). Once per arming: a claim re-arms it.
+    kj::Function<void(SandboxRuntime&)> cpuCapped;
   };
 
   SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks hooks);
@@ -118,6 +121,10 @@ class SandboxRuntime final : public kj::Refcounted {
   void requireRunning();
   kj::Promise<void> watchInit();
   void armTimeout();
+  void armCpuCap();
+  kj::Promise<void> watchCpuCap(uint64_t capNs);
+  // CPU time so far: the eBPF meter's, or the cgroup's where it cannot run.
+  uint64_t cpuUsedNs();
   void finish();
   kj::Promise<void> releaseResources();
   kj::Promise<void> removeCgroup(isolator::SandboxCgroup& cgroup, kj::Duration delay,
@@ -163,6 +170,7 @@ class SandboxRuntime final : public kj::Refcounted {
   std::map<int, kj::Own<ExecProcess>> running_;  // by in-sandbox pid
   std::deque<EndedProcess> endedProcesses_;      // oldest first
   kj::Promise<void> timeoutTask_ = nullptr;
+  kj::Promise<void> cpuCapTask_ = nullptr;
   kj::Own<kj::PromiseFulfiller<void>> endedFulfiller_;
   kj::ForkedPromise<void> endedFork_;
   kj::Own<kj::PromiseFulfiller<void>> releasedFulfiller_;

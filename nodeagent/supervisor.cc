@@ -391,6 +391,7 @@ kj::Own<SandboxRuntime> Supervisor::launch(kj::Own<capnp::MallocMessageBuilder> 
   SandboxRuntime::Hooks hooks;
   hooks.ended = [this](SandboxRuntime& s) { onEnded(s); };
   hooks.expired = [this](SandboxRuntime& s) { onExpired(s); };
+  hooks.cpuCapped = [this](SandboxRuntime& s) { onCpuCapped(s); };
   auto runtime = kj::refcounted<SandboxRuntime>(port_, kj::mv(parts), kj::mv(hooks));
   uidSlots_.emplace(slot, id.cStr());
   live_.emplace(id.cStr(), kj::addRef(*runtime));
@@ -473,6 +474,17 @@ kj::Promise<void> Supervisor::resume(SandboxRuntime& sandbox, kj::StringPtr acto
                                 rec.getSpec().getTenant(), ""));
         log::info("sandbox.resumed", {{"id", rec.getId().cStr()}});
       });
+}
+
+void Supervisor::onCpuCapped(SandboxRuntime& sandbox) {
+  auto rec = sandbox.record();
+  kj::String detail = kj::str("reason=cpu-cap capMillis=", rec.getSpec().getCpuCapMillis());
+  if (rec.getSpec().getOnCpuCap() == api::TimeoutAction::PAUSE) {
+    tasks_.add(pauseAs(sandbox, "agent", "cpu-cap-pause", detail));
+  } else {
+    audit("agent", "cpu-cap", rec.getId(), rec.getSpec().getTenant(), detail);
+    sandbox.kill("cpu-cap");
+  }
 }
 
 void Supervisor::onExpired(SandboxRuntime& sandbox) {

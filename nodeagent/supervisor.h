@@ -124,6 +124,7 @@ class Supervisor {
   uint32_t allocateUidSlot();
   void onEnded(SandboxRuntime& sandbox);
   void onExpired(SandboxRuntime& sandbox);
+  void onCpuCapped(SandboxRuntime& sandbox);
   kj::Promise<void> pauseAs(SandboxRuntime& sandbox, kj::StringPtr actor, kj::StringPtr action,
                             kj::StringPtr detail);
   // For every record a previous agent left running: finds its cgroup and

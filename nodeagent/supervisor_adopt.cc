@@ -92,6 +92,7 @@ void Supervisor::adopt(state::SandboxRecord::Reader rec) {
   SandboxRuntime::Hooks hooks;
   hooks.ended = [this](SandboxRuntime& s) { onEnded(s); };
   hooks.expired = [this](SandboxRuntime& s) { onExpired(s); };
+  hooks.cpuCapped = [this](SandboxRuntime& s) { onCpuCapped(s); };
   auto runtime = kj::refcounted<SandboxRuntime>(port_, kj::mv(parts), kj::mv(hooks));
   uidSlots_.emplace(slot, id.cStr());
   live_.emplace(id.cStr(), kj::mv(runtime));

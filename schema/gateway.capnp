@@ -53,6 +53,9 @@ struct SandboxSpec {
   # The share the sandbox may use for long; it runs at up to cpuMillis while
   # it has saved up unused sustained share (CFS burst). Not above cpuMillis.
   onTimeout @11 :TimeoutAction;  # what expiry does; setTimeout re-arms it
+  cpuCapMillis @12 :UInt64;   # circuit breaker: CPU time (metered, ms) the sandbox may
+                              # use in all; 0 = no cap
+  onCpuCap @13 :TimeoutAction;  # what reaching it does: kill ("cpu-cap") or pause
 }
 
 enum SandboxState {

@@ -27,15 +27,17 @@ constexpr size_t kUploadChunkBytes = 256 * 1024;
 constexpr int kCliErrorExit = 125;  // sbx's own failure, as opposed to the command's exit code
 
 const kj::StringPtr kValueFlags[] = {
-    "--connect", "--tls-cert", "--tls-key", "--tls-ca",       "--template",       "--tenant",
-    "--memory",  "--cpus",     "--pids",    "--disk",         "--timeout",        "--network",
-    "--env",     "--meta",     "--cwd",     "--exec-timeout", "--cpus-sustained", "--on-timeout"};
+    "--connect",      "--tls-cert",       "--tls-key",    "--tls-ca",  "--template",
+    "--tenant",       "--memory",         "--cpus",       "--pids",    "--disk",
+    "--timeout",      "--network",        "--env",        "--meta",    "--cwd",
+    "--exec-timeout", "--cpus-sustained", "--on-timeout", "--cpu-cap", "--on-cpu-cap"};
 
 const char kUsage[] =
     "usage: sbx [--connect unix:PATH|tcp:HOST:PORT] COMMAND ...\n"
     "  create --template T [--tenant T] [--memory 512M] [--cpus 1] [--cpus-sustained 0.25]\n"
     "         [--pids N] [--disk 1G]\n"
     "         [--timeout SECONDS] [--on-timeout kill|pause] [--network off]\n"
+    "         [--cpu-cap CPU-SECONDS] [--on-cpu-cap kill|pause]\n"
     "         [--env K=V]... [--meta K=V]...\n"
     "  exec ID [-i|-d] [--env K=V]... [--cwd DIR] [--exec-timeout S] -- CMD...\n"
     "         (-d: start in the background, print its pid)\n"
@@ -135,6 +137,23 @@ void fillSpec(const Args& args, api::SandboxSpec::Builder spec) {
       spec.setOnTimeout(api::TimeoutAction::PAUSE);
     } else {
       usageError(kj::str("--on-timeout must be kill or pause"));
+    }
+  }
+  KJ_IF_MAYBE (v, args.value("--cpu-cap")) {
+    char* end = nullptr;
+    double seconds = strtod(v->cStr(), &end);
+    if (end == v->cStr() || *end != '\0' || !(seconds > 0) || seconds > 1e9) {
+      usageError(kj::str("--cpu-cap takes CPU-seconds, e.g. 0.5 or 3600"));
+    }
+    spec.setCpuCapMillis(uint64_t(seconds * 1000 + 0.5));
+  }
+  KJ_IF_MAYBE (v, args.value("--on-cpu-cap")) {
+    if (*v == "kill") {
+      spec.setOnCpuCap(api::TimeoutAction::KILL);
+    } else if (*v == "pause") {
+      spec.setOnCpuCap(api::TimeoutAction::PAUSE);
+    } else {
+      usageError(kj::str("--on-cpu-cap must be kill or pause"));
     }
   }
   auto env = args.values("--env");

@@ -120,6 +120,55 @@ TEST(Metering, EachProcessExitReportsItsOwnCpuTime) {
   EXPECT_LE(burnt, cgroupUsageNs(agent, id));
 }
 
+// Polls `sbx info` until `what` appears in it (up to 10 s).
+bool waitInfo(AgentProcess& agent, const std::string& id, const std::string& what) {
+  for (int i = 0; i < 200; ++i) {
+    if (agent.sbx({"info", id, "--json"}).out.find(what) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+TEST(Metering, TheCpuCapKillsOrPausesAtItsFigure) {
+  NODEAGENT_REQUIRE_ROOT();
+  AgentProcess agent;
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  std::string killed = agent.create({"--cpu-cap", "0.4"});
+  std::string paused = agent.create({"--cpu-cap", "0.3", "--on-cpu-cap", "pause"});
+  std::string uncapped = agent.create();
+  for (auto& id : {killed, paused, uncapped}) {
+    ASSERT_EQ(agent.sbx({"exec", id, "-d", "--", "sh", "-c", "while :; do :; done"}).exitCode, 0);
+  }
+  ASSERT_TRUE(waitInfo(agent, killed, "\"endReason\": \"cpu-cap\""))
+      << agent.sbx({"info", killed}).out;
+  uint64_t used = jsonNumber(agent.sbx({"usage", killed, "--json"}).out, "cpuMeteredNs");
+  EXPECT_GE(used, 400'000'000u);
+  EXPECT_LT(used, 550'000'000u);  // checked at most every 10 ms once near the cap
+
+  ASSERT_TRUE(waitInfo(agent, paused, "\"state\": \"paused\"")) << agent.sbx({"info", paused}).out;
+  uint64_t atPause = jsonNumber(agent.sbx({"usage", paused, "--json"}).out, "cpuMeteredNs");
+  EXPECT_GE(atPause, 300'000'000u);
+  EXPECT_LT(atPause, 450'000'000u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_LT(jsonNumber(agent.sbx({"usage", paused, "--json"}).out, "cpuMeteredNs") - atPause,
+            2'000'000u);
+
+  // The reason is in the audit log, and a sandbox without a cap runs on.
+  auto store = Store::open((agent.dir() + "/state").c_str());
+  bool audited = false;
+  for (int attempt = 0; attempt < 50 && !audited; ++attempt) {
+    for (auto& stored : store->readAudit(0, 100000)) {
+      auto e = stored->get();
+      audited = audited || (e.getSandboxId() == killed.c_str() && e.getAction() == "cpu-cap" &&
+                            e.getDetail().startsWith("reason=cpu-cap"));
+    }
+    if (!audited) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(audited);
+  EXPECT_NE(agent.sbx({"info", uncapped, "--json"}).out.find("\"state\": \"running\""),
+            std::string::npos);
+}
+
 TEST(Metering, CountsOnWhileTheAgentIsDownAndNothingTwice) {
   NODEAGENT_REQUIRE_ROOT();
   AgentProcess agent;
