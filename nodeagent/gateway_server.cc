@@ -169,7 +169,7 @@ class FilesImpl final : public api::Files::Server {
       : ctx_(ctx), sandbox_(kj::mv(sandbox)) {}
 
   kj::Promise<void> write(WriteContext context) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     auto params = context.getParams();
     uint32_t mode = params.getMode() == 0 ? 0644 : params.getMode();
     auto upload = sandbox_->files().beginUpload(params.getPath(), mode);
@@ -179,7 +179,7 @@ class FilesImpl final : public api::Files::Server {
   }
 
   kj::Promise<void> read(ReadContext context) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     auto params = context.getParams();
     kj::AutoCloseFd file = sandbox_->files().openForRead(params.getPath());
     struct stat st;
@@ -201,7 +201,7 @@ class FilesImpl final : public api::Files::Server {
   }
 
   kj::Promise<void> list(ListContext context) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     bool truncated = false;
     auto entries =
         sandbox_->files().list(context.getParams().getPath(), kMaxListEntries, &truncated);
@@ -212,21 +212,21 @@ class FilesImpl final : public api::Files::Server {
   }
 
   kj::Promise<void> stat(StatContext context) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     fillFileInfo(context.getResults().initInfo(),
                  sandbox_->files().stat(context.getParams().getPath()));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> mkdir(MkdirContext context) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     auto params = context.getParams();
     sandbox_->files().mkdir(params.getPath(), params.getParents());
     return kj::READY_NOW;
   }
 
   kj::Promise<void> remove(RemoveContext context) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     auto params = context.getParams();
     sandbox_->files().remove(params.getPath(), params.getRecursive());
     return kj::READY_NOW;
@@ -273,7 +273,7 @@ class SandboxImpl final : public api::Sandbox::Server {
       : ctx_(ctx), sandbox_(kj::mv(sandbox)), actor_(kj::str(actor)) {}
 
   kj::Promise<void> exec(ExecContext context) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     auto params = context.getParams();
     // Without a sink the output is only kept for a later Process.attach.
     kj::Maybe<api::OutputSink::Client> output;
@@ -286,7 +286,7 @@ class SandboxImpl final : public api::Sandbox::Server {
   }
 
   kj::Promise<void> files(FilesContext context) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     context.getResults().setFiles(kj::heap<FilesImpl>(ctx_, kj::addRef(*sandbox_)));
     return kj::READY_NOW;
   }
@@ -297,7 +297,7 @@ class SandboxImpl final : public api::Sandbox::Server {
   }
 
   kj::Promise<void> setTimeout(SetTimeoutContext context) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     uint32_t seconds = context.getParams().getSeconds();
     if (seconds == 0 || seconds > 7 * 24 * 3600) {
       throwApiError(api::ErrorCode::INVALID_ARGUMENT, "timeout must be 1 s to 7 days");
@@ -321,24 +321,24 @@ class SandboxImpl final : public api::Sandbox::Server {
   }
 
   kj::Promise<void> pause(PauseContext) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     return ctx_.supervisor.pause(*sandbox_, actor_);
   }
 
   kj::Promise<void> resume(ResumeContext) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     return ctx_.supervisor.resume(*sandbox_, actor_);
   }
 
   kj::Promise<void> processes(ProcessesContext context) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     return sandbox_->whenSynced().then([this, context]() mutable {
       sandbox_->fillProcesses(context.getResults().initProcesses(sandbox_->processCount()));
     });
   }
 
   kj::Promise<void> process(ProcessContext context) override {
-    sandbox_->countRequest();
+    sandbox_->admitRequest();
     return sandbox_->whenSynced().then([this, context]() mutable {
       auto process = sandbox_->findProcess(context.getParams().getPid());
       context.getResults().setProcess(

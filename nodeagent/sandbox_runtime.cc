@@ -406,6 +406,17 @@ void SandboxRuntime::claim(state::SandboxRecord::Reader record,
   armCpuCap();
 }
 
+void SandboxRuntime::admitRequest() {
+  ++rpcRequests_;
+  uint64_t cap = record().getSpec().getRequestCap();
+  if (cap != 0 && rpcRequests_ > cap) {
+    --rpcRequests_;  // a refused request is no request
+    throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
+                  kj::str("sandbox ", id_, " has made its ", cap,
+                          " requests (its request cap); kill, info and usage still work"));
+  }
+}
+
 void SandboxRuntime::armCpuCap() {
   uint64_t capMillis = record().getSpec().getCpuCapMillis();
   if (capMillis == 0) {

@@ -72,7 +72,11 @@ class SandboxRuntime final : public kj::Refcounted {
   void kill(kj::StringPtr reason);
   void setTimeout(uint32_t seconds);
   void fillUsage(api::Usage::Builder usage);
+  // Counts a request (kill, info and usage: never refused, so a sandbox can
+  // always be ended and billed).
   void countRequest() { ++rpcRequests_; }
+  // Counts one and refuses it (limitExceeded) beyond spec.requestCap.
+  void admitRequest();
 
   // Freezes every process (record state PAUSED). Resolves once frozen, with
   // whether this call paused it (false: it already was).

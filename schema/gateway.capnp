@@ -56,6 +56,9 @@ struct SandboxSpec {
   cpuCapMillis @12 :UInt64;   # circuit breaker: CPU time (metered, ms) the sandbox may
                               # use in all; 0 = no cap
   onCpuCap @13 :TimeoutAction;  # what reaching it does: kill ("cpu-cap") or pause
+  requestCap @14 :UInt64;     # circuit breaker: API requests on the sandbox (exec,
+                              # files, ...) before they fail with limitExceeded;
+                              # kill, info and usage are never refused. 0 = no cap
 }
 
 enum SandboxState {

@@ -30,14 +30,15 @@ const kj::StringPtr kValueFlags[] = {
     "--connect",      "--tls-cert",       "--tls-key",    "--tls-ca",  "--template",
     "--tenant",       "--memory",         "--cpus",       "--pids",    "--disk",
     "--timeout",      "--network",        "--env",        "--meta",    "--cwd",
-    "--exec-timeout", "--cpus-sustained", "--on-timeout", "--cpu-cap", "--on-cpu-cap"};
+    "--exec-timeout", "--cpus-sustained", "--on-timeout", "--cpu-cap", "--on-cpu-cap",
+    "--request-cap"};
 
 const char kUsage[] =
     "usage: sbx [--connect unix:PATH|tcp:HOST:PORT] COMMAND ...\n"
     "  create --template T [--tenant T] [--memory 512M] [--cpus 1] [--cpus-sustained 0.25]\n"
     "         [--pids N] [--disk 1G]\n"
     "         [--timeout SECONDS] [--on-timeout kill|pause] [--network off]\n"
-    "         [--cpu-cap CPU-SECONDS] [--on-cpu-cap kill|pause]\n"
+    "         [--cpu-cap CPU-SECONDS] [--on-cpu-cap kill|pause] [--request-cap N]\n"
     "         [--env K=V]... [--meta K=V]...\n"
     "  exec ID [-i|-d] [--env K=V]... [--cwd DIR] [--exec-timeout S] -- CMD...\n"
     "         (-d: start in the background, print its pid)\n"
@@ -155,6 +156,13 @@ void fillSpec(const Args& args, api::SandboxSpec::Builder spec) {
     } else {
       usageError(kj::str("--on-cpu-cap must be kill or pause"));
     }
+  }
+  KJ_IF_MAYBE (v, args.value("--request-cap")) {
+    char* end = nullptr;
+    unsigned long long n = strtoull(v->cStr(), &end, 10);
+    if (end == v->cStr() || *end != '\0' || n == 0)
+      usageError(kj::str("--request-cap takes a count"));
+    spec.setRequestCap(n);
   }
   auto env = args.values("--env");
   setKeyValues(spec.initEnv(env.size()), env);

@@ -169,6 +169,27 @@ TEST(Metering, TheCpuCapKillsOrPausesAtItsFigure) {
             std::string::npos);
 }
 
+TEST(Metering, TheRequestCapRefusesMoreButKillInfoAndUsageStillWork) {
+  NODEAGENT_REQUIRE_ROOT();
+  AgentProcess agent;
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  std::string id = agent.create({"--request-cap", "3"});
+  for (int i = 0; i < 3; ++i) {
+    auto r = agent.sbx({"exec", id, "--", "true"});
+    ASSERT_EQ(r.exitCode, 0) << "request " << i + 1 << ": " << r.err;
+  }
+  auto refused = agent.sbx({"exec", id, "--", "true"});
+  EXPECT_NE(refused.exitCode, 0);
+  EXPECT_NE(refused.err.find("limitExceeded"), std::string::npos) << refused.err;
+  EXPECT_NE(agent.sbx({"cp", "/etc/hostname", id + ":/tmp/x"}).err.find("limitExceeded"),
+            std::string::npos);
+  EXPECT_EQ(agent.sbx({"info", id}).exitCode, 0);
+  auto usage = agent.sbx({"usage", id, "--json"});
+  EXPECT_EQ(usage.exitCode, 0);
+  EXPECT_EQ(agent.sbx({"kill", id}).exitCode, 0);
+  EXPECT_TRUE(waitInfo(agent, id, "\"endReason\": \"killed\""));
+}
+
 TEST(Metering, CountsOnWhileTheAgentIsDownAndNothingTwice) {
   NODEAGENT_REQUIRE_ROOT();
   AgentProcess agent;
