@@ -23,7 +23,7 @@
 
 #include <kj/debug.h>
 
-#include "bench/latency_stats.h"
+#include "bench/bench_support.h"
 #include "loop/io_context.h"
 #include "nodeagent/config.h"
 #include "nodeagent/rpc_endpoint.h"
@@ -57,14 +57,7 @@ class FirstOutput final : public nodeagent::api::OutputSink::Server {
 
 int main(int argc, char** argv) {
   int iterations = 100;
-  std::string binDir;
-  {
-    char self[4096];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    self[n > 0 ? n : 0] = '\0';
-    binDir = self;
-    binDir = binDir.substr(0, binDir.rfind('/'));
-  }
+  std::string binDir = nodeagent::bench::ownBinDir();
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--iterations" && i + 1 < argc) iterations = atoi(argv[++i]);

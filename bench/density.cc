@@ -19,6 +19,7 @@
 
 #include <kj/debug.h>
 
+#include "bench/bench_support.h"
 #include "loop/io_context.h"
 #include "nodeagent/config.h"
 #include "nodeagent/rpc_endpoint.h"
@@ -90,14 +91,7 @@ double percentile(std::vector<double> v, double p) {
 int main(int argc, char** argv) {
   int count = 500;
   int idleSeconds = 10;
-  std::string binDir;
-  {
-    char self[4096];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    self[n > 0 ? n : 0] = '\0';
-    binDir = self;
-    binDir = binDir.substr(0, binDir.rfind('/'));
-  }
+  std::string binDir = nodeagent::bench::ownBinDir();
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--sandboxes" && i + 1 < argc) count = atoi(argv[++i]);

@@ -22,6 +22,7 @@
 #include <kj/exception.h>
 
 #include "isolator/cgroup.h"
+#include "isolator/child_stack.h"
 #include "isolator/file_util.h"
 #include "isolator/init_protocol.h"
 #include "schema/init.capnp.h"
@@ -117,23 +118,6 @@ struct ChildContext {
 int childEntry(void* context) {
   runChild(*static_cast<const ChildContext*>(context));
 }
-
-// The child's stack while it shares our memory (CLONE_VM), until it execs.
-class ChildStack {
- public:
-  static constexpr size_t kBytes = 64 * 1024;
-  ChildStack() {
-    base_ = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
-                 -1, 0);
-    if (base_ == MAP_FAILED) KJ_FAIL_SYSCALL("mmap child stack", errno);
-  }
-  ~ChildStack() { munmap(base_, kBytes); }
-  KJ_DISALLOW_COPY(ChildStack);
-  void* top() { return static_cast<char*>(base_) + kBytes; }
-
- private:
-  void* base_;
-};
 
 // Moves an fd to >= 10 so that the child's dup2 onto 0..3 cannot overwrite a source.
 kj::AutoCloseFd highFd(kj::AutoCloseFd fd) {

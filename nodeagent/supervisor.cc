@@ -156,6 +156,21 @@ void Supervisor::start() {
   scheduleRefill(kPoolRefillDelay);  // in the background, once the loop runs
 }
 
+kj::Own<SandboxRuntime> Supervisor::startRuntime(SandboxRuntime::Parts parts, uint32_t uidSlot) {
+  KJ_IF_MAYBE (meter, cpuMeter_) {
+    parts.cpuMeter = **meter;
+  }
+  SandboxRuntime::Hooks hooks;
+  hooks.ended = [this](SandboxRuntime& s) { onEnded(s); };
+  hooks.expired = [this](SandboxRuntime& s) { onExpired(s); };
+  hooks.cpuCapped = [this](SandboxRuntime& s) { onCpuCapped(s); };
+  auto runtime = kj::refcounted<SandboxRuntime>(port_, kj::mv(parts), kj::mv(hooks));
+  std::string id = runtime->id().cStr();
+  uidSlots_.emplace(uidSlot, id);
+  live_.emplace(id, kj::addRef(*runtime));
+  return runtime;
+}
+
 void Supervisor::startCpuMeter() {
   // One meter per cgroup root, like the host lock: its counters are pinned
   // under a name of its own, so the next agent on this root takes them over.
@@ -385,16 +400,7 @@ kj::Own<SandboxRuntime> Supervisor::launch(kj::Own<capnp::MallocMessageBuilder> 
   parts.rootDir = kj::mv(rootDir);
   parts.workDir = kj::mv(workDir);
   parts.controlSocketPath = kj::mv(controlSocketPath);
-  KJ_IF_MAYBE (meter, cpuMeter_) {
-    parts.cpuMeter = **meter;
-  }
-  SandboxRuntime::Hooks hooks;
-  hooks.ended = [this](SandboxRuntime& s) { onEnded(s); };
-  hooks.expired = [this](SandboxRuntime& s) { onExpired(s); };
-  hooks.cpuCapped = [this](SandboxRuntime& s) { onCpuCapped(s); };
-  auto runtime = kj::refcounted<SandboxRuntime>(port_, kj::mv(parts), kj::mv(hooks));
-  uidSlots_.emplace(slot, id.cStr());
-  live_.emplace(id.cStr(), kj::addRef(*runtime));
+  auto runtime = startRuntime(kj::mv(parts), slot);
   log::info("sandbox.created", {{"id", id.cStr()},
                                 {"tenant", filled.getTenant().cStr()},
                                 {"template", filled.getTemplate().cStr()},

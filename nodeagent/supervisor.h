@@ -125,6 +125,9 @@ class Supervisor {
   void onEnded(SandboxRuntime& sandbox);
   void onExpired(SandboxRuntime& sandbox);
   void onCpuCapped(SandboxRuntime& sandbox);
+  // Builds the runtime for `parts` (wiring the meter and the hooks) and
+  // registers it as live, holding `uidSlot`.
+  kj::Own<SandboxRuntime> startRuntime(SandboxRuntime::Parts parts, uint32_t uidSlot);
   kj::Promise<void> pauseAs(SandboxRuntime& sandbox, kj::StringPtr actor, kj::StringPtr action,
                             kj::StringPtr detail);
   // For every record a previous agent left running: finds its cgroup and

@@ -86,16 +86,7 @@ void Supervisor::adopt(state::SandboxRecord::Reader rec) {
   parts.workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
   parts.controlSocketPath = kj::mv(controlSocketPath);
   parts.adopted = true;
-  KJ_IF_MAYBE (meter, cpuMeter_) {
-    parts.cpuMeter = **meter;
-  }
-  SandboxRuntime::Hooks hooks;
-  hooks.ended = [this](SandboxRuntime& s) { onEnded(s); };
-  hooks.expired = [this](SandboxRuntime& s) { onExpired(s); };
-  hooks.cpuCapped = [this](SandboxRuntime& s) { onCpuCapped(s); };
-  auto runtime = kj::refcounted<SandboxRuntime>(port_, kj::mv(parts), kj::mv(hooks));
-  uidSlots_.emplace(slot, id.cStr());
-  live_.emplace(id.cStr(), kj::mv(runtime));
+  startRuntime(kj::mv(parts), slot);
   audit("agent", "adopt", id, rec.getSpec().getTenant(), "");
   log::info("sandbox.adopted", {{"id", id.cStr()}, {"tenant", rec.getSpec().getTenant().cStr()}});
 }

@@ -5,7 +5,6 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,6 +12,8 @@
 #include <kj/debug.h>
 
 #include <vector>
+
+#include "isolator/child_stack.h"
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
@@ -35,22 +36,6 @@ struct ChildError {
 
 struct Pipe {
   kj::AutoCloseFd read, write;
-};
-
-// The stack spawned children run on until they exec.
-class ChildStack {
- public:
-  static constexpr size_t kBytes = 64 * 1024;
-  ChildStack() {
-    base_ = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
-                 -1, 0);
-    if (base_ == MAP_FAILED) KJ_FAIL_SYSCALL("mmap child stack", errno);
-  }
-  KJ_DISALLOW_COPY(ChildStack);
-  void* top() { return static_cast<char*>(base_) + kBytes; }
-
- private:
-  void* base_;
 };
 
 Pipe makePipe() {

@@ -1,10 +1,11 @@
-// Helpers shared by the latency harnesses: running a peer command, and
-// summarizing samples as JSON.
+// Helpers shared by the benchmark harnesses: finding the binaries beside
+// them, running a peer command, and summarizing samples as JSON.
 #pragma once
 
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -14,6 +15,15 @@
 extern char** environ;
 
 namespace nodeagent::bench {
+
+// The directory of the running benchmark (build/bin), where the agent is.
+inline std::string ownBinDir() {
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  self[n > 0 ? n : 0] = '\0';
+  std::string path = self;
+  return path.substr(0, path.rfind('/'));
+}
 
 // Starts `argv` (PATH search), its output discarded when `quiet`; -1 on failure.
 inline pid_t spawnCommand(const std::vector<std::string>& argv, bool quiet = true) {
