@@ -23,9 +23,27 @@ struct Config {
   # Run the agent in "<cgroupRoot>/agent" with a CPU weight of 1000 (and, on
   # pure v2, memory.min of 256 MiB), outside every sandbox's cgroup. Turn off
   # where a supervisor (systemd with Delegate=yes) places the agent itself.
+  network @14 :Network;
   # Before the event loop sleeps it keeps reaping completions for this long.
   # Waking an idle thread costs tens of microseconds (more on VMs), so a short
   # spin after activity cuts request latency; an idle agent never spins.
+
+  struct Network {
+    # Sandboxes with network `restricted` or `open` get a veth on this bridge,
+    # an address from the pools, and source NAT out of the host. The gateway
+    # (first address of each pool) is the host's side and the agent's DNS.
+    bridge @0 :Text = "nabr0";           # at most 9 characters; veths are "<bridge>v<n>"
+    ipv4Pool @1 :Text = "10.250.0.0/16";
+    ipv6Pool @2 :Text = "fd6e:6100::/64";  # empty: IPv4 only
+    dnsUpstreams @3 :List(Text) = [];     # "ADDR" or "ADDR:PORT" ("[V6]:PORT");
+    # empty: the nameservers of the host's /etc/resolv.conf
+    dnsPort @4 :UInt16 = 53;              # where the agent answers sandboxes' DNS
+    dnsMinTtlSeconds @5 :UInt32 = 30;     # a resolved address stays allowed at least this long
+    dnsMaxAddressesPerName @6 :UInt32 = 16;
+    operatorAllowed @7 :List(Text) = [];  # CIDRs exempt from the always-denied set
+    extraDenied @8 :List(Text) = [];      # CIDRs denied on top of the built-in set
+    nat @9 :Bool = true;                  # masquerade the pools out of the host (nftables)
+  }
 
   struct Tls {
     certFile @0 :Text;
@@ -44,6 +62,7 @@ struct Template {
   timeoutSeconds @6 :UInt32 = 300;
   cpuSustainedMillis @7 :UInt32 = 250;  # with cpuMillis as the burst (code runtime: 1 / 0.25)
   warmPool @8 :UInt32 = 0;
+  egressMbps @9 :UInt32 = 100;          # egress bandwidth cap of a networked sandbox
   # Idle pre-built sandboxes kept for this template, refilled in the
   # background. A create whose disk size is the template's claims one.
 }
