@@ -9,6 +9,9 @@
 #include <kj/debug.h>
 #include <kj/io.h>
 
+#include <fstream>
+#include <iterator>
+
 #include "isolator/file_util.h"
 
 namespace nodeagent::isolator {
@@ -32,7 +35,6 @@ constexpr const char kHosts[] =
     "::1\tlocalhost ip6-localhost ip6-loopback\n";
 
 // A placeholder: with networking "off" nothing answers; the agent's DNS forwarder will.
-constexpr const char kResolvConf[] = "nameserver 127.0.0.1\n";
 
 constexpr const char kNsswitch[] =
     "passwd:         files\n"
@@ -117,7 +119,8 @@ void copyAlternatives(const std::string& to) {
   }
 }
 
-void buildSkeleton(const std::string& root, const std::string& usrDir) {
+void buildSkeleton(const std::string& root, const std::string& usrDir,
+                   const std::string& resolvConf) {
   makeDir(root, 0755);
   makeSymlink("usr/bin", root + "/bin");
   makeSymlink("usr/sbin", root + "/sbin");
@@ -141,7 +144,7 @@ void buildSkeleton(const std::string& root, const std::string& usrDir) {
   writeNewFile(etc + "/passwd", kPasswd);
   writeNewFile(etc + "/group", kGroup);
   writeNewFile(etc + "/hosts", kHosts);
-  writeNewFile(etc + "/resolv.conf", kResolvConf);
+  writeNewFile(etc + "/resolv.conf", resolvConf);
   writeNewFile(etc + "/nsswitch.conf", kNsswitch);
   makeSymlink("../proc/self/mounts", etc + "/mtab");
   makeSymlink("../usr/lib/os-release", etc + "/os-release");
@@ -151,12 +154,26 @@ void buildSkeleton(const std::string& root, const std::string& usrDir) {
 
 }  // namespace
 
-void prepareSkeleton(const std::string& dir, const std::string& usrDir) {
+// Swaps in a new resolv.conf by rename: sandboxes see the old or the new file.
+static void updateResolvConf(const std::string& dir, const std::string& resolvConf) {
+  std::string path = dir + "/etc/resolv.conf";
+  std::ifstream in(path);
+  std::string current((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (current == resolvConf) return;
+  std::string tmp = path + ".new";
+  unlink(tmp.c_str());
+  writeNewFile(tmp, resolvConf);
+  if (rename(tmp.c_str(), path.c_str()) != 0) failSyscall("rename", errno, tmp + " to " + path);
+}
+
+void prepareSkeleton(const std::string& dir, const std::string& usrDir,
+                     const std::string& resolvConf) {
   KJ_REQUIRE(!dir.empty() && dir[0] == '/' && dir.back() != '/',
              "skeleton dir must be an absolute path", dir.c_str());
   struct stat st;
   if (lstat(dir.c_str(), &st) == 0) {
     if (!S_ISDIR(st.st_mode)) failSyscall("prepare skeleton", ENOTDIR, dir);
+    updateResolvConf(dir, resolvConf);
     return;
   }
   makeDirectories(dir.substr(0, dir.rfind('/')), 0755);
@@ -169,7 +186,7 @@ void prepareSkeleton(const std::string& dir, const std::string& usrDir) {
       } catch (const kj::Exception&) {
       }
     });
-    buildSkeleton(tmp, usrDir);
+    buildSkeleton(tmp, usrDir, resolvConf);
   }
   if (rename(tmp.c_str(), dir.c_str()) != 0) {
     int err = errno;

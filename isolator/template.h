@@ -7,12 +7,18 @@
 
 namespace nodeagent::isolator {
 
+// For nodes without sandbox networking: nothing to resolve with.
+inline const std::string kDefaultResolvConf = "nameserver 127.0.0.1\n";
+
 // Builds the skeleton at `dir` unless it already exists. The tree is built in
 // "<dir>.tmp" and renamed into place, so `dir` is either complete or absent.
 // `usrDir` decides which optional lib symlinks (lib32, libx32) are made.
 // Directories are world-traversable on the host side: the sandbox's init mounts the
 // overlay with its own (unprivileged on the host) credentials.
-void prepareSkeleton(const std::string& dir, const std::string& usrDir = "/usr");
+// `resolvConf` is /etc/resolv.conf's content (the node's DNS for sandboxes);
+// an existing skeleton with another one gets it replaced.
+void prepareSkeleton(const std::string& dir, const std::string& usrDir = "/usr",
+                     const std::string& resolvConf = kDefaultResolvConf);
 
 // Files in the skeleton larger than this stay in the shared lower layer; init copies
 // smaller ones (and all directories) into the sandbox's upper layer so that they are

@@ -337,6 +337,36 @@ class SandboxImpl final : public api::Sandbox::Server {
     });
   }
 
+  kj::Promise<void> setNetwork(SetNetworkContext context) override {
+    sandbox_->admitRequest();
+    ctx_.supervisor.setNetwork(*sandbox_, context.getParams().getSettings(), actor_,
+                               context.getResults().initStatus());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> network(NetworkContext context) override {
+    sandbox_->countRequest();
+    ctx_.supervisor.fillNetworkStatus(*sandbox_, context.getResults().initStatus());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> events(EventsContext context) override {
+    sandbox_->countRequest();
+    auto params = context.getParams();
+    uint32_t limit = params.getLimit() == 0 ? 100 : kj::min(params.getLimit(), 1000u);
+    auto found = ctx_.supervisor.sandboxEvents(sandbox_->id(), params.getAfterSeq(), limit);
+    auto out = context.getResults().initEvents(unsigned(found.size()));
+    for (unsigned i = 0; i < found.size(); ++i) {
+      auto entry = found[i]->get();
+      out[i].setSeq(entry.getSeq());
+      out[i].setTimeNs(entry.getTimeNs());
+      out[i].setActor(entry.getActor());
+      out[i].setAction(entry.getAction());
+      out[i].setDetail(entry.getDetail());
+    }
+    return kj::READY_NOW;
+  }
+
   kj::Promise<void> process(ProcessContext context) override {
     sandbox_->admitRequest();
     return sandbox_->whenSynced().then([this, context]() mutable {
@@ -368,6 +398,9 @@ class EndedSandboxImpl final : public api::Sandbox::Server {
   kj::Promise<void> files(FilesContext) override { return ended(); }
   kj::Promise<void> setTimeout(SetTimeoutContext) override { return ended(); }
   kj::Promise<void> usage(UsageContext) override { return ended(); }
+  kj::Promise<void> setNetwork(SetNetworkContext) override { return ended(); }
+  kj::Promise<void> network(NetworkContext) override { return ended(); }
+  kj::Promise<void> events(EventsContext) override { return ended(); }
   kj::Promise<void> pause(PauseContext) override { return ended(); }
   kj::Promise<void> resume(ResumeContext) override { return ended(); }
   kj::Promise<void> processes(ProcessesContext) override { return ended(); }

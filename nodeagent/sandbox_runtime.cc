@@ -526,6 +526,22 @@ uint64_t SandboxRuntime::meteredCpuNs() {
   return meteredCpuNs_;
 }
 
+void SandboxRuntime::recordNetwork(api::NetworkSettings::Reader settings, uint32_t netIndex) {
+  auto rec = record_->getRoot<state::SandboxRecord>();
+  auto spec = rec.getSpec();
+  spec.setNetwork(settings.getMode());
+  spec.setAllow(settings.getAllow());
+  spec.setEgressMbps(settings.getEgressMbps());
+  spec.setEgressByteCap(settings.getEgressByteCap());
+  rec.setNetIndex(netIndex);
+}
+
+uint64_t SandboxRuntime::cgroupId() const {
+  struct stat st;
+  KJ_SYSCALL(fstat(cgroup_->v2Fd(), &st), "the sandbox's v2 cgroup");
+  return uint64_t(st.st_ino);
+}
+
 void SandboxRuntime::setTimeout(uint32_t seconds) {
   requireRunning();
   record_->getRoot<state::SandboxRecord>().setExpiresAtNs(unixNowNs() +

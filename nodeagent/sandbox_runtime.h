@@ -71,6 +71,10 @@ class SandboxRuntime final : public kj::Refcounted {
   // paused sandbox dies without running again.
   void kill(kj::StringPtr reason);
   void setTimeout(uint32_t seconds);
+  // Records the network settings now in effect (spec fields and address slot).
+  void recordNetwork(api::NetworkSettings::Reader settings, uint32_t netIndex);
+  // The kernel's id of the sandbox's v2 cgroup (egress policy key); changes at a claim.
+  uint64_t cgroupId() const;
   void fillUsage(api::Usage::Builder usage);
   // Counts a request (kill, info and usage: never refused, so a sandbox can
   // always be ended and billed).

@@ -121,14 +121,6 @@ void Supervisor::start() {
   makeDir(kj::str(stateDir, "/templates"), 0755);
   makeDir(kj::str(stateDir, "/sandboxes"), 0711);
   requireSearchableByOthers(kj::str(stateDir, "/sandboxes"));
-  for (auto t : effectiveTemplates(config_)) {
-    TemplateInfo info{
-        kj::str(t.getName()), kj::str(t.getUsrDir()), kj::str(stateDir, "/templates/", t.getName()),
-        t.getMemoryBytes(),   t.getCpuMillis(),       t.getCpuSustainedMillis(),
-        t.getPidsMax(),       t.getDiskBytes(),       t.getTimeoutSeconds()};
-    isolator::prepareSkeleton(info.skeletonDir.cStr(), info.usrDir.cStr());
-    templates_.add(kj::mv(info));
-  }
   seccomp_ = isolator::SeccompProgram::compileDefault();
   hostLock_ = lockCgroupRoot(config_.getCgroupRoot());
   cgroupTree_ = isolator::CgroupTree::open(config_.getCgroupRoot().cStr());
@@ -137,16 +129,34 @@ void Supervisor::start() {
   }
   loadTenantWeights();
   startCpuMeter();
+  startNetwork();
+  std::string resolvConf = isolator::kDefaultResolvConf;
+  KJ_IF_MAYBE (network, network_) {
+    resolvConf = (*network)->resolvConf();
+  }
+  for (auto t : effectiveTemplates(config_)) {
+    TemplateInfo info{
+        kj::str(t.getName()), kj::str(t.getUsrDir()), kj::str(stateDir, "/templates/", t.getName()),
+        t.getMemoryBytes(),   t.getCpuMillis(),       t.getCpuSustainedMillis(),
+        t.getPidsMax(),       t.getDiskBytes(),       t.getTimeoutSeconds(),
+        t.getEgressMbps()};
+    isolator::prepareSkeleton(info.skeletonDir.cStr(), info.usrDir.cStr(), resolvConf);
+    templates_.add(kj::mv(info));
+  }
   makeDir(kj::str(stateDir, "/control"), 0700);
   adoptLeftovers();
+  // Sandboxes that ended while no agent ran leave their counters and
+  // policies behind.
+  kj::Vector<uint64_t> live;
+  for (auto& entry : live_) {
+    struct stat st;
+    if (fstat(entry.second->cgroupV2Fd(), &st) == 0) live.add(uint64_t(st.st_ino));
+  }
   KJ_IF_MAYBE (meter, cpuMeter_) {
-    // Sandboxes that ended while no agent ran leave their counters behind.
-    kj::Vector<uint64_t> live;
-    for (auto& entry : live_) {
-      struct stat st;
-      if (fstat(entry.second->cgroupV2Fd(), &st) == 0) live.add(uint64_t(st.st_ino));
-    }
     (*meter)->retainOnly(live);
+  }
+  KJ_IF_MAYBE (network, network_) {
+    (*network)->retainOnly(live);
   }
   writer_.flush();
   sweepOrphanCgroups();
@@ -171,13 +181,143 @@ kj::Own<SandboxRuntime> Supervisor::startRuntime(SandboxRuntime::Parts parts, ui
   return runtime;
 }
 
-void Supervisor::startCpuMeter() {
-  // One meter per cgroup root, like the host lock: its counters are pinned
-  // under a name of its own, so the next agent on this root takes them over.
+kj::String Supervisor::bpfPinName() {
   kj::String name = kj::str(config_.getCgroupRoot());
   for (char& c : name) {
     if (c == '/') c = '-';
   }
+  return name;
+}
+
+void Supervisor::startNetwork() {
+  auto config = config_.getNetwork();
+  if (!config.getEnabled()) {
+    networkUnavailable_ = kj::str("networking is turned off in this node's configuration");
+    return;
+  }
+  // Pinned per cgroup root, like the CPU meter: the next agent takes it over.
+  NetworkService::Options options;
+  options.config = config;
+  options.pinDir = kj::str("/sys/fs/bpf/nodeagent/", bpfPinName(), ".egress").cStr();
+  auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
+  options.sandboxesV2Dir = tree.hierarchies().front().mount + "/" + tree.rootName() + "/sandboxes";
+  auto service = kj::heap<NetworkService>(
+      port_, kj::mv(options),
+      [this](kj::StringPtr action, kj::StringPtr id, kj::StringPtr tenant, kj::StringPtr detail) {
+        audit("kernel", action, id, tenant, detail);
+      });
+  try {
+    ebpf::ensureBpffs();
+    makeDir("/sys/fs/bpf/nodeagent", 0700);
+    auto root = tree.hierarchies().front().mount + "/" + tree.rootName();
+    mkdir(root.c_str(), 0755);
+    service->start();
+    network_ = kj::mv(service);
+  } catch (kj::Exception& e) {
+    networkUnavailable_ =
+        kj::str("sandbox networking could not start on this node: ", e.getDescription());
+    log::error("agent.network_unavailable", {{"error", e.getDescription().cStr()}});
+  }
+}
+
+kj::Maybe<NetworkService&> Supervisor::network() {
+  KJ_IF_MAYBE (n, network_) {
+    return **n;
+  }
+  return nullptr;
+}
+
+void Supervisor::requireNetwork(api::NetworkMode mode) {
+  if (mode != api::NetworkMode::OFF && network_ == nullptr) {
+    throwApiError(api::ErrorCode::UNAVAILABLE, networkUnavailable_);
+  }
+}
+
+namespace {
+kj::Own<capnp::MallocMessageBuilder> networkSettingsOf(api::SandboxSpec::Reader spec) {
+  auto message = kj::heap<capnp::MallocMessageBuilder>(256);
+  auto settings = message->initRoot<api::NetworkSettings>();
+  settings.setMode(spec.getNetwork());
+  settings.setAllow(spec.getAllow());
+  settings.setEgressMbps(spec.getEgressMbps());
+  settings.setEgressByteCap(spec.getEgressByteCap());
+  return message;
+}
+}  // namespace
+
+void Supervisor::attachNetwork(SandboxRuntime& sandbox) {
+  KJ_IF_MAYBE (network, network_) {
+    auto rec = sandbox.record();
+    NetworkService::SandboxRef ref{sandbox.id(), rec.getSpec().getTenant(), sandbox.cgroupId(),
+                                   rec.getInitPid()};
+    auto settings = networkSettingsOf(rec.getSpec());
+    uint32_t slot = (*network)->attach(ref, settings->getRoot<api::NetworkSettings>());
+    sandbox.recordNetwork(settings->getRoot<api::NetworkSettings>(), slot);
+  }
+}
+
+void Supervisor::setNetwork(SandboxRuntime& sandbox, api::NetworkSettings::Reader settings,
+                            kj::StringPtr actor, api::NetworkStatus::Builder status) {
+  if (!sandbox.running()) throwApiError(api::ErrorCode::NOT_RUNNING, "the sandbox has ended");
+  requireNetwork(settings.getMode());
+  auto rec = sandbox.record();
+  // Validated as a spec would be: the template's bandwidth when 0.
+  capnp::MallocMessageBuilder specMessage;
+  auto spec = specMessage.initRoot<api::SandboxSpec>();
+  spec.setNetwork(settings.getMode());
+  spec.setAllow(settings.getAllow());
+  spec.setEgressMbps(settings.getEgressMbps());
+  spec.setEgressByteCap(settings.getEgressByteCap());
+  NetworkService::validate(spec, requireTemplate(rec.getSpec().getTemplate()).egressMbps);
+  auto filled = networkSettingsOf(spec.asReader());
+  auto filledSettings = filled->getRoot<api::NetworkSettings>().asReader();
+  KJ_IF_MAYBE (network, network_) {
+    NetworkService::SandboxRef ref{sandbox.id(), rec.getSpec().getTenant(), sandbox.cgroupId(),
+                                   rec.getInitPid()};
+    uint32_t slot = (*network)->update(ref, filledSettings);
+    sandbox.recordNetwork(filledSettings, slot);
+  }
+  kj::String allow = kj::strArray(filledSettings.getAllow(), ",");
+  persist(sandbox.record(),
+          auditEntry(unixNowNs(), actor, "set-network", sandbox.id(), rec.getSpec().getTenant(),
+                     kj::str("mode=", filledSettings.getMode(), " allow=", allow,
+                             " egressMbps=", filledSettings.getEgressMbps(),
+                             " egressByteCap=", filledSettings.getEgressByteCap())));
+  fillNetworkStatus(sandbox, status);
+}
+
+kj::Vector<kj::Own<StoredAudit>> Supervisor::sandboxEvents(kj::StringPtr id, uint64_t afterSeq,
+                                                           size_t limit) {
+  // A scan of the log; the log is append-only and seq-ordered, so a cursor
+  // (afterSeq) keeps repeated reads short.
+  kj::Vector<kj::Own<StoredAudit>> found;
+  uint64_t cursor = afterSeq;
+  for (;;) {
+    auto batch = store_.readAudit(cursor, 1000);
+    if (batch.size() == 0) break;
+    for (auto& entry : batch) {
+      cursor = entry->get().getSeq();
+      if (entry->get().getSandboxId() == id) {
+        found.add(kj::mv(entry));
+        if (found.size() >= limit) return found;
+      }
+    }
+  }
+  return found;
+}
+
+void Supervisor::fillNetworkStatus(SandboxRuntime& sandbox, api::NetworkStatus::Builder status) {
+  KJ_IF_MAYBE (network, network_) {
+    (*network)->fillStatus(sandbox.id(), status);
+    return;
+  }
+  status.initSettings().setMode(api::NetworkMode::OFF);
+}
+
+void Supervisor::startCpuMeter() {
+  // One meter per cgroup root, like the host lock: its counters are pinned
+  // under a name of its own, so the next agent on this root takes them over.
+  kj::String name = bpfPinName();
   try {
     ebpf::ensureBpffs();
     makeDir("/sys/fs/bpf/nodeagent", 0700);
@@ -257,16 +397,14 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
                   "this node is draining and takes no new sandboxes; place it elsewhere");
   }
   const TemplateInfo& tmpl = requireTemplate(spec.getTemplate());
-  if (spec.getNetwork() != api::NetworkMode::OFF) {
-    throwApiError(api::ErrorCode::INVALID_ARGUMENT,
-                  "network modes other than 'off' are not served by this node yet");
-  }
+  requireNetwork(spec.getNetwork());
 
   auto record = kj::heap<capnp::MallocMessageBuilder>();
   auto rec = record->initRoot<state::SandboxRecord>();
   rec.setSpec(spec);
   auto filled = rec.getSpec();
   fillSpec(filled, tmpl);
+  NetworkService::validate(filled, tmpl.egressMbps);
   KJ_IF_MAYBE (claimed, claimFromPool(filled.asReader(), tmpl, actor)) {
     return kj::mv(*claimed);
   }
@@ -401,6 +539,11 @@ kj::Own<SandboxRuntime> Supervisor::launch(kj::Own<capnp::MallocMessageBuilder> 
   parts.workDir = kj::mv(workDir);
   parts.controlSocketPath = kj::mv(controlSocketPath);
   auto runtime = startRuntime(kj::mv(parts), slot);
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { attachNetwork(*runtime); })) {
+    runtime->kill("network-failed");
+    kj::throwFatalException(kj::mv(*e));
+  }
+  if (runtime->record().getNetIndex() != 0) persist(runtime->record(), nullptr);
   log::info("sandbox.created", {{"id", id.cStr()},
                                 {"tenant", filled.getTenant().cStr()},
                                 {"template", filled.getTemplate().cStr()},
@@ -575,6 +718,9 @@ void Supervisor::audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr 
 }
 
 void Supervisor::onEnded(SandboxRuntime& sandbox) {
+  KJ_IF_MAYBE (network, network_) {
+    (*network)->release(sandbox.id());
+  }
   auto rec = sandbox.record();
   persist(rec, auditEntry(rec.getEndedAtNs(), "agent", "end", rec.getId(),
                           rec.getSpec().getTenant(), kj::str("reason=", rec.getEndReason())));
@@ -728,7 +874,14 @@ kj::Maybe<kj::Own<SandboxRuntime>> Supervisor::claimFromPool(api::SandboxSpec::R
       kj::throwFatalException(kj::mv(*e));
     }
     // On failure the sandbox is killed; its end refills the pool.
+    KJ_IF_MAYBE (network, network_) {
+      (*network)->release(sandbox->id());  // keyed by the pool's cgroup
+    }
     sandbox->claim(rec.asReader(), kj::mv(cgroup));
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { attachNetwork(*sandbox); })) {
+      sandbox->kill("network-failed");
+      kj::throwFatalException(kj::mv(*e));
+    }
     ++pool->claims;
     persist(sandbox->record(),
             auditEntry(now, actor, "create", rec.getId(), spec.getTenant(),

@@ -13,6 +13,7 @@
 #include "isolator/cgroup.h"
 #include "isolator/seccomp_profile.h"
 #include "loop/uring_event_port.h"
+#include "nodeagent/network_service.h"
 #include "nodeagent/sandbox_runtime.h"
 #include "nodeagent/store.h"
 #include "nodeagent/store_writer.h"
@@ -62,6 +63,15 @@ class Supervisor {
   // change anything.
   kj::Promise<void> pause(SandboxRuntime& sandbox, kj::StringPtr actor);
   kj::Promise<void> resume(SandboxRuntime& sandbox, kj::StringPtr actor);
+  // Replaces a live sandbox's network settings (audited "set-network").
+  void setNetwork(SandboxRuntime& sandbox, api::NetworkSettings::Reader settings,
+                  kj::StringPtr actor, api::NetworkStatus::Builder status);
+  void fillNetworkStatus(SandboxRuntime& sandbox, api::NetworkStatus::Builder status);
+  // Audit entries about one sandbox with seq > afterSeq, oldest first (what is
+  // committed so far: the writer may hold the newest for a moment).
+  kj::Vector<kj::Own<StoredAudit>> sandboxEvents(kj::StringPtr id, uint64_t afterSeq, size_t limit);
+  // Null where the node serves no networking (config or host lacking it).
+  kj::Maybe<NetworkService&> network();
   // A tenant's CPU weight against other tenants (1-10000; default 100).
   void setTenantWeight(kj::StringPtr tenant, uint32_t weight, kj::StringPtr actor);
   void audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr sandboxId,
@@ -96,6 +106,7 @@ class Supervisor {
     uint32_t pidsMax;
     uint64_t diskBytes;
     uint32_t timeoutSeconds;
+    uint32_t egressMbps;
   };
 
   struct WarmPool {
@@ -142,6 +153,11 @@ class Supervisor {
   void sweepOrphanCgroups();
   void loadTenantWeights();
   void startCpuMeter();
+  void startNetwork();
+  kj::String bpfPinName();
+  // Gives a sandbox (just launched, claimed or adopted) its network per its record.
+  void attachNetwork(SandboxRuntime& sandbox);
+  void requireNetwork(api::NetworkMode mode);
   // Queues the record (and an audit entry, if given) as one change.
   void persist(state::SandboxRecord::Reader record,
                kj::Maybe<kj::Own<capnp::MallocMessageBuilder>> audit);
@@ -155,6 +171,8 @@ class Supervisor {
   kj::Vector<TemplateInfo> templates_;
   isolator::SeccompProgram seccomp_;             // compiled once, sent to every init
   kj::Maybe<kj::Own<ebpf::CpuMeter>> cpuMeter_;  // null where eBPF cannot run
+  kj::Maybe<kj::Own<NetworkService>> network_;   // null: every sandbox is `off`
+  kj::String networkUnavailable_;                // why network_ is null
   isolator::CgroupMode cgroupMode_;
   kj::Maybe<kj::Own<isolator::CgroupTree>> cgroupTree_;
   std::map<std::string, kj::Own<SandboxRuntime>> live_;

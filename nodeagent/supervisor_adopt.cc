@@ -86,7 +86,24 @@ void Supervisor::adopt(state::SandboxRecord::Reader rec) {
   parts.workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
   parts.controlSocketPath = kj::mv(controlSocketPath);
   parts.adopted = true;
-  startRuntime(kj::mv(parts), slot);
+  auto runtime = startRuntime(kj::mv(parts), slot);
+  KJ_IF_MAYBE (network, network_) {
+    NetworkService::SandboxRef ref{runtime->id(), rec.getSpec().getTenant(), runtime->cgroupId(),
+                                   initPid};
+    auto settings = kj::heap<capnp::MallocMessageBuilder>(256);
+    auto s = settings->initRoot<api::NetworkSettings>();
+    s.setMode(rec.getSpec().getNetwork());
+    s.setAllow(rec.getSpec().getAllow());
+    s.setEgressMbps(rec.getSpec().getEgressMbps());
+    s.setEgressByteCap(rec.getSpec().getEgressByteCap());
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions(
+                        [&]() { (*network)->adopt(ref, s.asReader(), rec.getNetIndex()); })) {
+      // Its policy is still in the pinned maps and enforced; only the
+      // agent's view (DNS, status) is missing.
+      log::error("sandbox.network_adopt_failed",
+                 {{"id", id.cStr()}, {"error", e->getDescription().cStr()}});
+    }
+  }
   audit("agent", "adopt", id, rec.getSpec().getTenant(), "");
   log::info("sandbox.adopted", {{"id", id.cStr()}, {"tenant", rec.getSpec().getTenant().cStr()}});
 }

@@ -31,18 +31,21 @@ struct Config {
   struct Network {
     # Sandboxes with network `restricted` or `open` get a veth on this bridge,
     # an address from the pools, and source NAT out of the host. The gateway
-    # (first address of each pool) is the host's side and the agent's DNS.
+    # (first address of each pool) is the host's side and the agent's DNS
+    # server (port 53, as resolv.conf cannot name another).
     bridge @0 :Text = "nabr0";           # at most 9 characters; veths are "<bridge>v<n>"
     ipv4Pool @1 :Text = "10.250.0.0/16";
     ipv6Pool @2 :Text = "fd6e:6100::/64";  # empty: IPv4 only
     dnsUpstreams @3 :List(Text) = [];     # "ADDR" or "ADDR:PORT" ("[V6]:PORT");
     # empty: the nameservers of the host's /etc/resolv.conf
-    dnsPort @4 :UInt16 = 53;              # where the agent answers sandboxes' DNS
-    dnsMinTtlSeconds @5 :UInt32 = 30;     # a resolved address stays allowed at least this long
-    dnsMaxAddressesPerName @6 :UInt32 = 16;
-    operatorAllowed @7 :List(Text) = [];  # CIDRs exempt from the always-denied set
-    extraDenied @8 :List(Text) = [];      # CIDRs denied on top of the built-in set
-    nat @9 :Bool = true;                  # masquerade the pools out of the host (nftables)
+    dnsMinTtlSeconds @4 :UInt32 = 30;     # a resolved address stays allowed at least this long
+    dnsMaxAddressesPerName @5 :UInt32 = 16;
+    operatorAllowed @6 :List(Text) = [];  # CIDRs exempt from the always-denied set
+    extraDenied @7 :List(Text) = [];      # CIDRs denied on top of the built-in set
+    nat @8 :Bool = true;                  # masquerade the pools out of the host (nftables)
+    enabled @9 :Bool = true;
+    # false: every sandbox is `off` and the agent sets up no bridge, NAT,
+    # DNS or egress programs (hosts without them).
   }
 
   struct Tls {

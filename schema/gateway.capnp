@@ -28,9 +28,13 @@ struct KeyValue {
 
 enum NetworkMode {
   off @0;          # loopback only
-  restricted @1;   # allowlist (not yet served)
-  open @2;         # everything but the always-denied set (not yet served)
+  restricted @1;   # only SandboxSpec.allow, minus the always-denied set
+  open @2;         # everything but the always-denied set
 }
+# Always denied unless the node's operator allows it: private (RFC 1918),
+# shared (100.64/10), link-local and cloud metadata addresses, loopback of
+# the host, multicast and reserved ranges, the host's own addresses, other
+# sandboxes, and the IPv4-mapped, NAT64, 6to4 and Teredo forms of all these.
 
 enum TimeoutAction {
   kill @0;         # end the sandbox
@@ -59,6 +63,45 @@ struct SandboxSpec {
   requestCap @14 :UInt64;     # circuit breaker: API requests on the sandbox (exec,
                               # files, ...) before they fail with limitExceeded;
                               # kill, info and usage are never refused. 0 = no cap
+  allow @15 :List(Text);
+  # network `restricted`: what the sandbox may reach. Entries: CIDR
+  # ("198.51.100.0/24", "2001:db8::/32", one address), CIDR:PORT
+  # ("198.51.100.7:443", "[2001:db8::/32]:443"), HOSTNAME ("api.example.com"),
+  # *.DOMAIN ("*.example.com": names below it). Names are allowed through
+  # the node's DNS: their answers' addresses become reachable for the TTL.
+  egressMbps @16 :UInt32;     # egress bandwidth cap; 0 = the template's
+  egressByteCap @17 :UInt64;  # circuit breaker: bytes the sandbox may send in
+                              # all; beyond it every packet out is dropped. 0 = none
+}
+
+struct NetworkSettings {
+  # A sandbox's network, as setNetwork replaces it (all fields at once).
+  mode @0 :NetworkMode;
+  allow @1 :List(Text);
+  egressMbps @2 :UInt32;      # 0 = the template's
+  egressByteCap @3 :UInt64;   # 0 = none
+}
+
+struct NetworkStatus {
+  settings @0 :NetworkSettings;   # as in effect (defaults filled in)
+  addresses @1 :List(Text);       # the sandbox's own, empty when off
+  gateways @2 :List(Text);        # and its resolver
+  egressBytes @3 :UInt64;         # sent out of the sandbox (not loopback)
+  egressPackets @4 :UInt64;
+  deniedPackets @5 :UInt64;
+  deniedCalls @6 :UInt64;         # connect/sendmsg refused
+  cutOff @7 :Bool;                # the egress-byte cap is spent
+}
+
+struct SandboxEvent {
+  # An entry of the node's audit log about one sandbox: lifecycle actions
+  # ("create", "pause", "end", ...) and refusals ("egress-denied",
+  # "dns-refused", "egress-cap").
+  seq @0 :UInt64;
+  timeNs @1 :Int64;           # unix time
+  actor @2 :Text;
+  action @3 :Text;
+  detail @4 :Text;
 }
 
 enum SandboxState {
@@ -229,4 +272,13 @@ interface Sandbox {
   processes @8 () -> (processes :List(ProcessInfo));
   # Processes started by exec: the running ones and the last 64 that ended.
   process @9 (pid :UInt32) -> (process :Process);  # a running one, again
+  setNetwork @10 (settings :NetworkSettings) -> (status :NetworkStatus);
+  # Live: the new policy applies to every connect/send from then on
+  # (connections already open to a destination no longer allowed by name
+  # or CIDR stay up; always-denied and off take effect on every packet).
+  # A change is audited.
+  network @11 () -> (status :NetworkStatus);
+  events @12 (afterSeq :UInt64, limit :UInt32) -> (events :List(SandboxEvent));
+  # Its audit entries with seq > afterSeq, oldest first, at most `limit`
+  # (0 = 100, at most 1000).
 }

@@ -19,6 +19,7 @@ struct SandboxRecord {
   cgroupPath @9 :Text;      # relative to the agent's cgroup root
   pausedNs @10 :Int64;      # time spent paused, over the pauses that ended
   pausedAtNs @11 :Int64;    # when the current pause began (state PAUSED)
+  netIndex @12 :UInt32;     # its address slot on the node's bridge; 0 = no veth
 }
 
 struct AuditEntry {

@@ -27,17 +27,20 @@ constexpr size_t kUploadChunkBytes = 256 * 1024;
 constexpr int kCliErrorExit = 125;  // sbx's own failure, as opposed to the command's exit code
 
 const kj::StringPtr kValueFlags[] = {
-    "--connect",      "--tls-cert",       "--tls-key",    "--tls-ca",  "--template",
-    "--tenant",       "--memory",         "--cpus",       "--pids",    "--disk",
-    "--timeout",      "--network",        "--env",        "--meta",    "--cwd",
-    "--exec-timeout", "--cpus-sustained", "--on-timeout", "--cpu-cap", "--on-cpu-cap",
-    "--request-cap"};
+    "--connect",      "--tls-cert",       "--tls-key",     "--tls-ca",     "--template",
+    "--tenant",       "--memory",         "--cpus",        "--pids",       "--disk",
+    "--timeout",      "--network",        "--env",         "--meta",       "--cwd",
+    "--exec-timeout", "--cpus-sustained", "--on-timeout",  "--cpu-cap",    "--on-cpu-cap",
+    "--request-cap",  "--allow",          "--egress-mbps", "--egress-cap", "--mode",
+    "--after",        "--limit"};
 
 const char kUsage[] =
     "usage: sbx [--connect unix:PATH|tcp:HOST:PORT] COMMAND ...\n"
     "  create --template T [--tenant T] [--memory 512M] [--cpus 1] [--cpus-sustained 0.25]\n"
     "         [--pids N] [--disk 1G]\n"
-    "         [--timeout SECONDS] [--on-timeout kill|pause] [--network off]\n"
+    "         [--timeout SECONDS] [--on-timeout kill|pause]\n"
+    "         [--network off|restricted|open] [--allow CIDR[:PORT]|HOST|*.DOMAIN]...\n"
+    "         [--egress-mbps N] [--egress-cap BYTES]\n"
     "         [--cpu-cap CPU-SECONDS] [--on-cpu-cap kill|pause] [--request-cap N]\n"
     "         [--env K=V]... [--meta K=V]...\n"
     "  exec ID [-i|-d] [--env K=V]... [--cwd DIR] [--exec-timeout S] -- CMD...\n"
@@ -48,7 +51,11 @@ const char kUsage[] =
     "  pause ID                       resume ID\n"
     "  ps ID [--json]                 attach ID PID          (replays its last output, follows)\n"
     "  drain [--off]                  (refuse new sandboxes, for rolling upgrades)\n"
-    "  tenant-weight TENANT WEIGHT    (CPU weight against other tenants, 1-10000, default 100)\n";
+    "  tenant-weight TENANT WEIGHT    (CPU weight against other tenants, 1-10000, default 100)\n"
+    "  net ID [--json]                (network policy, addresses, egress counters)\n"
+    "  net ID [--mode M] [--allow E]... [--clear-allow] [--egress-mbps N] [--egress-cap B]\n"
+    "                                 (changes it live)\n"
+    "  events ID [--after SEQ] [--limit N] [--json]  (audit: refusals, lifecycle)\n";
 
 struct Session {
   loop::IoContext io;
@@ -95,6 +102,13 @@ void setKeyValues(capnp::List<api::KeyValue>::Builder out, kj::ArrayPtr<const kj
   }
 }
 
+api::NetworkMode parseNetworkMode(kj::StringPtr text, kj::StringPtr flag) {
+  if (text == "off") return api::NetworkMode::OFF;
+  if (text == "restricted") return api::NetworkMode::RESTRICTED;
+  if (text == "open") return api::NetworkMode::OPEN;
+  usageError(kj::str(flag, " must be off, restricted or open"));
+}
+
 void fillSpec(const Args& args, api::SandboxSpec::Builder spec) {
   KJ_IF_MAYBE (t, args.value("--template")) {
     spec.setTemplate(*t);
@@ -121,15 +135,18 @@ void fillSpec(const Args& args, api::SandboxSpec::Builder spec) {
     spec.setTimeoutSeconds(parseUint(*v, "--timeout"));
   }
   KJ_IF_MAYBE (v, args.value("--network")) {
-    if (*v == "off") {
-      spec.setNetwork(api::NetworkMode::OFF);
-    } else if (*v == "restricted") {
-      spec.setNetwork(api::NetworkMode::RESTRICTED);
-    } else if (*v == "open") {
-      spec.setNetwork(api::NetworkMode::OPEN);
-    } else {
-      usageError(kj::str("--network must be off, restricted or open"));
-    }
+    spec.setNetwork(parseNetworkMode(*v, "--network"));
+  }
+  auto allow = args.values("--allow");
+  if (allow.size() > 0) {
+    auto list = spec.initAllow(unsigned(allow.size()));
+    for (unsigned i = 0; i < allow.size(); ++i) list.set(i, allow[i]);
+  }
+  KJ_IF_MAYBE (v, args.value("--egress-mbps")) {
+    spec.setEgressMbps(parseUint(*v, "--egress-mbps"));
+  }
+  KJ_IF_MAYBE (v, args.value("--egress-cap")) {
+    spec.setEgressByteCap(parseBytes(*v));
   }
   KJ_IF_MAYBE (v, args.value("--on-timeout")) {
     if (*v == "kill") {
@@ -413,6 +430,62 @@ int cmdTenantWeight(Session& s, const Args& args) {
   return 0;
 }
 
+int cmdNet(Session& s, const Args& args) {
+  auto sandbox = openSandbox(s, requireId(args));
+  auto current = sandbox.networkRequest().send().wait(s.io.waitScope);
+  bool change = args.value("--mode") != nullptr || args.values("--allow").size() > 0 ||
+                args.has("--clear-allow") || args.value("--egress-mbps") != nullptr ||
+                args.value("--egress-cap") != nullptr;
+  if (!change) {
+    auto status = current.getStatus();
+    fputs((args.has("--json") ? renderNetworkJson(status) : renderNetworkText(status)).cStr(),
+          stdout);
+    return 0;
+  }
+  // Unchanged fields keep their current values.
+  auto was = current.getStatus().getSettings();
+  auto request = sandbox.setNetworkRequest();
+  auto settings = request.initSettings();
+  settings.setMode(was.getMode());
+  KJ_IF_MAYBE (v, args.value("--mode")) {
+    settings.setMode(parseNetworkMode(*v, "--mode"));
+  }
+  auto allow = args.values("--allow");
+  if (allow.size() > 0 || args.has("--clear-allow")) {
+    auto list = settings.initAllow(unsigned(allow.size()));
+    for (unsigned i = 0; i < allow.size(); ++i) list.set(i, allow[i]);
+  } else if (settings.getMode() == api::NetworkMode::RESTRICTED) {
+    settings.setAllow(was.getAllow());
+  }
+  settings.setEgressMbps(was.getEgressMbps());
+  KJ_IF_MAYBE (v, args.value("--egress-mbps")) {
+    settings.setEgressMbps(parseUint(*v, "--egress-mbps"));
+  }
+  settings.setEgressByteCap(was.getEgressByteCap());
+  KJ_IF_MAYBE (v, args.value("--egress-cap")) {
+    settings.setEgressByteCap(*v == "none" ? 0 : parseBytes(*v));
+  }
+  auto response = request.send().wait(s.io.waitScope);
+  auto status = response.getStatus();
+  fputs((args.has("--json") ? renderNetworkJson(status) : renderNetworkText(status)).cStr(),
+        stdout);
+  return 0;
+}
+
+int cmdEvents(Session& s, const Args& args) {
+  auto request = openSandbox(s, requireId(args)).eventsRequest();
+  KJ_IF_MAYBE (v, args.value("--after")) {
+    request.setAfterSeq(parseUint(*v, "--after"));
+  }
+  KJ_IF_MAYBE (v, args.value("--limit")) {
+    request.setLimit(parseUint(*v, "--limit"));
+  }
+  auto response = request.send().wait(s.io.waitScope);
+  auto events = response.getEvents();
+  fputs((args.has("--json") ? renderEventsJson(events) : renderEventsText(events)).cStr(), stdout);
+  return 0;
+}
+
 int dispatch(int argc, char** argv) {
   if (argc < 2 || kj::StringPtr(argv[1]) == "--help" || kj::StringPtr(argv[1]) == "help") {
     fputs(kUsage, argc < 2 ? stderr : stdout);
@@ -443,11 +516,12 @@ int dispatch(int argc, char** argv) {
     Handler handler;
   };
   const Entry table[] = {
-      {"create", cmdCreate}, {"exec", cmdExec},    {"run", cmdRun},
-      {"ls", cmdLs},         {"info", cmdInfo},    {"usage", cmdUsage},
-      {"kill", cmdKill},     {"cp", cmdCp},        {"tenant-weight", cmdTenantWeight},
-      {"drain", cmdDrain},   {"pause", cmdPause},  {"resume", cmdResume},
-      {"ps", cmdPs},         {"attach", cmdAttach}};
+      {"create", cmdCreate}, {"exec", cmdExec},     {"run", cmdRun},
+      {"ls", cmdLs},         {"info", cmdInfo},     {"usage", cmdUsage},
+      {"kill", cmdKill},     {"cp", cmdCp},         {"tenant-weight", cmdTenantWeight},
+      {"drain", cmdDrain},   {"pause", cmdPause},   {"resume", cmdResume},
+      {"ps", cmdPs},         {"attach", cmdAttach}, {"net", cmdNet},
+      {"events", cmdEvents}};
   for (auto& e : table) {
     if (e.name == name) {
       auto session = connect(args);

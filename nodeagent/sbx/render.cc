@@ -168,4 +168,52 @@ kj::String renderProcessesJson(capnp::List<api::ProcessInfo>::Reader processes) 
   return kj::str(codec.encode(processes), "\n");
 }
 
+kj::String renderNetworkText(api::NetworkStatus::Reader status) {
+  auto settings = status.getSettings();
+  kj::StringPtr mode = settings.getMode() == api::NetworkMode::OFF          ? "off"
+                       : settings.getMode() == api::NetworkMode::RESTRICTED ? "restricted"
+                                                                            : "open";
+  std::string allow, addresses, gateways;
+  for (auto a : settings.getAllow()) allow += std::string(allow.empty() ? "" : " ") + a.cStr();
+  for (auto a : status.getAddresses()) {
+    addresses += std::string(addresses.empty() ? "" : " ") + a.cStr();
+  }
+  for (auto a : status.getGateways()) {
+    gateways += std::string(gateways.empty() ? "" : " ") + a.cStr();
+  }
+  return kj::str(
+      "mode:           ", mode, "\n", "allow:          ", allow.empty() ? "-" : allow.c_str(), "\n",
+      "addresses:      ", addresses.empty() ? "-" : addresses.c_str(), "\n",
+      "gateway/dns:    ", gateways.empty() ? "-" : gateways.c_str(), "\n",
+      "egress cap:     ", settings.getEgressMbps(), " Mbit/s\n", "egress limit:   ",
+      settings.getEgressByteCap() == 0 ? kj::str("none") : formatBytes(settings.getEgressByteCap()),
+      status.getCutOff() ? " (spent: cut off)" : "", "\n",
+      "egress:         ", formatBytes(status.getEgressBytes()), " in ", status.getEgressPackets(),
+      " packets\n", "denied:         ", status.getDeniedCalls(), " calls, ",
+      status.getDeniedPackets(), " packets\n");
+}
+
+kj::String renderNetworkJson(api::NetworkStatus::Reader status) {
+  return toJson(status);
+}
+
+kj::String renderEventsText(capnp::List<api::SandboxEvent>::Reader events) {
+  std::string out;
+  for (auto e : events) {
+    char head[96];
+    snprintf(head, sizeof(head), "%-6llu %-20s %-14s ", (unsigned long long)e.getSeq(),
+             formatTime(e.getTimeNs()).cStr(), e.getAction().cStr());
+    out += head;
+    out += e.getDetail().cStr();
+    out += '\n';
+  }
+  return kj::str(out.c_str());
+}
+
+kj::String renderEventsJson(capnp::List<api::SandboxEvent>::Reader events) {
+  capnp::JsonCodec codec;
+  codec.setPrettyPrint(true);
+  return kj::str(codec.encode(events), "\n");
+}
+
 }  // namespace nodeagent::sbx

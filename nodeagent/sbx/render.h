@@ -15,5 +15,9 @@ kj::String renderUsageText(api::Usage::Reader usage);
 kj::String renderUsageJson(api::Usage::Reader usage);
 kj::String renderProcessesTable(capnp::List<api::ProcessInfo>::Reader processes);
 kj::String renderProcessesJson(capnp::List<api::ProcessInfo>::Reader processes);
+kj::String renderNetworkText(api::NetworkStatus::Reader status);
+kj::String renderNetworkJson(api::NetworkStatus::Reader status);
+kj::String renderEventsText(capnp::List<api::SandboxEvent>::Reader events);
+kj::String renderEventsJson(capnp::List<api::SandboxEvent>::Reader events);
 
 }  // namespace nodeagent::sbx

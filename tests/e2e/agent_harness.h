@@ -155,7 +155,13 @@ class AgentProcess {
     {
       std::string config = "{\"cgroupRoot\": \"" + cgroupRoot_ +
                            "\", \"uidBase\": " + std::to_string(uidBase) +
-                           ", \"maxSandboxes\": 100" + extraConfig + "}";
+                           ", \"maxSandboxes\": 100" + extraConfig;
+      // Networking touches host-wide state (a bridge, NAT, port 53 on its
+      // gateway): only tests that ask for it, with a bridge of their own.
+      if (extraConfig.find("\"network\"") == std::string::npos) {
+        config += ", \"network\": {\"enabled\": false}";
+      }
+      config += "}";
       FILE* f = fopen((dir_ + "/config.json").c_str(), "w");
       fputs(config.c_str(), f);
       fclose(f);
