@@ -86,7 +86,10 @@ void Supervisor::adopt(state::SandboxRecord::Reader rec) {
   parts.workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
   parts.controlSocketPath = kj::mv(controlSocketPath);
   parts.adopted = true;
-  startRuntime(kj::mv(parts), slot);
+  auto runtime = startRuntime(kj::mv(parts), slot);
+  KJ_IF_MAYBE (billed, store_.getBilled(id)) {
+    runtime->resumeCounters((*billed)->get());
+  }
   audit("agent", "adopt", id, rec.getSpec().getTenant(), "");
   log::info("sandbox.adopted", {{"id", id.cStr()}, {"tenant", rec.getSpec().getTenant().cStr()}});
 }
@@ -115,6 +118,7 @@ void Supervisor::endLeftover(state::SandboxRecord::Reader rec, kj::StringPtr rea
   updated.setEndReason(reason);
   persist(updated.asReader(), auditEntry(updated.getEndedAtNs(), "agent", "end", rec.getId(),
                                          rec.getSpec().getTenant(), kj::str("reason=", reason)));
+  if (!isPoolRecord(rec)) ledger_->recordUnseenEnd(updated.asReader());
   log::warn("sandbox.ended_on_start", {{"id", rec.getId().cStr()}, {"reason", reason.cStr()}});
 }
 

@@ -27,10 +27,27 @@ struct Config {
   # Waking an idle thread costs tens of microseconds (more on VMs), so a short
   # spin after activity cuts request latency; an idle agent never spins.
 
+  ledger @14 :Ledger;
+  limits @15 :Limits;
+
   struct Tls {
     certFile @0 :Text;
     keyFile @1 :Text;
     caFile @2 :Text;        # gateways' client certificates must chain to it
+  }
+
+  struct Ledger {
+    intervalSeconds @0 :UInt32 = 60;
+    # Every live sandbox gets a usage record at least this often (besides
+    # pause, resume and end). Memory is sampled for the GiB-second integral
+    # every 5 s or more often (the interval divided evenly).
+  }
+
+  struct Limits {
+    tenantRequestCap @0 :UInt64 = 0;
+    # API requests per tenant on this node, across its sandboxes and agent
+    # restarts, for tenants without a cap of their own (Node.setTenantRequestCap);
+    # 0 = none.
   }
 }
 
