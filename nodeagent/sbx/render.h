@@ -16,4 +16,19 @@ kj::String renderUsageJson(api::Usage::Reader usage);
 kj::String renderProcessesTable(capnp::List<api::ProcessInfo>::Reader processes);
 kj::String renderProcessesJson(capnp::List<api::ProcessInfo>::Reader processes);
 
+// render_node.cc: the node and its usage ledger.
+kj::String renderNodeText(api::NodeInfo::Reader info);
+kj::String renderNodeJson(api::NodeInfo::Reader info);
+
+// A ledger record as read and checked by sbx.
+struct CheckedRecord {
+  api::UsageRecord::Reader record;
+  kj::ArrayPtr<const kj::byte> signature;
+  bool verified;
+};
+kj::String renderLedgerTable(kj::ArrayPtr<const CheckedRecord> records);
+// {"records": [{"record": {...}, "signature": "<hex>", "verified": true}, ...],
+//  "nextCursor": "N"}
+kj::String renderLedgerJson(kj::ArrayPtr<const CheckedRecord> records, uint64_t nextCursor);
+
 }  // namespace nodeagent::sbx
