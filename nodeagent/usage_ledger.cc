@@ -58,8 +58,9 @@ void UsageLedger::recordUnseenEnd(state::SandboxRecord::Reader rec) {
 
 void UsageLedger::submit(UsageSnapshot snapshot) {
   // Signing and the LMDB write run on the writer thread.
-  writer_.submit([this, s = kj::mv(snapshot)](Store::WriteTxn& txn) {
-    appendUsageRecord(txn, key_, store_.nodeId(), s);
+  // Captures what outlives the writer, not this ledger (the Supervisor's).
+  writer_.submit([&key = key_, &store = store_, s = kj::mv(snapshot)](Store::WriteTxn& txn) {
+    appendUsageRecord(txn, key, store.nodeId(), s);
   });
 }
 
