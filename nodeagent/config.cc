@@ -313,6 +313,10 @@ void validateConfig(config::Config::Reader config) {
     errors.add(kj::str("the templates' warm pools (", warmTotal, ") exceed maxSandboxes (",
                        config.getMaxSandboxes(), ")"));
   }
+  uint32_t ledgerSeconds = config.getLedger().getIntervalSeconds();
+  if (ledgerSeconds == 0 || ledgerSeconds > 86400) {
+    errors.add(kj::str("ledger.intervalSeconds must be 1-86400 (got ", ledgerSeconds, ")"));
+  }
 
   if (errors.size() > 0) fail(kj::str("invalid config: ", kj::strArray(errors, "; ")));
 }

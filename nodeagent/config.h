@@ -69,7 +69,7 @@ void applyFlags(LoadedConfig& config, const CommandLine& flags);
 // Throws one exception listing every problem found: stateDir absolute, listen
 // addresses well-formed (unix paths absolute), uidRangeSize > 0 and the uid
 // ranges within 32 bits, log level known, template names unique and
-// [a-z0-9-]+, template limits non-zero.
+// [a-z0-9-]+, template limits non-zero, ledger.intervalSeconds 1-86400.
 void validateConfig(config::Config::Reader config);
 
 // parseCommandLine, loadConfig(--config), applyFlags, validateConfig.

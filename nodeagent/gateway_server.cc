@@ -9,6 +9,7 @@
 #include "loop/fd_streams.h"
 #include "loop/serial_queue.h"
 #include "nodeagent/api_error.h"
+#include "nodeagent/ledger_entry.h"
 #include "nodeagent/version.h"
 
 namespace nodeagent {
@@ -17,6 +18,8 @@ namespace {
 constexpr size_t kFileChunkBytes = 256 * 1024;
 // Keeps a listing well inside any peer's message limit (about 100 bytes an entry).
 constexpr size_t kMaxListEntries = 10000;
+// Ledger records a usageLedger call returns at most (about 300 bytes each).
+constexpr uint32_t kMaxLedgerRecords = 1000;
 
 void fillInfo(api::SandboxInfo::Builder info, state::SandboxRecord::Reader rec) {
   info.setId(rec.getId());
@@ -169,7 +172,7 @@ class FilesImpl final : public api::Files::Server {
       : ctx_(ctx), sandbox_(kj::mv(sandbox)) {}
 
   kj::Promise<void> write(WriteContext context) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     auto params = context.getParams();
     uint32_t mode = params.getMode() == 0 ? 0644 : params.getMode();
     auto upload = sandbox_->files().beginUpload(params.getPath(), mode);
@@ -179,7 +182,7 @@ class FilesImpl final : public api::Files::Server {
   }
 
   kj::Promise<void> read(ReadContext context) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     auto params = context.getParams();
     kj::AutoCloseFd file = sandbox_->files().openForRead(params.getPath());
     struct stat st;
@@ -201,7 +204,7 @@ class FilesImpl final : public api::Files::Server {
   }
 
   kj::Promise<void> list(ListContext context) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     bool truncated = false;
     auto entries =
         sandbox_->files().list(context.getParams().getPath(), kMaxListEntries, &truncated);
@@ -212,21 +215,21 @@ class FilesImpl final : public api::Files::Server {
   }
 
   kj::Promise<void> stat(StatContext context) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     fillFileInfo(context.getResults().initInfo(),
                  sandbox_->files().stat(context.getParams().getPath()));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> mkdir(MkdirContext context) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     auto params = context.getParams();
     sandbox_->files().mkdir(params.getPath(), params.getParents());
     return kj::READY_NOW;
   }
 
   kj::Promise<void> remove(RemoveContext context) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     auto params = context.getParams();
     sandbox_->files().remove(params.getPath(), params.getRecursive());
     return kj::READY_NOW;
@@ -273,7 +276,7 @@ class SandboxImpl final : public api::Sandbox::Server {
       : ctx_(ctx), sandbox_(kj::mv(sandbox)), actor_(kj::str(actor)) {}
 
   kj::Promise<void> exec(ExecContext context) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     auto params = context.getParams();
     // Without a sink the output is only kept for a later Process.attach.
     kj::Maybe<api::OutputSink::Client> output;
@@ -286,18 +289,18 @@ class SandboxImpl final : public api::Sandbox::Server {
   }
 
   kj::Promise<void> files(FilesContext context) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     context.getResults().setFiles(kj::heap<FilesImpl>(ctx_, kj::addRef(*sandbox_)));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> kill(KillContext) override {
-    sandbox_->countRequest();
+    ctx_.supervisor.countRequest(*sandbox_);
     return ctx_.supervisor.kill(*sandbox_, actor_);
   }
 
   kj::Promise<void> setTimeout(SetTimeoutContext context) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     uint32_t seconds = context.getParams().getSeconds();
     if (seconds == 0 || seconds > 7 * 24 * 3600) {
       throwApiError(api::ErrorCode::INVALID_ARGUMENT, "timeout must be 1 s to 7 days");
@@ -309,29 +312,29 @@ class SandboxImpl final : public api::Sandbox::Server {
   }
 
   kj::Promise<void> info(InfoContext context) override {
-    sandbox_->countRequest();
+    ctx_.supervisor.countRequest(*sandbox_);
     fillInfo(context.getResults().initInfo(), sandbox_->record());
     return kj::READY_NOW;
   }
 
   kj::Promise<void> usage(UsageContext context) override {
-    sandbox_->countRequest();
+    ctx_.supervisor.countRequest(*sandbox_);
     sandbox_->fillUsage(context.getResults().initUsage());
     return kj::READY_NOW;
   }
 
   kj::Promise<void> pause(PauseContext) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     return ctx_.supervisor.pause(*sandbox_, actor_);
   }
 
   kj::Promise<void> resume(ResumeContext) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     return ctx_.supervisor.resume(*sandbox_, actor_);
   }
 
   kj::Promise<void> processes(ProcessesContext context) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     return sandbox_->whenSynced().then([this, context]() mutable {
       sandbox_->fillProcesses(context.getResults().initProcesses(sandbox_->processCount()));
     });
@@ -368,7 +371,7 @@ class SandboxImpl final : public api::Sandbox::Server {
   }
 
   kj::Promise<void> process(ProcessContext context) override {
-    sandbox_->admitRequest();
+    ctx_.supervisor.admitRequest(*sandbox_);
     return sandbox_->whenSynced().then([this, context]() mutable {
       auto process = sandbox_->findProcess(context.getParams().getPid());
       context.getResults().setProcess(
@@ -461,6 +464,27 @@ class NodeImpl final : public api::Node::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> usageLedger(UsageLedgerContext context) override {
+    auto params = context.getParams();
+    uint32_t limit = params.getLimit();
+    if (limit == 0 || limit > kMaxLedgerRecords) limit = kMaxLedgerRecords;
+    uint64_t cursor = params.getAfterSeq();
+    auto stored = ctx_.supervisor.ledger().read(cursor, limit);
+    auto results = context.getResults();
+    auto out = results.initRecords(stored.size());
+    for (size_t i = 0; i < stored.size(); ++i) out.setWithCaveats(i, stored[i]->get());
+    // In seq order: the last one's seq is where the next call goes on.
+    if (stored.size() > 0) cursor = parseUsageRecord(stored.back()->get())->get().getSeq();
+    results.setNextCursor(cursor);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> setTenantRequestCap(SetTenantRequestCapContext context) override {
+    auto params = context.getParams();
+    ctx_.supervisor.setTenantRequestCap(params.getTenant(), params.getCap(), actor_);
+    return kj::READY_NOW;
+  }
+
   kj::Promise<void> info(InfoContext context) override {
     auto info = context.getResults().initInfo();
     char host[256] = {};
@@ -474,6 +498,8 @@ class NodeImpl final : public api::Node::Server {
     info.setCgroupMode(ctx_.supervisor.cgroupMode() == isolator::CgroupMode::kV2 ? "v2" : "hybrid");
     info.setMaxMessageBytes(ctx_.maxMessageBytes);
     info.setDraining(ctx_.supervisor.draining());
+    info.setPublicKey(ctx_.supervisor.ledger().publicKey());
+    info.setNodeId(ctx_.supervisor.nodeId());
     auto pools = ctx_.supervisor.warmPools();
     auto warm = info.initWarmPools(pools.size());
     for (size_t i = 0; i < pools.size(); ++i) {

@@ -15,6 +15,7 @@
 #include "loop/io_context.h"
 #include "nodeagent/config.h"
 #include "nodeagent/gateway_listener.h"
+#include "nodeagent/node_key.h"
 #include "nodeagent/rpc_endpoint.h"
 #include "nodeagent/store.h"
 #include "nodeagent/supervisor.h"
@@ -67,8 +68,10 @@ int run(int argc, char** argv) {
   // afford full durability.
   storeOptions.durability = Durability::kFull;
   auto store = Store::open(cfg.getStateDir(), storeOptions);
+  // Before the writer: its last commits sign with the key.
+  auto nodeKey = NodeKey::loadOrCreate(kj::str(cfg.getStateDir(), "/node.key"));
   StoreWriter storeWriter(*store);
-  Supervisor supervisor(io.port, cfg, *store, storeWriter);
+  Supervisor supervisor(io.port, cfg, *store, storeWriter, *nodeKey);
 
   ServerContext context{supervisor, io.port, cfg.getMaxFileBytes(), cfg.getMaxMessageBytes()};
   kj::Maybe<kj::Own<kj::TlsContext>> tls;
@@ -115,6 +118,8 @@ int run(int argc, char** argv) {
   // exists, the next start ends them cleanly; see Supervisor.) Idle warm-pool
   // sandboxes can serve no one without the agent: they end now.
   supervisor.endPools().wait(io.waitScope);
+  // Requests and memory samples since the last record live only in memory.
+  supervisor.recordUsage("agent-stop");
   supervisor.audit("agent", "stop", "", "", "");
   storeWriter.flush();
   for (auto text : cfg.getListen()) {

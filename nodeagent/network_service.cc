@@ -243,6 +243,7 @@ uint32_t NetworkService::configure(Sandbox& s, api::NetworkSettings::Reader sett
 uint32_t NetworkService::attach(const SandboxRef& ref, api::NetworkSettings::Reader settings) {
   std::string id = ref.id.cStr();
   KJ_REQUIRE(sandboxes_.count(id) == 0, "sandbox network attached twice", ref.id);
+  released_.erase(id);
   Sandbox& s = sandboxes_[id];
   s.id = id;
   s.tenant = ref.tenant.cStr();
@@ -295,6 +296,7 @@ void NetworkService::release(kj::StringPtr id) {
   auto it = sandboxes_.find(id.cStr());
   if (it == sandboxes_.end()) return;
   Sandbox& s = it->second;
+  released_[s.id] = ReleasedCount{filter_->counters(s.cgroupId).allowed_bytes, unixSeconds()};
   filter_->forget(s.cgroupId);
   if (s.slot != 0) {
     // Usually gone with the namespace already; a claim keeps the namespace.
@@ -340,7 +342,10 @@ void NetworkService::fillStatus(kj::StringPtr id, api::NetworkStatus::Builder st
 
 uint64_t NetworkService::egressBytes(kj::StringPtr id) {
   auto it = sandboxes_.find(id.cStr());
-  if (it == sandboxes_.end()) return 0;
+  if (it == sandboxes_.end()) {
+    auto released = released_.find(id.cStr());
+    return released == released_.end() ? 0 : released->second.bytes;
+  }
   return filter_->counters(it->second.cgroupId).allowed_bytes;
 }
 
@@ -455,6 +460,11 @@ void NetworkService::onEvent(const na_event& event) {
 kj::Promise<void> NetworkService::sweep() {
   return port_.timer().afterDelay(options_.sweepInterval).then([this]() {
     filter_->expireResolved(ebpf::bootClockNs());
+    // Longer than an ended sandbox stays readable (Supervisor::kEndedRetention).
+    int64_t horizon = unixSeconds() - 15 * 60;
+    for (auto it = released_.begin(); it != released_.end();) {
+      it = it->second.releasedAt < horizon ? released_.erase(it) : std::next(it);
+    }
     refreshAlwaysRules();
     return sweep();
   });

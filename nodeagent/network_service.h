@@ -74,6 +74,8 @@ class NetworkService final : public DnsPolicy {
   void release(kj::StringPtr id);
 
   void fillStatus(kj::StringPtr id, api::NetworkStatus::Builder status);
+  // Bytes the sandbox sent out (not loopback) since its network was set up;
+  // an ended sandbox keeps its last count for a while (its final usage).
   uint64_t egressBytes(kj::StringPtr id);
 
   // DnsPolicy
@@ -119,6 +121,11 @@ class NetworkService final : public DnsPolicy {
   std::map<std::string, Sandbox> sandboxes_;  // by id
   std::map<uint32_t, std::string> slots_;     // slot -> id
   std::vector<IpAddress> lastHostAddresses_;
+  struct ReleasedCount {
+    uint64_t bytes;
+    int64_t releasedAt;  // unix seconds
+  };
+  std::map<std::string, ReleasedCount> released_;  // ended sandboxes' final egress
   struct ErrorLogger : public kj::TaskSet::ErrorHandler {
     void taskFailed(kj::Exception&& e) override;
   } errorLogger_;

@@ -44,6 +44,7 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks ho
       hooks_(kj::mv(hooks)),
       startedMonoNs_(monotonicNowNs()),
       cpuMeter_(parts.cpuMeter),
+      egressSource_([]() -> uint64_t { return 0; }),
       endedFork_(nullptr),
       releasedFork_(nullptr),
       processWatches_(errorLogger_) {
@@ -74,6 +75,10 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks ho
     }
     adoptProcesses();
   }
+  // The memory integral starts at creation (an adopted sandbox's at its last
+  // billed record, see resumeCounters()).
+  memorySampledMonoNs_ = startedMonoNs_;
+  if (!parts.adopted) sampleMemory();
   armTimeout();
   armCpuCap();
 }
@@ -402,6 +407,14 @@ void SandboxRuntime::claim(state::SandboxRecord::Reader record,
   record_->setRoot(record);
   startedMonoNs_ = monotonicNowNs();
   rpcRequests_ = 0;
+  // The tenant's usage starts at the claim.
+  memoryByteSeconds_ = 0;
+  memorySampledMonoNs_ = startedMonoNs_;
+  memoryLastBytes_ = 0;
+  sampleMemory();
+  egressBase_ = 0;
+  kj::runCatchingExceptions([&]() { egressBase_ = egressSource_(); });
+  egressBytes_ = 0;
   armTimeout();
   armCpuCap();
 }
@@ -415,6 +428,77 @@ void SandboxRuntime::admitRequest() {
                   kj::str("sandbox ", id_, " has made its ", cap,
                           " requests (its request cap); kill, info and usage still work"));
   }
+}
+
+void SandboxRuntime::setEgressSource(EgressSource source) {
+  egressSource_ = kj::mv(source);
+}
+
+uint64_t SandboxRuntime::egressBytes() {
+  if (ended_) return egressBytes_;
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                 uint64_t total = egressSource_();
+                 uint64_t since = total > egressBase_ ? total - egressBase_ : 0;
+                 egressBytes_ = kj::max(egressBytes_, since);
+               })) {
+    log::warn("sandbox.egress_read_failed",
+              {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+  }
+  return egressBytes_;
+}
+
+void SandboxRuntime::sampleMemory() {
+  int64_t now = ended_ ? endedMonoNs_ : monotonicNowNs();
+  uint64_t bytes = memoryLastBytes_;  // once killed, the last figure holds to the end
+  if (!ended_ && pendingReason_.size() == 0) {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions(
+                        [&]() { bytes = cgroup_->stats().memoryCurrentBytes; })) {
+      log::warn("sandbox.stats_failed",
+                {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+    }
+  }
+  if (now > memorySampledMonoNs_) {
+    double seconds = double(now - memorySampledMonoNs_) / 1e9;
+    memoryByteSeconds_ += (double(memoryLastBytes_) + double(bytes)) / 2 * seconds;
+    memorySampledMonoNs_ = now;
+  }
+  memoryLastBytes_ = bytes;
+}
+
+void SandboxRuntime::resumeCounters(state::BilledTotals::Reader billed) {
+  rpcRequests_ = kj::max(rpcRequests_, billed.getRpcRequests());
+  memoryByteSeconds_ = double(billed.getMemoryByteSeconds());
+  memoryLastBytes_ = billed.getLastMemoryBytes();
+  // The gap since then is integrated from that sample to the next.
+  memorySampledMonoNs_ = monotonicNowNs() - (unixNowNs() - billed.getBilledToNs());
+}
+
+uint64_t SandboxRuntime::billableCpuNs() {
+  if (ended_ || pendingReason_.size() > 0) {
+    bool metered = cpuMeter_ != nullptr && cpuCgroupId_ != 0;
+    return metered ? meteredCpuNs() : finalStats_.cpuUserNs + finalStats_.cpuSystemNs;
+  }
+  return cpuUsedNs();
+}
+
+void SandboxRuntime::wallNs(uint64_t* running, uint64_t* paused) {
+  int64_t end = ended_ ? endedMonoNs_ : monotonicNowNs();
+  // A sandbox that ends while paused was paused up to its end.
+  int64_t pausedNs = pausedTotalNs_ + (this->paused() ? end - pausedSinceMonoNs_ : 0);
+  *running = uint64_t(kj::max(end - startedMonoNs_ - pausedNs, int64_t(0)));
+  *paused = uint64_t(kj::max(pausedNs, int64_t(0)));
+}
+
+UsageCounters SandboxRuntime::usageCounters() {
+  sampleMemory();
+  UsageCounters c;
+  c.cpuNs = billableCpuNs();
+  wallNs(&c.wallRunningNs, &c.wallPausedNs);
+  c.memoryByteSeconds = uint64_t(memoryByteSeconds_);
+  c.memoryBytes = memoryLastBytes_;
+  c.egressBytes = egressBytes();
+  c.rpcRequests = rpcRequests_;
+  return c;
 }
 
 void SandboxRuntime::armCpuCap() {
@@ -586,8 +670,10 @@ void SandboxRuntime::finish() {
     captureFinalStats();
   }
   meteredCpuNs();  // every process is dead: this reading is final
-  ended_ = true;
+  egressBytes();   // the last reading; the source is not asked again
   endedMonoNs_ = monotonicNowNs();
+  sampleMemory();  // the integral runs to the end
+  ended_ = true;
   timeoutTask_ = nullptr;
   cpuCapTask_ = nullptr;
   auto rec = record_->getRoot<state::SandboxRecord>();
@@ -658,12 +744,12 @@ void SandboxRuntime::fillUsage(api::Usage::Builder usage) {
   usage.setMemoryCurrentBytes(ended_ ? 0 : stats.memoryCurrentBytes);
   usage.setMemoryPeakBytes(stats.memoryPeakBytes);
   usage.setPidsCurrent(ended_ ? 0 : uint32_t(stats.pidsCurrent));
-  int64_t end = ended_ ? endedMonoNs_ : monotonicNowNs();
-  // A sandbox that ends while paused was paused up to its end.
-  int64_t paused = pausedTotalNs_ + (this->paused() ? end - pausedSinceMonoNs_ : 0);
-  usage.setWallRunningNs(uint64_t(end - startedMonoNs_ - paused));
-  usage.setWallPausedNs(uint64_t(paused));
+  uint64_t running, paused;
+  wallNs(&running, &paused);
+  usage.setWallRunningNs(running);
+  usage.setWallPausedNs(paused);
   usage.setRpcRequests(rpcRequests_);
+  usage.setEgressBytes(egressBytes());
   usage.setCpuMeteredNs(ended_ ? meteredCpuNs_ : meteredCpuNs());
   usage.setExecs(execs_);
 }

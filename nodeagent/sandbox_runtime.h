@@ -19,6 +19,7 @@
 #include "nodeagent/exec_process.h"
 #include "nodeagent/init_channel.h"
 #include "nodeagent/sandbox_fs.h"
+#include "nodeagent/usage_counters.h"
 #include "schema/gateway.capnp.h"
 #include "schema/state.capnp.h"
 
@@ -82,6 +83,28 @@ class SandboxRuntime final : public kj::Refcounted {
   // Counts one and refuses it (limitExceeded) beyond spec.requestCap.
   void admitRequest();
 
+  // The usage ledger's view: cumulative counters as of now (as of the end
+  // once ended). Takes a memory sample first.
+  UsageCounters usageCounters();
+  // Adds memory.current to the memory integral (trapezoids between samples).
+  // The ledger calls it every few seconds; a cheap no-op once ended.
+  void sampleMemory();
+  // An adopted sandbox's counters that lived only in the old agent's memory
+  // (requests, the memory integral) carry on from what the ledger billed.
+  void resumeCounters(state::BilledTotals::Reader billed);
+
+  // THE EGRESS HOOK. Where the sandbox's egress byte count comes from: bytes
+  // it sent off the host, cumulative since its network was set up, never
+  // decreasing, and (like the pinned CPU meter) still counting across agent
+  // restarts. Called on the event loop at every usage read and ledger record,
+  // so it must be cheap (a BPF map lookup) and must not block; it is not
+  // called once the sandbox has ended. The default reports 0: a sandbox
+  // without a network sends nothing. The network code sets it right after
+  // the runtime is built (Supervisor::startRuntime); a claim from a warm pool
+  // bills from the claim on (the reading at the claim is subtracted).
+  using EgressSource = kj::Function<uint64_t()>;
+  void setEgressSource(EgressSource source);
+
   // Freezes every process (record state PAUSED). Resolves once frozen, with
   // whether this call paused it (false: it already was).
   kj::Promise<bool> pause();
@@ -141,6 +164,10 @@ class SandboxRuntime final : public kj::Refcounted {
   void captureFinalStats();
   // On-CPU ns from the eBPF meter (0 without it); never less than it said before.
   uint64_t meteredCpuNs();
+  // What the ledger bills as CPU: cpuUsedNs(), frozen at the end.
+  uint64_t billableCpuNs();
+  void wallNs(uint64_t* running, uint64_t* paused);
+  uint64_t egressBytes();  // from egressSource_, less egressBase_; latched at the end
   void trackCpu();
   void untrackCpu();
   kj::Promise<void> waitFrozen(int64_t deadlineMonoNs, kj::Duration delay);
@@ -173,8 +200,14 @@ class SandboxRuntime final : public kj::Refcounted {
   kj::Maybe<kj::ForkedPromise<void>> freezing_;  // while kPausing
   isolator::CgroupStats finalStats_{};
   kj::Maybe<ebpf::CpuMeter&> cpuMeter_;
-  uint64_t cpuCgroupId_ = 0;                     // the v2 leaf the meter charges (0: not tracked)
-  uint64_t meteredCpuNs_ = 0;                    // the largest reading so far; final once ended
+  uint64_t cpuCgroupId_ = 0;      // the v2 leaf the meter charges (0: not tracked)
+  uint64_t meteredCpuNs_ = 0;     // the largest reading so far; final once ended
+  double memoryByteSeconds_ = 0;  // the integral up to memorySampledMonoNs_
+  int64_t memorySampledMonoNs_ = 0;
+  uint64_t memoryLastBytes_ = 0;
+  EgressSource egressSource_;
+  uint64_t egressBase_ = 0;                      // the source's reading at a warm-pool claim
+  uint64_t egressBytes_ = 0;                     // the largest figure reported so far
   std::map<int, kj::Own<ExecProcess>> running_;  // by in-sandbox pid
   std::deque<EndedProcess> endedProcesses_;      // oldest first
   kj::Promise<void> timeoutTask_ = nullptr;

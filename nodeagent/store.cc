@@ -18,7 +18,7 @@
 namespace nodeagent {
 namespace {
 
-constexpr unsigned kMaxDbs = 8;  // three today; room for the usage ledger and friends
+constexpr unsigned kMaxDbs = 8;  // five today
 constexpr mode_t kFileMode = 0600;
 constexpr mode_t kDirMode = 0700;
 
@@ -167,11 +167,30 @@ kj::Maybe<MDB_val> getValue(MDB_txn* txn, MDB_dbi dbi, MDB_val key, kj::StringPt
   return value;
 }
 
-uint64_t lastSeq(MDB_txn* txn, MDB_dbi audit, const StoreOptions& options) {
-  Cursor cursor(txn, audit, "lastAuditSeq", options);
+// The newest key of a seq-keyed database ("audit", "ledger"); 0 when empty.
+uint64_t lastSeq(MDB_txn* txn, MDB_dbi dbi, kj::StringPtr what, const StoreOptions& options) {
+  Cursor cursor(txn, dbi, what, options);
   MDB_val key, value;
-  if (!cursor.get(&key, &value, MDB_LAST, "lastAuditSeq", options)) return 0;
-  return decodeSeq(key, "audit key");
+  if (!cursor.get(&key, &value, MDB_LAST, what, options)) return 0;
+  return decodeSeq(key, what);
+}
+
+// Up to `limit` values of a seq-keyed database with seq > afterSeq.
+template <typename T>
+kj::Vector<kj::Own<StoredMessage<T>>> readAfter(MDB_txn* txn, MDB_dbi dbi, uint64_t afterSeq,
+                                                size_t limit, kj::StringPtr what,
+                                                const StoreOptions& options) {
+  kj::Vector<kj::Own<StoredMessage<T>>> result;
+  if (limit == 0 || afterSeq == UINT64_MAX) return result;
+  Cursor cursor(txn, dbi, what, options);
+  kj::byte start[8];
+  encodeSeq(afterSeq + 1, start);
+  MDB_val key = bytesVal(start), value;
+  for (auto op = MDB_SET_RANGE;
+       result.size() < limit && cursor.get(&key, &value, op, what, options); op = MDB_NEXT) {
+    result.add(copyMessage<T>(value, kj::str(what, " seq ", decodeSeq(key, what))));
+  }
+  return result;
 }
 
 void requireKey(MDB_env* env, kj::StringPtr what, kj::StringPtr key) {
@@ -306,6 +325,8 @@ void Store::initialize() {
   sandboxes_ = openDb("sandboxes");
   audit_ = openDb("audit");
   meta_ = openDb("meta");
+  ledger_ = openDb("ledger");
+  billed_ = openDb("billed");
 
   WriteTxn writer(*this, txn.get());
   KJ_IF_MAYBE (version, writer.getMeta(kSchemaVersionKey)) {
@@ -385,25 +406,45 @@ kj::Vector<kj::Own<StoredSandbox>> Store::listSandboxes() {
 }
 
 kj::Vector<kj::Own<StoredAudit>> Store::readAudit(uint64_t afterSeq, size_t limit) {
-  kj::Vector<kj::Own<StoredAudit>> result;
-  if (limit == 0 || afterSeq == UINT64_MAX) return result;
   Txn txn(env_->get(), MDB_RDONLY, options_);
-  Cursor cursor(txn.get(), audit_, "readAudit", options_);
-  kj::byte start[8];
-  encodeSeq(afterSeq + 1, start);
-  MDB_val key = bytesVal(start), value;
-  for (auto op = MDB_SET_RANGE;
-       result.size() < limit && cursor.get(&key, &value, op, "readAudit", options_);
-       op = MDB_NEXT) {
-    result.add(copyMessage<state::AuditEntry>(
-        value, kj::str("readAudit seq ", decodeSeq(key, "audit key"))));
-  }
-  return result;
+  return readAfter<state::AuditEntry>(txn.get(), audit_, afterSeq, limit, "readAudit", options_);
 }
 
 uint64_t Store::lastAuditSeq() {
   Txn txn(env_->get(), MDB_RDONLY, options_);
-  return lastSeq(txn.get(), audit_, options_);
+  return lastSeq(txn.get(), audit_, "lastAuditSeq", options_);
+}
+
+kj::Vector<kj::Own<StoredUsageRecord>> Store::readLedger(uint64_t afterSeq, size_t limit) {
+  Txn txn(env_->get(), MDB_RDONLY, options_);
+  return readAfter<api::SignedUsageRecord>(txn.get(), ledger_, afterSeq, limit, "readLedger",
+                                           options_);
+}
+
+uint64_t Store::lastLedgerSeq() {
+  Txn txn(env_->get(), MDB_RDONLY, options_);
+  return lastSeq(txn.get(), ledger_, "lastLedgerSeq", options_);
+}
+
+kj::Maybe<kj::Own<StoredBilled>> Store::getBilled(kj::StringPtr sandboxId) {
+  auto what = kj::str("getBilled ", sandboxId);
+  requireKey(env_->get(), what, sandboxId);
+  Txn txn(env_->get(), MDB_RDONLY, options_);
+  KJ_IF_MAYBE (value, getValue(txn.get(), billed_, textVal(sandboxId), what, options_)) {
+    return copyMessage<state::BilledTotals>(*value, what);
+  }
+  return nullptr;
+}
+
+kj::Vector<kj::Own<StoredBilled>> Store::listBilled() {
+  kj::Vector<kj::Own<StoredBilled>> result;
+  Txn txn(env_->get(), MDB_RDONLY, options_);
+  Cursor cursor(txn.get(), billed_, "listBilled", options_);
+  MDB_val key, value;
+  for (auto op = MDB_FIRST; cursor.get(&key, &value, op, "listBilled", options_); op = MDB_NEXT) {
+    result.add(copyMessage<state::BilledTotals>(value, kj::str("listBilled ", keyText(key))));
+  }
+  return result;
 }
 
 kj::Maybe<kj::Array<kj::byte>> Store::getMeta(kj::StringPtr key) {
@@ -460,7 +501,7 @@ bool Store::WriteTxn::deleteSandbox(kj::StringPtr id) {
 uint64_t Store::WriteTxn::appendAudit(state::AuditEntry::Reader entry) {
   requireUsable();
   KJ_ON_SCOPE_FAILURE(failed_ = true);
-  uint64_t seq = lastSeq(txn_, store_.audit_, store_.options_) + 1;
+  uint64_t seq = lastSeq(txn_, store_.audit_, "audit", store_.options_) + 1;
   auto what = kj::str("appendAudit seq ", seq, " action ", entry.getAction());
   int64_t now = entry.getTimeNs() == 0 ? unixNowNs() : entry.getTimeNs();
   auto words = serialize<state::AuditEntry>(entry, [&](state::AuditEntry::Builder b) {
@@ -487,6 +528,47 @@ void Store::WriteTxn::putMeta(kj::StringPtr key, kj::ArrayPtr<const kj::byte> va
   int rc = mdb_put(txn_, store_.meta_, &k, &v, 0);
   if (rc != MDB_SUCCESS) fail(rc, "mdb_put", what);
   note(kj::mv(what));
+}
+
+uint64_t Store::WriteTxn::appendLedger(
+    kj::FunctionParam<kj::Array<capnp::word>(uint64_t seq)> encode) {
+  requireUsable();
+  KJ_ON_SCOPE_FAILURE(failed_ = true);
+  uint64_t seq = lastSeq(txn_, store_.ledger_, "ledger", store_.options_) + 1;
+  auto what = kj::str("appendLedger seq ", seq);
+  auto words = encode(seq);
+  KJ_REQUIRE(words.size() > 0, "store: empty ledger value", what);
+  kj::byte keyBytes[8];
+  encodeSeq(seq, keyBytes);
+  MDB_val key = bytesVal(keyBytes), value = bytesVal(words.asBytes());
+  int rc = mdb_put(txn_, store_.ledger_, &key, &value, MDB_APPEND | MDB_NOOVERWRITE);
+  if (rc != MDB_SUCCESS) fail(rc, "mdb_put", what);
+  note(kj::mv(what));
+  return seq;
+}
+
+void Store::WriteTxn::putBilled(state::BilledTotals::Reader totals) {
+  requireUsable();
+  kj::StringPtr id = totals.getSandboxId();
+  auto what = kj::str("putBilled ", id);
+  requireKey(store_.env_->get(), what, id);
+  KJ_ON_SCOPE_FAILURE(failed_ = true);
+  auto words = serialize<state::BilledTotals>(totals, [](auto) {});
+  MDB_val key = textVal(id), value = bytesVal(words.asBytes());
+  int rc = mdb_put(txn_, store_.billed_, &key, &value, 0);
+  if (rc != MDB_SUCCESS) fail(rc, "mdb_put", what);
+  note(kj::mv(what));
+}
+
+kj::Maybe<kj::Own<StoredBilled>> Store::WriteTxn::getBilled(kj::StringPtr sandboxId) {
+  requireUsable();
+  auto what = kj::str("getBilled ", sandboxId);
+  requireKey(store_.env_->get(), what, sandboxId);
+  KJ_ON_SCOPE_FAILURE(failed_ = true);
+  KJ_IF_MAYBE (value, getValue(txn_, store_.billed_, textVal(sandboxId), what, store_.options_)) {
+    return copyMessage<state::BilledTotals>(*value, what);
+  }
+  return nullptr;
 }
 
 kj::Maybe<kj::Own<StoredSandbox>> Store::WriteTxn::getSandbox(kj::StringPtr id) {

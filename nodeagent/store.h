@@ -11,6 +11,10 @@
 //   "sandboxes"  sandbox id -> state::SandboxRecord (flat-array capnp message)
 //   "audit"      big-endian uint64 seq -> state::AuditEntry; append-only, seq
 //                assigned here, strictly increasing, never reused, first is 1
+//   "ledger"     big-endian uint64 seq -> api::SignedUsageRecord; append-only
+//                like "audit" (seq assigned here, first is 1, no gaps)
+//   "billed"     sandbox id -> state::BilledTotals: how far the ledger billed it,
+//                written in the same transaction as its records
 //   "meta"       small named values: schema version, node id, ...
 //
 // Every write is exactly one LMDB transaction, so a crash at any instant leaves
@@ -82,6 +86,8 @@ class StoredMessage {
 
 using StoredSandbox = StoredMessage<state::SandboxRecord>;
 using StoredAudit = StoredMessage<state::AuditEntry>;
+using StoredUsageRecord = StoredMessage<api::SignedUsageRecord>;
+using StoredBilled = StoredMessage<state::BilledTotals>;
 
 // True for the exception a write throws when the map size is exhausted.
 bool isStoreFull(const kj::Exception& e);
@@ -112,9 +118,15 @@ class Store {
     // set to now if it is 0); returns that seq.
     uint64_t appendAudit(state::AuditEntry::Reader entry);
     void putMeta(kj::StringPtr key, kj::ArrayPtr<const kj::byte> value);
+    // Appends what `encode(seq)` returns (a serialized api::SignedUsageRecord
+    // made for that seq) at the next ledger seq, and returns the seq.
+    uint64_t appendLedger(kj::FunctionParam<kj::Array<capnp::word>(uint64_t seq)> encode);
+    // Inserts or replaces the totals keyed by totals.getSandboxId().
+    void putBilled(state::BilledTotals::Reader totals);
 
     kj::Maybe<kj::Own<StoredSandbox>> getSandbox(kj::StringPtr id);
     kj::Maybe<kj::Array<kj::byte>> getMeta(kj::StringPtr key);
+    kj::Maybe<kj::Own<StoredBilled>> getBilled(kj::StringPtr sandboxId);
 
    private:
     friend class Store;
@@ -154,6 +166,12 @@ class Store {
   kj::Vector<kj::Own<StoredAudit>> readAudit(uint64_t afterSeq, size_t limit);
   // Seq of the newest audit entry, 0 if the log is empty.
   uint64_t lastAuditSeq();
+  // The usage ledger, paged like readAudit().
+  kj::Vector<kj::Own<StoredUsageRecord>> readLedger(uint64_t afterSeq, size_t limit);
+  uint64_t lastLedgerSeq();
+  kj::Maybe<kj::Own<StoredBilled>> getBilled(kj::StringPtr sandboxId);
+  // Every sandbox's billed totals, ordered by id.
+  kj::Vector<kj::Own<StoredBilled>> listBilled();
   kj::Maybe<kj::Array<kj::byte>> getMeta(kj::StringPtr key);
 
   // Random id given to this node when the store was created; never changes.
@@ -174,6 +192,8 @@ class Store {
   MDB_dbi sandboxes_ = 0;
   MDB_dbi audit_ = 0;
   MDB_dbi meta_ = 0;
+  MDB_dbi ledger_ = 0;
+  MDB_dbi billed_ = 0;
   kj::String nodeId_;
   std::atomic<bool> writing_{false};
 };

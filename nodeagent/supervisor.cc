@@ -102,12 +102,15 @@ void Supervisor::ErrorLogger::taskFailed(kj::Exception&& e) {
 }
 
 Supervisor::Supervisor(loop::UringEventPort& port, config::Config::Reader config, Store& store,
-                       StoreWriter& writer)
+                       StoreWriter& writer, const NodeKey& key)
     : port_(port),
       config_(config),
       store_(store),
       writer_(writer),
       cgroupMode_(isolator::detectCgroupMode()),
+      ledger_(
+          kj::heap<UsageLedger>(port, store, writer, key,
+                                int64_t(config.getLedger().getIntervalSeconds()) * kj::SECONDS)),
       tasks_(errorLogger_) {}
 
 Supervisor::~Supervisor() noexcept(false) {}
@@ -128,6 +131,7 @@ void Supervisor::start() {
     enterAgentCgroup(*KJ_ASSERT_NONNULL(cgroupTree_), AgentReservation{});
   }
   loadTenantWeights();
+  loadTenantRequests();
   startCpuMeter();
   startNetwork();
   std::string resolvConf = isolator::kDefaultResolvConf;
@@ -164,6 +168,14 @@ void Supervisor::start() {
     if (t.getWarmPool() > 0) pools_.add(WarmPool{kj::str(t.getName()), t.getWarmPool(), {}, 0});
   }
   scheduleRefill(kPoolRefillDelay);  // in the background, once the loop runs
+  tasks_.add(ledger_->run([this]() {
+    kj::Vector<kj::Own<SandboxRuntime>> billed;
+    for (auto& entry : live_) {
+      auto& sandbox = *entry.second;
+      if (sandbox.running() && !isPoolRecord(sandbox.record())) billed.add(kj::addRef(sandbox));
+    }
+    return billed;
+  }));
 }
 
 kj::Own<SandboxRuntime> Supervisor::startRuntime(SandboxRuntime::Parts parts, uint32_t uidSlot) {
@@ -176,6 +188,10 @@ kj::Own<SandboxRuntime> Supervisor::startRuntime(SandboxRuntime::Parts parts, ui
   hooks.cpuCapped = [this](SandboxRuntime& s) { onCpuCapped(s); };
   auto runtime = kj::refcounted<SandboxRuntime>(port_, kj::mv(parts), kj::mv(hooks));
   std::string id = runtime->id().cStr();
+  KJ_IF_MAYBE (network, network_) {
+    NetworkService* service = *network;
+    runtime->setEgressSource([service, id]() { return service->egressBytes(id.c_str()); });
+  }
   uidSlots_.emplace(uidSlot, id);
   live_.emplace(id, kj::addRef(*runtime));
   return runtime;
@@ -610,6 +626,7 @@ kj::Promise<void> Supervisor::pauseAs(SandboxRuntime& sandbox, kj::StringPtr act
         auto rec = ref->record();
         persist(rec, auditEntry(unixNowNs(), actor, action, rec.getId(), rec.getSpec().getTenant(),
                                 detail));
+        if (!isPoolRecord(rec)) ledger_->record(*ref, "pause");
         log::info("sandbox.paused", {{"id", rec.getId().cStr()}, {"by", action.cStr()}});
       });
 }
@@ -621,6 +638,7 @@ kj::Promise<void> Supervisor::resume(SandboxRuntime& sandbox, kj::StringPtr acto
         auto rec = ref->record();
         persist(rec, auditEntry(unixNowNs(), actor, "resume", rec.getId(),
                                 rec.getSpec().getTenant(), ""));
+        if (!isPoolRecord(rec)) ledger_->record(*ref, "resume");
         log::info("sandbox.resumed", {{"id", rec.getId().cStr()}});
       });
 }
@@ -702,6 +720,87 @@ void Supervisor::setTenantWeight(kj::StringPtr tenant, uint32_t weight, kj::Stri
   audit(actor, "set-tenant-weight", "", tenant, kj::str("weight=", weight));
 }
 
+namespace {
+constexpr kj::StringPtr kTenantRequestCapsKey = "tenantRequestCaps"_kj;  // lines of "tenant cap"
+}  // namespace
+
+void Supervisor::loadTenantRequests() {
+  for (auto& stored : store_.listBilled()) {
+    auto totals = stored->get();
+    tenantRequests_[totals.getTenant().cStr()] += totals.getRpcRequests();
+  }
+  KJ_IF_MAYBE (bytes, store_.getMeta(kTenantRequestCapsKey)) {
+    std::string text(reinterpret_cast<const char*>(bytes->begin()), bytes->size());
+    size_t start = 0;
+    while (start < text.size()) {
+      size_t end = text.find('\n', start);
+      if (end == std::string::npos) end = text.size();
+      std::string line = text.substr(start, end - start);
+      size_t space = line.find(' ');
+      if (space != std::string::npos) {
+        tenantRequestCaps_[line.substr(0, space)] = std::stoull(line.substr(space + 1));
+      }
+      start = end + 1;
+    }
+  }
+}
+
+uint64_t Supervisor::tenantRequestCap(kj::StringPtr tenant) const {
+  auto it = tenantRequestCaps_.find(tenant.cStr());
+  return it != tenantRequestCaps_.end() ? it->second : config_.getLimits().getTenantRequestCap();
+}
+
+void Supervisor::admitRequest(SandboxRuntime& sandbox) {
+  kj::StringPtr tenant = sandbox.record().getSpec().getTenant();
+  uint64_t& count = tenantRequests_[tenant.cStr()];
+  uint64_t cap = tenantRequestCap(tenant);
+  if (cap != 0 && count >= cap) {
+    throwApiError(api::ErrorCode::LIMIT_EXCEEDED,
+                  kj::str("tenant ", tenant, " has made its ", cap,
+                          " requests on this node (its tenant request cap); kill, info and "
+                          "usage still work"));
+  }
+  sandbox.admitRequest();  // the sandbox's own cap; throws without counting
+  ++count;
+}
+
+void Supervisor::countRequest(SandboxRuntime& sandbox) {
+  sandbox.countRequest();
+  ++tenantRequests_[sandbox.record().getSpec().getTenant().cStr()];
+}
+
+void Supervisor::setTenantRequestCap(kj::StringPtr tenant, uint64_t cap, kj::StringPtr actor) {
+  if (!isolator::isValidName(tenant) || tenant == kPoolTenant) {
+    throwApiError(api::ErrorCode::INVALID_ARGUMENT,
+                  "tenant must be 1-64 characters of [A-Za-z0-9_-]");
+  }
+  if (cap == 0) {
+    tenantRequestCaps_.erase(tenant.cStr());
+  } else {
+    tenantRequestCaps_[tenant.cStr()] = cap;
+  }
+  std::string text;
+  for (auto& [name, c] : tenantRequestCaps_) text += name + " " + std::to_string(c) + "\n";
+  writer_.submit([text = kj::mv(text)](Store::WriteTxn& txn) {
+    txn.putMeta(kTenantRequestCapsKey,
+                kj::arrayPtr(reinterpret_cast<const kj::byte*>(text.data()), text.size()));
+  });
+  auto it = tenantRequests_.find(tenant.cStr());
+  audit(actor, "set-tenant-request-cap", "", tenant,
+        kj::str("cap=", cap, " used=", it == tenantRequests_.end() ? 0 : it->second));
+}
+
+void Supervisor::recordUsage(kj::StringPtr cause) {
+  for (auto& entry : live_) {
+    auto& sandbox = *entry.second;
+    if (!sandbox.running() || isPoolRecord(sandbox.record())) continue;
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { ledger_->record(sandbox, cause); })) {
+      log::warn("ledger.read_failed",
+                {{"id", sandbox.id().cStr()}, {"error", e->getDescription().cStr()}});
+    }
+  }
+}
+
 void Supervisor::setDraining(bool draining, kj::StringPtr actor) {
   if (draining_ == draining) return;
   draining_ = draining;
@@ -724,6 +823,7 @@ void Supervisor::onEnded(SandboxRuntime& sandbox) {
   auto rec = sandbox.record();
   persist(rec, auditEntry(rec.getEndedAtNs(), "agent", "end", rec.getId(),
                           rec.getSpec().getTenant(), kj::str("reason=", rec.getEndReason())));
+  if (!isPoolRecord(rec)) ledger_->recordEnd(sandbox);
   for (auto it = uidSlots_.begin(); it != uidSlots_.end(); ++it) {
     if (it->second == sandbox.id().cStr()) {
       uidSlots_.erase(it);

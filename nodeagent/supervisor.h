@@ -14,9 +14,11 @@
 #include "isolator/seccomp_profile.h"
 #include "loop/uring_event_port.h"
 #include "nodeagent/network_service.h"
+#include "nodeagent/node_key.h"
 #include "nodeagent/sandbox_runtime.h"
 #include "nodeagent/store.h"
 #include "nodeagent/store_writer.h"
+#include "nodeagent/usage_ledger.h"
 #include "schema/config.capnp.h"
 #include "schema/gateway.capnp.h"
 
@@ -35,9 +37,10 @@ class Supervisor {
   // After a failed launch or a pool sandbox that died.
   static constexpr kj::Duration kPoolRetryDelay = 1 * kj::SECONDS;
 
-  // Reads come from `store`; every write goes through `writer`.
+  // Reads come from `store`; every write goes through `writer`. `key` signs
+  // the usage ledger's records; it and `store` must outlive `writer`.
   Supervisor(loop::UringEventPort& port, config::Config::Reader config, Store& store,
-             StoreWriter& writer);
+             StoreWriter& writer, const NodeKey& key);
   ~Supervisor() noexcept(false);
   KJ_DISALLOW_COPY(Supervisor);
 
@@ -74,6 +77,22 @@ class Supervisor {
   kj::Maybe<NetworkService&> network();
   // A tenant's CPU weight against other tenants (1-10000; default 100).
   void setTenantWeight(kj::StringPtr tenant, uint32_t weight, kj::StringPtr actor);
+
+  // Counts an API request on `sandbox` against its own cap (spec.requestCap)
+  // and its tenant's (setTenantRequestCap, else limits.tenantRequestCap), and
+  // refuses it with limitExceeded beyond either. The tenant's count spans all
+  // its sandboxes on this node, ended ones too, and agent restarts (it is
+  // rebuilt from the ledger's billed totals, so requests after the last
+  // record before a crash are not counted).
+  void admitRequest(SandboxRuntime& sandbox);
+  // Counts one that is never refused (kill, info, usage).
+  void countRequest(SandboxRuntime& sandbox);
+  // 0 = the config's default again. Audited.
+  void setTenantRequestCap(kj::StringPtr tenant, uint64_t cap, kj::StringPtr actor);
+  // Records for the live sandboxes now (the agent is stopping).
+  void recordUsage(kj::StringPtr cause);
+  UsageLedger& ledger() { return *ledger_; }
+  kj::StringPtr nodeId() const { return store_.nodeId(); }
   void audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr sandboxId,
              kj::StringPtr tenant, kj::StringPtr detail);
 
@@ -152,6 +171,8 @@ class Supervisor {
   kj::String controlSocketPathOf(kj::StringPtr id);
   void sweepOrphanCgroups();
   void loadTenantWeights();
+  void loadTenantRequests();
+  uint64_t tenantRequestCap(kj::StringPtr tenant) const;
   void startCpuMeter();
   void startNetwork();
   kj::String bpfPinName();
@@ -177,8 +198,11 @@ class Supervisor {
   kj::Maybe<kj::Own<isolator::CgroupTree>> cgroupTree_;
   std::map<std::string, kj::Own<SandboxRuntime>> live_;
   std::map<std::string, kj::Own<SandboxRuntime>> ended_;
-  std::map<uint32_t, std::string> uidSlots_;       // slot -> sandbox id
-  std::map<std::string, uint32_t> tenantWeights_;  // tenants with a non-default weight
+  std::map<uint32_t, std::string> uidSlots_;           // slot -> sandbox id
+  std::map<std::string, uint32_t> tenantWeights_;      // tenants with a non-default weight
+  std::map<std::string, uint64_t> tenantRequests_;     // requests counted, by tenant
+  std::map<std::string, uint64_t> tenantRequestCaps_;  // tenants with a cap of their own
+  kj::Own<UsageLedger> ledger_;
   kj::Vector<WarmPool> pools_;
   bool refillScheduled_ = false;
   bool poolsStopped_ = false;  // by killAll

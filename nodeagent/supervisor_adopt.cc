@@ -104,6 +104,9 @@ void Supervisor::adopt(state::SandboxRecord::Reader rec) {
                  {{"id", id.cStr()}, {"error", e->getDescription().cStr()}});
     }
   }
+  KJ_IF_MAYBE (billed, store_.getBilled(id)) {
+    runtime->resumeCounters((*billed)->get());
+  }
   audit("agent", "adopt", id, rec.getSpec().getTenant(), "");
   log::info("sandbox.adopted", {{"id", id.cStr()}, {"tenant", rec.getSpec().getTenant().cStr()}});
 }
@@ -132,6 +135,7 @@ void Supervisor::endLeftover(state::SandboxRecord::Reader rec, kj::StringPtr rea
   updated.setEndReason(reason);
   persist(updated.asReader(), auditEntry(updated.getEndedAtNs(), "agent", "end", rec.getId(),
                                          rec.getSpec().getTenant(), kj::str("reason=", reason)));
+  if (!isPoolRecord(rec)) ledger_->recordUnseenEnd(updated.asReader());
   log::warn("sandbox.ended_on_start", {{"id", rec.getId().cStr()}, {"reason", reason.cStr()}});
 }
 

@@ -23,10 +23,13 @@ struct Config {
   # Run the agent in "<cgroupRoot>/agent" with a CPU weight of 1000 (and, on
   # pure v2, memory.min of 256 MiB), outside every sandbox's cgroup. Turn off
   # where a supervisor (systemd with Delegate=yes) places the agent itself.
-  network @14 :Network;
   # Before the event loop sleeps it keeps reaping completions for this long.
   # Waking an idle thread costs tens of microseconds (more on VMs), so a short
   # spin after activity cuts request latency; an idle agent never spins.
+
+  ledger @14 :Ledger;
+  limits @15 :Limits;
+  network @16 :Network;
 
   struct Network {
     # Sandboxes with network `restricted` or `open` get a veth on this bridge,
@@ -52,6 +55,20 @@ struct Config {
     certFile @0 :Text;
     keyFile @1 :Text;
     caFile @2 :Text;        # gateways' client certificates must chain to it
+  }
+
+  struct Ledger {
+    intervalSeconds @0 :UInt32 = 60;
+    # Every live sandbox gets a usage record at least this often (besides
+    # pause, resume and end). Memory is sampled for the GiB-second integral
+    # every 5 s or more often (the interval divided evenly).
+  }
+
+  struct Limits {
+    tenantRequestCap @0 :UInt64 = 0;
+    # API requests per tenant on this node, across its sandboxes and agent
+    # restarts, for tenants without a cap of their own (Node.setTenantRequestCap);
+    # 0 = none.
   }
 }
 

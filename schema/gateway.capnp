@@ -133,6 +133,7 @@ struct Usage {
   wallPausedNs @8 :UInt64;    # time frozen; not part of wallRunningNs
   cpuMeteredNs @9 :UInt64;    # on-CPU time measured in the kernel by the eBPF
                               # sched_switch meter (0 where it cannot run)
+  egressBytes @10 :UInt64;    # bytes the sandbox sent off the host (0 without a network)
 }
 
 struct NodeInfo {
@@ -144,6 +145,8 @@ struct NodeInfo {
   maxMessageBytes @5 :UInt64;
   draining @6 :Bool;
   warmPools @7 :List(WarmPool);   # one per template with a warm pool
+  publicKey @8 :Data;         # the node's Ed25519 key (32 bytes): it signs usage records
+  nodeId @9 :Text;            # fixed when the node's store was created; in every record
 }
 
 struct WarmPool {
@@ -166,6 +169,48 @@ interface Node {
   drain @5 (draining :Bool);
   # For rolling upgrades: while draining, create is refused with
   # `unavailable`; live sandboxes keep running and serving. Audited.
+  usageLedger @6 (afterSeq :UInt64, limit :UInt32)
+      -> (records :List(SignedUsageRecord), nextCursor :UInt64);
+  # Usage records with seq > afterSeq, oldest first, at most `limit` (0 or
+  # over 1000: 1000). Pass nextCursor back to read on: every record is read
+  # exactly once, across agent restarts (seq is durable, gap-free and never
+  # reused). Verify each with NodeInfo.publicKey before billing it.
+  setTenantRequestCap @7 (tenant :Text, cap :UInt64);
+  # Circuit breaker: API requests (exec, files, ...) the tenant's sandboxes on
+  # this node may make in all, counted across all of them and across agent
+  # restarts; beyond it they fail with limitExceeded. Kill, info and usage
+  # are never refused. 0 = back to the node's default (limits.tenantRequestCap
+  # in the config; 0 there = no cap). Raise it to let a capped tenant on. Audited.
+}
+
+struct UsageRecord {
+  # What one sandbox used over one period: the deltas since its previous
+  # record, so a sandbox's records add up to its whole usage. A record is
+  # written at every ledger interval (config ledger.intervalSeconds), at
+  # pause and resume, and one last time (final) when the sandbox ends.
+  seq @0 :UInt64;             # the node's ledger position: 1, 2, 3, ... across sandboxes
+  nodeId @1 :Text;
+  sandboxId @2 :Text;
+  tenant @3 :Text;
+  periodStartNs @4 :Int64;    # unix time; the previous record's periodEndNs (or creation)
+  periodEndNs @5 :Int64;
+  cpuNs @6 :UInt64;           # on-CPU time: the eBPF meter's (cgroup user+system without it)
+  wallRunningNs @7 :UInt64;
+  wallPausedNs @8 :UInt64;
+  memoryByteSeconds @9 :UInt64;  # integral of memory in use (sampled) over the period,
+                                 # in byte-seconds (divide by 2^30 for GiB-seconds)
+  egressBytes @10 :UInt64;
+  rpcRequests @11 :UInt64;    # API requests on the sandbox (refused ones are not counted)
+  cause @12 :Text;            # "interval", "pause", "resume", "end", "agent-stop"
+  final @13 :Bool;            # the sandbox has ended; no record of it follows
+  endReason @14 :Text;        # when final: "killed", "timeout", "lost-on-restart", ...
+}
+
+struct SignedUsageRecord {
+  record @0 :Data;     # a UsageRecord as one unpacked single-segment message
+                       # (capnp::messageToFlatArray): the bytes signed
+  signature @1 :Data;  # Ed25519 (libsodium crypto_sign_detached) over exactly
+                       # `record`, by the key in NodeInfo.publicKey
 }
 
 struct ExecRequest {

@@ -31,3 +31,20 @@ struct AuditEntry {
   tenant @5 :Text;
   detail @6 :Text;
 }
+
+struct BilledTotals {
+  # How far the usage ledger has billed one sandbox: the sum of its records.
+  # Written in the same transaction as each record, so the next record starts
+  # exactly where the last committed one stopped, whatever crashed meanwhile.
+  sandboxId @0 :Text;
+  tenant @1 :Text;
+  billedToNs @2 :Int64;       # unix time: the last record's periodEndNs
+  cpuNs @3 :UInt64;
+  wallRunningNs @4 :UInt64;
+  wallPausedNs @5 :UInt64;
+  memoryByteSeconds @6 :UInt64;
+  egressBytes @7 :UInt64;
+  rpcRequests @8 :UInt64;
+  lastMemoryBytes @9 :UInt64; # the memory sample taken at billedToNs
+  final @10 :Bool;            # the final record is written; nothing more is billed
+}

@@ -1,5 +1,7 @@
 #include "nodeagent/sbx/args.h"
 
+#include <errno.h>
+
 #include <cmath>
 #include <cstdlib>
 
@@ -121,6 +123,16 @@ uint32_t parseUint(kj::StringPtr text, kj::StringPtr what) {
     usageError(kj::str(what, " must be a whole number, not '", text, "'"));
   }
   return uint32_t(v);
+}
+
+uint64_t parseUint64(kj::StringPtr text, kj::StringPtr what) {
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long v = strtoull(text.cStr(), &end, 10);
+  if (text.size() == 0 || *end != '\0' || text[0] == '-' || errno == ERANGE) {
+    usageError(kj::str(what, " must be a whole number, not '", text, "'"));
+  }
+  return uint64_t(v);
 }
 
 }  // namespace nodeagent::sbx

@@ -40,5 +40,6 @@ uint64_t parseBytes(kj::StringPtr text);
 // "1", "0.25", "2000m" -> thousandths of a CPU.
 uint32_t parseCpuMillis(kj::StringPtr text);
 uint32_t parseUint(kj::StringPtr text, kj::StringPtr what);
+uint64_t parseUint64(kj::StringPtr text, kj::StringPtr what);
 
 }  // namespace nodeagent::sbx

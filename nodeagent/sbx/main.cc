@@ -7,12 +7,15 @@
 #include <cstdlib>
 
 #include <kj/debug.h>
+#include <kj/encoding.h>
 #include <kj/vector.h>
 
 #include "loop/fd_streams.h"
 #include "loop/io_context.h"
 #include "nodeagent/api_error.h"
 #include "nodeagent/config.h"
+#include "nodeagent/ledger_entry.h"
+#include "nodeagent/node_key.h"
 #include "nodeagent/rpc_endpoint.h"
 #include "nodeagent/sbx/args.h"
 #include "nodeagent/sbx/local_sinks.h"
@@ -32,7 +35,7 @@ const kj::StringPtr kValueFlags[] = {
     "--timeout",      "--network",        "--env",         "--meta",       "--cwd",
     "--exec-timeout", "--cpus-sustained", "--on-timeout",  "--cpu-cap",    "--on-cpu-cap",
     "--request-cap",  "--allow",          "--egress-mbps", "--egress-cap", "--mode",
-    "--after",        "--limit"};
+    "--after",        "--limit",          "--public-key"};
 
 const char kUsage[] =
     "usage: sbx [--connect unix:PATH|tcp:HOST:PORT] COMMAND ...\n"
@@ -55,7 +58,12 @@ const char kUsage[] =
     "  net ID [--json]                (network policy, addresses, egress counters)\n"
     "  net ID [--mode M] [--allow E]... [--clear-allow] [--egress-mbps N] [--egress-cap B]\n"
     "                                 (changes it live)\n"
-    "  events ID [--after SEQ] [--limit N] [--json]  (audit: refusals, lifecycle)\n";
+    "  events ID [--after SEQ] [--limit N] [--json]  (audit: refusals, lifecycle)\n"
+
+    "  tenant-request-cap TENANT N    (API requests of all its sandboxes; 0 = node default)\n"
+    "  node [--json]                  (node id, public key, templates, ...)\n"
+    "  usage --ledger [--after SEQ] [--limit N] [--public-key HEX] [--json]\n"
+    "         (signed usage records after SEQ, each checked against the node's key)\n";
 
 struct Session {
   loop::IoContext io;
@@ -311,7 +319,66 @@ int cmdInfo(Session& s, const Args& args) {
   return 0;
 }
 
+// Reads ledger records page by page and checks each signature, against
+// --public-key if given (a key pinned by the caller), else the node's own.
+int cmdLedger(Session& s, const Args& args) {
+  kj::Array<kj::byte> publicKey;
+  KJ_IF_MAYBE (hex, args.value("--public-key")) {
+    auto decoded = kj::decodeHex(*hex);
+    if (decoded.hadErrors || decoded.size() != NodeKey::kPublicKeyBytes) {
+      usageError(kj::str("--public-key takes the node's key as 64 hex digits"));
+    }
+    publicKey = kj::mv(decoded);
+  } else {
+    auto info = s.node.infoRequest().send().wait(s.io.waitScope);
+    publicKey = kj::heapArray(info.getInfo().getPublicKey());
+  }
+  uint64_t cursor = 0;
+  KJ_IF_MAYBE (v, args.value("--after")) {
+    cursor = parseUint64(*v, "--after");
+  }
+  uint64_t wanted = UINT64_MAX;
+  KJ_IF_MAYBE (v, args.value("--limit")) {
+    wanted = parseUint64(*v, "--limit");
+  }
+  kj::Vector<capnp::Response<api::Node::UsageLedgerResults>> pages;
+  kj::Vector<kj::Own<StoredMessage<api::UsageRecord>>> parsed;
+  kj::Vector<CheckedRecord> checked;
+  size_t failed = 0;
+  while (checked.size() < wanted) {
+    auto request = s.node.usageLedgerRequest();
+    request.setAfterSeq(cursor);
+    request.setLimit(uint32_t(kj::min(wanted - checked.size(), uint64_t(1000))));
+    auto page = request.send().wait(s.io.waitScope);
+    if (page.getRecords().size() == 0) break;
+    for (auto signedRecord : page.getRecords()) {
+      kj::Own<StoredMessage<api::UsageRecord>> record;
+      bool verified = false;
+      KJ_IF_MAYBE (good, verifyUsageRecord(publicKey, signedRecord)) {
+        record = kj::mv(*good);
+        verified = true;
+      } else {
+        record = parseUsageRecord(signedRecord);  // shown, flagged FAILED
+        ++failed;
+      }
+      checked.add(CheckedRecord{record->get(), signedRecord.getSignature(), verified});
+      parsed.add(kj::mv(record));
+    }
+    cursor = page.getNextCursor();
+    pages.add(kj::mv(page));
+  }
+  kj::String out =
+      args.has("--json") ? renderLedgerJson(checked, cursor) : renderLedgerTable(checked);
+  fputs(out.cStr(), stdout);
+  if (failed > 0) {
+    fprintf(stderr, "sbx: %zu record(s) failed signature verification\n", failed);
+    return 1;
+  }
+  return 0;
+}
+
 int cmdUsage(Session& s, const Args& args) {
+  if (args.has("--ledger")) return cmdLedger(s, args);
   auto response = openSandbox(s, requireId(args)).usageRequest().send().wait(s.io.waitScope);
   kj::String out = args.has("--json") ? renderUsageJson(response.getUsage())
                                       : renderUsageText(response.getUsage());
@@ -421,6 +488,23 @@ int cmdDrain(Session& s, const Args& args) {
   return 0;
 }
 
+int cmdTenantRequestCap(Session& s, const Args& args) {
+  if (args.positional().size() != 2) usageError(kj::str("tenant-request-cap takes TENANT N"));
+  auto request = s.node.setTenantRequestCapRequest();
+  request.setTenant(args.positional()[0]);
+  request.setCap(parseUint64(args.positional()[1], "N"));
+  request.send().wait(s.io.waitScope);
+  return 0;
+}
+
+int cmdNode(Session& s, const Args& args) {
+  auto response = s.node.infoRequest().send().wait(s.io.waitScope);
+  kj::String out =
+      args.has("--json") ? renderNodeJson(response.getInfo()) : renderNodeText(response.getInfo());
+  fputs(out.cStr(), stdout);
+  return 0;
+}
+
 int cmdTenantWeight(Session& s, const Args& args) {
   if (args.positional().size() != 2) usageError(kj::str("tenant-weight takes TENANT WEIGHT"));
   auto request = s.node.setTenantWeightRequest();
@@ -515,13 +599,24 @@ int dispatch(int argc, char** argv) {
     kj::StringPtr name;
     Handler handler;
   };
-  const Entry table[] = {
-      {"create", cmdCreate}, {"exec", cmdExec},     {"run", cmdRun},
-      {"ls", cmdLs},         {"info", cmdInfo},     {"usage", cmdUsage},
-      {"kill", cmdKill},     {"cp", cmdCp},         {"tenant-weight", cmdTenantWeight},
-      {"drain", cmdDrain},   {"pause", cmdPause},   {"resume", cmdResume},
-      {"ps", cmdPs},         {"attach", cmdAttach}, {"net", cmdNet},
-      {"events", cmdEvents}};
+  const Entry table[] = {{"create", cmdCreate},
+                         {"exec", cmdExec},
+                         {"run", cmdRun},
+                         {"ls", cmdLs},
+                         {"info", cmdInfo},
+                         {"usage", cmdUsage},
+                         {"kill", cmdKill},
+                         {"cp", cmdCp},
+                         {"tenant-weight", cmdTenantWeight},
+                         {"drain", cmdDrain},
+                         {"pause", cmdPause},
+                         {"resume", cmdResume},
+                         {"ps", cmdPs},
+                         {"attach", cmdAttach},
+                         {"net", cmdNet},
+                         {"events", cmdEvents},
+                         {"node", cmdNode},
+                         {"tenant-request-cap", cmdTenantRequestCap}};
   for (auto& e : table) {
     if (e.name == name) {
       auto session = connect(args);

@@ -135,7 +135,8 @@ kj::String renderUsageText(api::Usage::Reader u) {
                  "memory now:   ", formatBytes(u.getMemoryCurrentBytes()), "\n",
                  "memory peak:  ", formatBytes(u.getMemoryPeakBytes()), "\n",
                  "processes:    ", u.getPidsCurrent(), "\n", "execs:        ", u.getExecs(), "\n",
-                 "rpc requests: ", u.getRpcRequests(), "\n");
+                 "rpc requests: ", u.getRpcRequests(), "\n",
+                 "egress:       ", formatBytes(u.getEgressBytes()), "\n");
 }
 
 kj::String renderUsageJson(api::Usage::Reader usage) {

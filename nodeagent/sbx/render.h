@@ -20,4 +20,19 @@ kj::String renderNetworkJson(api::NetworkStatus::Reader status);
 kj::String renderEventsText(capnp::List<api::SandboxEvent>::Reader events);
 kj::String renderEventsJson(capnp::List<api::SandboxEvent>::Reader events);
 
+// render_node.cc: the node and its usage ledger.
+kj::String renderNodeText(api::NodeInfo::Reader info);
+kj::String renderNodeJson(api::NodeInfo::Reader info);
+
+// A ledger record as read and checked by sbx.
+struct CheckedRecord {
+  api::UsageRecord::Reader record;
+  kj::ArrayPtr<const kj::byte> signature;
+  bool verified;
+};
+kj::String renderLedgerTable(kj::ArrayPtr<const CheckedRecord> records);
+// {"records": [{"record": {...}, "signature": "<hex>", "verified": true}, ...],
+//  "nextCursor": "N"}
+kj::String renderLedgerJson(kj::ArrayPtr<const CheckedRecord> records, uint64_t nextCursor);
+
 }  // namespace nodeagent::sbx

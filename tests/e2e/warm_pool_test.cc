@@ -63,7 +63,8 @@ class WarmPoolTest : public SharedAgentTest<WarmPoolTest> {
     uint64_t claims = 0;
   };
   Pool pool() {
-    auto info = node_.infoRequest().send().wait(io_.waitScope).getInfo();
+    auto response = node_.infoRequest().send().wait(io_.waitScope);  // owns what info reads
+    auto info = response.getInfo();
     Pool p;
     for (auto w : info.getWarmPools()) {
       if (w.getTemplate() == "python") p = Pool{w.getTarget(), w.getIdle(), w.getClaims()};
@@ -152,7 +153,9 @@ TEST_F(WarmPoolTest, FillsOnStartAndBelongsToNoTenant) {
   EXPECT_EQ(pool().target, kPoolSize);
   EXPECT_EQ(poolIds().size(), kPoolSize);
   // Hidden from every listing and from open.
-  auto info = node_.infoRequest().send().wait(io_.waitScope).getInfo();
+  // The response owns the message the reader points into: keep it.
+  auto infoResponse = node_.infoRequest().send().wait(io_.waitScope);
+  auto info = infoResponse.getInfo();
   auto listAll = node_.listRequest().send().wait(io_.waitScope);
   for (auto s : listAll.getSandboxes()) EXPECT_NE(s.getSpec().getTenant(), "_pool");
   EXPECT_EQ(info.getSandboxes(), listAll.getSandboxes().size() == 0 ? 0u : info.getSandboxes());

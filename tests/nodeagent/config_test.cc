@@ -65,6 +65,19 @@ TEST(ConfigTest, DefaultsWithoutAFile) {
   EXPECT_EQ(fromNoArgs.get().getStateDir(), "/var/lib/nodeagent");
 }
 
+TEST(ConfigTest, LedgerAndLimits) {
+  auto defaults = loadConfig(nullptr);
+  EXPECT_EQ(defaults.get().getLedger().getIntervalSeconds(), 60u);
+  EXPECT_EQ(defaults.get().getLimits().getTenantRequestCap(), 0u);
+  TempFile file(R"({"ledger": {"intervalSeconds": 1}, "limits": {"tenantRequestCap": "500"}})");
+  auto config = loadConfig(kj::StringPtr(file.path()));
+  EXPECT_EQ(config.get().getLedger().getIntervalSeconds(), 1u);
+  EXPECT_EQ(config.get().getLimits().getTenantRequestCap(), 500u);
+  validateConfig(config.get());
+  config.root.getLedger().setIntervalSeconds(0);
+  EXPECT_CONTAINS(errorOf([&] { validateConfig(config.get()); }), "ledger.intervalSeconds");
+}
+
 TEST(ConfigTest, FileOverridesDefaults) {
   TempFile file(R"({
     "stateDir": "/srv/nodeagent",

@@ -57,5 +57,22 @@ TEST(SbxArgs, Cpus) {
   EXPECT_TRUE(kj::runCatchingExceptions([&]() { parseUint("99999999999", "t"); }) != nullptr);
 }
 
+TEST(SbxArgs, UsageLedgerCursor) {
+  const kj::StringPtr valueFlags[] = {"--after", "--limit", "--public-key"};
+  const kj::StringPtr words[] = {"--ledger", "--after", "18446744073709551614", "--limit=5",
+                                 "--json"};
+  Args args(words, valueFlags);
+  EXPECT_TRUE(args.has("--ledger"));
+  EXPECT_TRUE(args.has("--json"));
+  EXPECT_EQ(args.positional().size(), 0u);
+  EXPECT_EQ(parseUint64(KJ_ASSERT_NONNULL(args.value("--after")), "--after"),
+            18446744073709551614ull);
+  EXPECT_EQ(parseUint64(KJ_ASSERT_NONNULL(args.value("--limit")), "--limit"), 5u);
+  for (const char* bad : {"", "-1", "12x", "18446744073709551616"}) {
+    EXPECT_TRUE(kj::runCatchingExceptions([&]() { parseUint64(bad, "--after"); }) != nullptr)
+        << bad;
+  }
+}
+
 }  // namespace
 }  // namespace nodeagent::sbx
