@@ -78,7 +78,7 @@ struct {
   __uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
-static __always_inline int same_addr(const __u8 *a, const __u8 *b) {
+static __always_inline int same_addr(const __u8* a, const __u8* b) {
   __u64 a0, a1, b0, b1;
   __builtin_memcpy(&a0, a, 8);
   __builtin_memcpy(&a1, a + 8, 8);
@@ -87,30 +87,30 @@ static __always_inline int same_addr(const __u8 *a, const __u8 *b) {
   return a0 == b0 && a1 == b1;
 }
 
-static __always_inline void mapped4(__u8 *out, __u32 ip4_be) {
+static __always_inline void mapped4(__u8* out, __u32 ip4_be) {
   __builtin_memset(out, 0, 10);
   out[10] = 0xff;
   out[11] = 0xff;
   __builtin_memcpy(out + 12, &ip4_be, 4);
 }
 
-static __always_inline void from_ip6(__u8 *out, const __u32 *words_be) {
+static __always_inline void from_ip6(__u8* out, const __u32* words_be) {
   __builtin_memcpy(out, words_be, 16);
 }
 
-static __always_inline int is_loopback(const __u8 *a) {
+static __always_inline int is_loopback(const __u8* a) {
   // 127.0.0.0/8 (mapped) or ::1
   int zeros10 = 1;
 #pragma unroll
   for (int i = 0; i < 10; i++) zeros10 &= a[i] == 0;
   if (zeros10 && a[10] == 0xff && a[11] == 0xff && a[12] == 127) return 1;
-  int v6loop = zeros10 && a[10] == 0 && a[11] == 0 && a[12] == 0 && a[13] == 0 && a[14] == 0 &&
-               a[15] == 1;
+  int v6loop =
+      zeros10 && a[10] == 0 && a[11] == 0 && a[12] == 0 && a[13] == 0 && a[14] == 0 && a[15] == 1;
   return v6loop;
 }
 
 // NAT64 (64:ff9b::/96) carries an IPv4 address: judged as that address.
-static __always_inline void judged_form(__u8 *out, const __u8 *a) {
+static __always_inline void judged_form(__u8* out, const __u8* a) {
   __builtin_memcpy(out, a, 16);
   int nat64 = a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xff && a[3] == 0x9b;
 #pragma unroll
@@ -122,31 +122,32 @@ static __always_inline void judged_form(__u8 *out, const __u8 *a) {
   }
 }
 
-static __always_inline struct na_counters *counters_of(__u64 cgroup) {
+static __always_inline struct na_counters* counters_of(__u64 cgroup) {
   return bpf_map_lookup_elem(&sandbox_counters, &cgroup);
 }
 
-static __always_inline int byte_cap_spent(const struct na_policy *policy,
-                                          const struct na_counters *counters, __u64 more) {
-  return policy->byte_cap != 0 && counters &&
-         counters->allowed_bytes + more > policy->byte_cap;
+static __always_inline int byte_cap_spent(const struct na_policy* policy,
+                                          const struct na_counters* counters, __u64 more) {
+  if (policy->byte_cap == 0) return 0;
+  if (policy->cut_off) return 1;
+  return counters && counters->allowed_bytes + more > policy->byte_cap;
 }
 
-static __always_inline int always_denied(const __u8 *addr) {
+static __always_inline int always_denied(const __u8* addr) {
   struct na_global_key key = {.prefixlen = 128};
   judged_form(key.addr, addr);
-  __u8 *verdict = bpf_map_lookup_elem(&always_rules, &key);
+  __u8* verdict = bpf_map_lookup_elem(&always_rules, &key);
   return verdict && *verdict == NA_VERDICT_DENY;
 }
 
-static __always_inline int on_allowlist(__u64 cgroup, const __u8 *addr, __u16 port) {
+static __always_inline int on_allowlist(__u64 cgroup, const __u8* addr, __u16 port) {
   struct na_allow_key key = {
       .prefixlen = 64 + 128,
       .cgroup_hi = (__u32)(cgroup >> 32),
       .cgroup_lo = (__u32)cgroup,
   };
   __builtin_memcpy(key.addr, addr, 16);
-  struct na_allow_rule *rule = bpf_map_lookup_elem(&allow_rules, &key);
+  struct na_allow_rule* rule = bpf_map_lookup_elem(&allow_rules, &key);
   if (rule) {
     if (rule->port_count == 0) return 1;
 #pragma unroll
@@ -156,14 +157,14 @@ static __always_inline int on_allowlist(__u64 cgroup, const __u8 *addr, __u16 po
   }
   struct na_resolved_key rkey = {.cgroup = cgroup};
   __builtin_memcpy(rkey.addr, addr, 16);
-  struct na_resolved *by_name = bpf_map_lookup_elem(&resolved, &rkey);
+  struct na_resolved* by_name = bpf_map_lookup_elem(&resolved, &rkey);
   return by_name && by_name->expires_ns > bpf_ktime_get_boot_ns();
 }
 
 // The whole policy for one destination. `full` = 0 leaves out the checks
 // that belong to connect time (allowlist, resolvers), for packets of
 // connections the call hooks already let through.
-static __always_inline int decide(__u64 cgroup, const struct na_policy *policy, const __u8 *addr,
+static __always_inline int decide(__u64 cgroup, const struct na_policy* policy, const __u8* addr,
                                   __u16 port, __u8 protocol, int full) {
   if (is_loopback(addr)) return NA_DENY_NONE;
   if (!policy) return NA_DENY_NO_POLICY;
@@ -181,10 +182,10 @@ static __always_inline int decide(__u64 cgroup, const struct na_policy *policy, 
   return NA_DENY_NOT_ALLOWED;
 }
 
-static __always_inline void report(__u64 cgroup, const __u8 *addr, __u16 port, __u8 protocol,
+static __always_inline void report(__u64 cgroup, const __u8* addr, __u16 port, __u8 protocol,
                                    __u8 hook, int reason) {
   __u64 now = bpf_ktime_get_boot_ns();
-  struct na_audit_budget *budget = bpf_map_lookup_elem(&audit_budget, &cgroup);
+  struct na_audit_budget* budget = bpf_map_lookup_elem(&audit_budget, &cgroup);
   if (!budget) {
     struct na_audit_budget fresh = {.refilled_ns = now, .tokens = NA_AUDIT_BURST};
     bpf_map_update_elem(&audit_budget, &cgroup, &fresh, BPF_NOEXIST);
@@ -202,7 +203,7 @@ static __always_inline void report(__u64 cgroup, const __u8 *addr, __u16 port, _
     __sync_fetch_and_add(&budget->suppressed, 1);
     return;
   }
-  struct na_event *event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
+  struct na_event* event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
   if (!event) {
     __sync_fetch_and_add(&budget->suppressed, 1);
     return;
@@ -222,32 +223,32 @@ static __always_inline void report(__u64 cgroup, const __u8 *addr, __u16 port, _
 }
 
 // connect(2) and sendmsg(2): 1 lets the call through, 0 fails it with EPERM.
-static __always_inline int judge_call(struct bpf_sock_addr *ctx, const __u8 *addr, __u8 hook) {
+static __always_inline int judge_call(struct bpf_sock_addr* ctx, const __u8* addr, __u8 hook) {
   __u64 cgroup = bpf_get_current_cgroup_id();
   __u16 port = bpf_ntohs((__u16)ctx->user_port);
   __u8 protocol = (__u8)ctx->protocol;
   if (is_loopback(addr)) return 1;
-  struct na_policy *policy = bpf_map_lookup_elem(&sandbox_policy, &cgroup);
+  struct na_policy* policy = bpf_map_lookup_elem(&sandbox_policy, &cgroup);
   int reason = decide(cgroup, policy, addr, port, protocol, 1);
   if (reason == NA_DENY_NONE && policy && byte_cap_spent(policy, counters_of(cgroup), 0)) {
     reason = NA_DENY_BYTE_CAP;
   }
   if (reason == NA_DENY_NONE) return 1;
-  struct na_counters *counters = counters_of(cgroup);
+  struct na_counters* counters = counters_of(cgroup);
   if (counters) __sync_fetch_and_add(&counters->denied_calls, 1);
   report(cgroup, addr, port, protocol, hook, reason);
   return 0;
 }
 
 SEC("cgroup/connect4")
-int connect4(struct bpf_sock_addr *ctx) {
+int connect4(struct bpf_sock_addr* ctx) {
   __u8 addr[16];
   mapped4(addr, ctx->user_ip4);
   return judge_call(ctx, addr, NA_HOOK_CONNECT);
 }
 
 SEC("cgroup/connect6")
-int connect6(struct bpf_sock_addr *ctx) {
+int connect6(struct bpf_sock_addr* ctx) {
   __u32 words[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
   __u8 addr[16];
   from_ip6(addr, words);
@@ -255,14 +256,14 @@ int connect6(struct bpf_sock_addr *ctx) {
 }
 
 SEC("cgroup/sendmsg4")
-int sendmsg4(struct bpf_sock_addr *ctx) {
+int sendmsg4(struct bpf_sock_addr* ctx) {
   __u8 addr[16];
   mapped4(addr, ctx->user_ip4);
   return judge_call(ctx, addr, NA_HOOK_SENDMSG);
 }
 
 SEC("cgroup/sendmsg6")
-int sendmsg6(struct bpf_sock_addr *ctx) {
+int sendmsg6(struct bpf_sock_addr* ctx) {
   __u32 words[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
   __u8 addr[16];
   from_ip6(addr, words);
@@ -293,7 +294,7 @@ struct ipv6_start {
 
 // Every packet leaving a sandbox socket: 1 sends it, 0 drops it.
 SEC("cgroup_skb/egress")
-int egress_packet(struct __sk_buff *skb) {
+int egress_packet(struct __sk_buff* skb) {
   if (skb->ifindex == LOOPBACK_IFINDEX) return 1;  // stays inside the sandbox
   __u64 cgroup = bpf_skb_cgroup_id(skb);
   __u8 addr[16];
@@ -320,11 +321,12 @@ int egress_packet(struct __sk_buff *skb) {
     __u16 ports[2];
     if (bpf_skb_load_bytes(skb, l4_offset, ports, sizeof(ports)) == 0) port = bpf_ntohs(ports[1]);
   }
-  struct na_policy *policy = bpf_map_lookup_elem(&sandbox_policy, &cgroup);
-  struct na_counters *counters = counters_of(cgroup);
+  struct na_policy* policy = bpf_map_lookup_elem(&sandbox_policy, &cgroup);
+  struct na_counters* counters = counters_of(cgroup);
   int reason = decide(cgroup, policy, addr, port, protocol, !call_checked);
   if (reason == NA_DENY_NONE && policy && byte_cap_spent(policy, counters, skb->len)) {
     reason = NA_DENY_BYTE_CAP;
+    policy->cut_off = 1;  // cut off for good: no smaller packet slips in later
   }
   if (reason == NA_DENY_NONE) {
     if (counters) {

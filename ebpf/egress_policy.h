@@ -47,8 +47,9 @@ enum na_hook {
 
 // sandbox_policy: cgroup id -> policy.
 struct na_policy {
-  NA_U8 mode;  // enum na_net_mode
-  NA_U8 pad[7];
+  NA_U8 mode;     // enum na_net_mode
+  NA_U8 cut_off;  // set by the programs once the byte cap refused a packet
+  NA_U8 pad[6];
   NA_U64 byte_cap;  // egress bytes the sandbox may send; 0 = no cap
   NA_U8 self4[16];  // the sandbox's own addresses (it may reach itself)
   NA_U8 self6[16];

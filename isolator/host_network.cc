@@ -1,6 +1,7 @@
 #include "isolator/host_network.h"
 
 #include <errno.h>
+#include <netlink/errno.h>
 #include <netlink/route/link.h>
 #include <netlink/route/link/bridge.h>
 #include <nftables/libnftables.h>
@@ -78,7 +79,7 @@ kj::Own<HostNetwork> HostNetwork::setUp(const HostNetworkConfig& config) {
   NlSocket sock = openRouteSocket();
   if (findLink(sock.get(), config.bridge.c_str()) == nullptr) {
     checkNl(rtnl_link_bridge_add(sock.get(), config.bridge.c_str()),
-            kj::str("creating bridge ", config.bridge.c_str()), EEXIST);
+            kj::str("creating bridge ", config.bridge.c_str()), NLE_EXIST);
   }
   int bridge = linkIndex(sock.get(), config.bridge.c_str());
   addAddress(sock.get(), bridge,

@@ -78,7 +78,7 @@ void addAddress(nl_sock* sock, int ifindex, kj::StringPtr addressWithLength) {
   rtnl_addr_set_ifindex(addr, ifindex);
   checkNl(rtnl_addr_set_local(addr, local.get()), "rtnl_addr_set_local");
   if (nl_addr_get_family(local.get()) == AF_INET6) rtnl_addr_set_flags(addr, IFA_F_NODAD);
-  checkNl(rtnl_addr_add(sock, addr, 0), kj::str("adding address ", addressWithLength), EEXIST);
+  checkNl(rtnl_addr_add(sock, addr, 0), kj::str("adding address ", addressWithLength), NLE_EXIST);
 }
 
 void addDefaultRoute(nl_sock* sock, int ifindex, kj::StringPtr gateway) {
@@ -96,7 +96,7 @@ void addDefaultRoute(nl_sock* sock, int ifindex, kj::StringPtr gateway) {
   rtnl_route_nh_set_gateway(hop, via.get());
   rtnl_route_add_nexthop(route, hop);  // the route owns it now
   checkNl(rtnl_route_add(sock, route, NLM_F_CREATE),
-          kj::str("adding a default route via ", gateway), EEXIST);
+          kj::str("adding a default route via ", gateway), NLE_EXIST);
 }
 
 void setEgressRate(nl_sock* sock, int ifindex, uint64_t bitsPerSecond) {

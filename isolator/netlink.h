@@ -35,7 +35,8 @@ using NlAddress = std::unique_ptr<nl_addr, NlAddrDeleter>;
 // (it stays in that namespace whatever the thread does next).
 NlSocket openRouteSocket();
 
-// Throws with libnl's message unless `rc` is 0 (or one of the `tolerated`).
+// Throws with libnl's message unless `rc` is 0 or -`tolerated` (an NLE_* code, e.g.
+// NLE_EXIST: libnl reports its own codes, not errno).
 void checkNl(int rc, kj::StringPtr what, int tolerated = 0);
 
 // The link called `name`, or null.

@@ -56,7 +56,7 @@ void attachSandboxLink(pid_t initPid, const SandboxAddressing& where,
     writeSysctl("/proc/sys/net/ipv6/conf/eth0/autoconf", "0");
     // ping works (ICMP echo sockets) without raw sockets; the packet program
     // judges where the echoes go.
-    writeSysctl("/proc/sys/net/ipv4/ping_group_range", "0 2147483647");
+    writeSysctl("/proc/sys/net/ipv4/ping_group_range", "0 4294967294");
     addAddress(sock.get(), eth0,
                kj::str(where.address4.toString().c_str(), "/", unsigned(where.prefix4)));
     KJ_IF_MAYBE (a6, where.address6) {

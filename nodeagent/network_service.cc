@@ -15,7 +15,9 @@ namespace nodeagent {
 namespace {
 
 constexpr uint32_t kMaxEgressMbps = 100000;
-constexpr uint64_t kDnsRefusalsAuditedPerSecond = 5;
+constexpr uint64_t kDnsRefusalsAuditedPerSecond = 20;
+constexpr int64_t kDnsRefusalQuietSeconds = 10;
+constexpr size_t kDnsRefusedNamesKept = 256;
 
 const char* reasonName(uint8_t reason) {
   switch (reason) {
@@ -207,6 +209,15 @@ na_policy NetworkService::policyFor(const Sandbox& s) const {
   return p;
 }
 
+void NetworkService::writePolicy(const Sandbox& s) {
+  na_policy policy = policyFor(s);
+  // A spent byte cap stays spent until the cap itself changes.
+  KJ_IF_MAYBE (old, filter_->policy(s.cgroupId)) {
+    if (old->byte_cap == policy.byte_cap) policy.cut_off = old->cut_off;
+  }
+  filter_->setPolicy(s.cgroupId, policy);
+}
+
 uint32_t NetworkService::configure(Sandbox& s, api::NetworkSettings::Reader settings, bool fresh) {
   Allowlist allowlist = parseAllowlist(settings.getAllow());
   api::NetworkMode mode = settings.getMode();
@@ -222,18 +233,18 @@ uint32_t NetworkService::configure(Sandbox& s, api::NetworkSettings::Reader sett
 
   // Policy first: the sandbox never has a route out under an older policy.
   filter_->setAllowRules(s.cgroupId, s.allowlist.prefixes);
-  filter_->setPolicy(s.cgroupId, policyFor(s));
+  writePolicy(s);
   if (!fresh) filter_->forgetResolved(s.cgroupId);
 
   if (mode != api::NetworkMode::OFF && s.slot == 0) {
     s.slot = allocateSlot(s.id);
     KJ_ON_SCOPE_FAILURE(freeSlot(s));
     isolator::attachSandboxLink(s.initPid, host_->addressing(s.slot), uint64_t(mbps) * 1000000);
-    filter_->setPolicy(s.cgroupId, policyFor(s));  // now with its own addresses
+    writePolicy(s);  // now with its own addresses
   } else if (mode == api::NetworkMode::OFF && s.slot != 0) {
     isolator::detachSandboxLink(host_->addressing(s.slot));
     freeSlot(s);
-    filter_->setPolicy(s.cgroupId, policyFor(s));
+    writePolicy(s);
   } else if (s.slot != 0 && rateChanged) {
     isolator::setSandboxEgressRate(s.initPid, uint64_t(mbps) * 1000000);
   }
@@ -285,7 +296,7 @@ void NetworkService::adopt(const SandboxRef& ref, api::NetworkSettings::Reader s
   // Counters and names resolved before the restart are kept; the policy is
   // written again in case the configuration (gateways) changed.
   filter_->setAllowRules(s.cgroupId, s.allowlist.prefixes);
-  filter_->setPolicy(s.cgroupId, policyFor(s));
+  writePolicy(s);
 }
 
 void NetworkService::retainOnly(kj::ArrayPtr<const uint64_t> cgroupIds) {
@@ -337,7 +348,11 @@ void NetworkService::fillStatus(kj::StringPtr id, api::NetworkStatus::Builder st
   status.setEgressPackets(c.allowed_packets);
   status.setDeniedPackets(c.denied_packets);
   status.setDeniedCalls(c.denied_calls);
-  status.setCutOff(s.byteCap != 0 && (s.cutOffAudited || c.allowed_bytes >= s.byteCap));
+  bool cutOff = false;
+  KJ_IF_MAYBE (policy, filter_->policy(s.cgroupId)) {
+    cutOff = policy->cut_off != 0;
+  }
+  status.setCutOff(s.byteCap != 0 && (cutOff || c.allowed_bytes >= s.byteCap));
 }
 
 uint64_t NetworkService::egressBytes(kj::StringPtr id) {
@@ -373,7 +388,7 @@ NetworkService::Sandbox* NetworkService::byCgroup(uint64_t cgroupId) {
 }
 
 DnsPolicy::Verdict NetworkService::judge(const IpAddress& client, const std::string& name,
-                                         uint16_t type) {
+                                         uint16_t) {
   Sandbox* s = byAddress(client);
   if (s == nullptr) return Verdict::kRefuse;
   if (s->mode == api::NetworkMode::OPEN) return Verdict::kForward;
@@ -387,9 +402,15 @@ DnsPolicy::Verdict NetworkService::judge(const IpAddress& client, const std::str
     s->dnsRefusalSecond = second;
     s->dnsRefusalsThisSecond = 0;
   }
+  auto seen = s->dnsRefusedAt.find(name);
+  if (seen != s->dnsRefusedAt.end() && second - seen->second < kDnsRefusalQuietSeconds) {
+    return Verdict::kRefuse;
+  }
+  if (s->dnsRefusedAt.size() >= kDnsRefusedNamesKept) s->dnsRefusedAt.clear();
+  s->dnsRefusedAt[name] = second;
   if (++s->dnsRefusalsThisSecond <= kDnsRefusalsAuditedPerSecond) {
     audit_("dns-refused", s->id, s->tenant,
-           kj::str("name=", name.c_str(), " type=", type, " rule=not-allowlisted"));
+           kj::str("name=", name.c_str(), " rule=not-allowlisted"));
   }
   return Verdict::kRefuse;
 }

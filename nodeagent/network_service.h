@@ -99,10 +99,14 @@ class NetworkService final : public DnsPolicy {
     bool cutOffAudited = false;
     uint64_t dnsRefusalsThisSecond = 0;
     int64_t dnsRefusalSecond = 0;
+    // A resolver retries (each server, A and AAAA): one audit entry per
+    // refused name per kDnsRefusalQuietSeconds.
+    std::map<std::string, int64_t> dnsRefusedAt;
   };
 
   uint32_t configure(Sandbox& s, api::NetworkSettings::Reader settings, bool fresh);
   na_policy policyFor(const Sandbox& s) const;
+  void writePolicy(const Sandbox& s);
   uint32_t allocateSlot(const std::string& id);
   void freeSlot(Sandbox& s);
   Sandbox* byAddress(const IpAddress& address);

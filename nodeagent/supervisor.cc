@@ -214,7 +214,8 @@ void Supervisor::startNetwork() {
   // Pinned per cgroup root, like the CPU meter: the next agent takes it over.
   NetworkService::Options options;
   options.config = config;
-  options.pinDir = kj::str("/sys/fs/bpf/nodeagent/", bpfPinName(), ".egress").cStr();
+  options.pinDir =
+      kj::str("/sys/fs/bpf/nodeagent/", bpfPinName(), "-egress").cStr();  // bpffs refuses dots
   auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
   options.sandboxesV2Dir = tree.hierarchies().front().mount + "/" + tree.rootName() + "/sandboxes";
   auto service = kj::heap<NetworkService>(

@@ -233,7 +233,8 @@ class AgentProcess {
       if (system(rm.c_str()) < 0) perror("rmdir");
     }
     // The CPU meter's pinned program keeps counting until unpinned.
-    std::string unpin = "rm -rf '/sys/fs/bpf/nodeagent/" + cgroupRoot_ + "'";
+    std::string unpin = "rm -rf '/sys/fs/bpf/nodeagent/" + cgroupRoot_ +
+                        "' '/sys/fs/bpf/nodeagent/" + cgroupRoot_ + "-egress'";
     if (system(unpin.c_str()) != 0) perror("unpin");
     std::string cmd = "rm -rf '" + dir_ + "'";
     if (system(cmd.c_str()) != 0) perror("rm");
