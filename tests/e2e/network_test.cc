@@ -54,12 +54,14 @@ class NetworkTest : public ::testing::Test {
     std::string network = std::string(",\"network\": {\"bridge\": \"") + kBridge +
                           "\", \"ipv4Pool\": \"" + kPool4 + "\", \"ipv6Pool\": \"" + kPool6 +
                           "\", \"dnsUpstreams\": [\"" + FakeInternet::kDns4 +
-                          "\"], \"dnsMinTtlSeconds\": 1}";
+                          "\"], \"dnsMinTtlSeconds\": 1}" + extraConfig();
     agent_ = std::make_unique<AgentProcess>(std::vector<std::string>{}, true, network);
     ASSERT_TRUE(agent_->waitReady()) << agent_->log();
     probe_ = probeSource();
     ASSERT_FALSE(probe_.empty());
   }
+  virtual std::string extraConfig() { return ""; }
+
   void TearDown() override {
     if (HasFailure() && agent_ != nullptr) {
       std::string log = agent_->log();
@@ -310,6 +312,34 @@ TEST_F(NetworkTest, PolicyIsEnforcedWhileTheAgentIsDownAndPickedUpAfter) {
   std::this_thread::sleep_for(1500ms);
   auto log = events(id);
   EXPECT_NE(log.find("dst=203.0.113.10:80"), std::string::npos) << log;
+}
+
+// A sandbox claimed from a warm pool (built with no network, owned by no
+// tenant) gets the tenant's network at the claim.
+class WarmPoolNetworkTest : public NetworkTest {
+ protected:
+  std::string extraConfig() override {
+    return ", \"templates\": [{\"name\": \"python\", \"warmPool\": 1}]";
+  }
+};
+
+TEST_F(WarmPoolNetworkTest, AClaimedSandboxGetsItsNetwork) {
+  // Wait for the pool to fill.
+  for (int i = 0; i < 100; ++i) {
+    auto info = agent_->sbx({"node"});
+    if (info.out.find("python 1/1 idle") != std::string::npos) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  std::string id = sandbox({"--network", "open"});
+  ASSERT_FALSE(id.empty());
+  auto log = events(id);
+  EXPECT_NE(log.find("warm=1"), std::string::npos) << log;
+  EXPECT_EQ(probe(id, {"tcp", FakeInternet::kHostA4, "80"}), "ok " + internet_->hostLinkAddress());
+  EXPECT_EQ(probe(id, {"tcp", FakeInternet::kMetadata4, "80"}), "err EPERM");
+  std::string restricted = sandbox({"--network", "restricted", "--allow", "allowed.test"});
+  ASSERT_FALSE(restricted.empty());
+  EXPECT_EQ(probe(restricted, {"tcp", "allowed.test", "80"}).substr(0, 3), "ok ");
+  EXPECT_EQ(probe(restricted, {"tcp", FakeInternet::kHostB4, "80"}), "err EPERM");
 }
 
 }  // namespace
