@@ -2,8 +2,12 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <kj/debug.h>
 
@@ -123,6 +127,15 @@ void NetworkService::start() {
   if (dns.upstreams.empty()) dns.upstreams = upstreamsFromResolvConf();
   dns_ = kj::heap<DnsServer>(port_, kj::mv(dns), *this);
   dns_->start();
+  // The host's own addresses are always denied: follow them as they change.
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (fd < 0) KJ_FAIL_SYSCALL("socket(NETLINK_ROUTE)", errno);
+  addressChanges_ = kj::AutoCloseFd(fd);
+  sockaddr_nl groups{};
+  groups.nl_family = AF_NETLINK;
+  groups.nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+  KJ_SYSCALL(bind(fd, reinterpret_cast<sockaddr*>(&groups), sizeof(groups)));
+  tasks_.add(followAddressChanges());
   tasks_.add(readEvents());
   tasks_.add(sweep());
   log::info("network.started", {{"bridge", options_.config.getBridge().cStr()},
@@ -365,19 +378,26 @@ uint64_t NetworkService::egressBytes(kj::StringPtr id) {
 }
 
 NetworkService::Sandbox* NetworkService::byAddress(const IpAddress& address) {
-  // Slots are dense from 1, so the address gives the slot directly.
-  for (auto& [slot, id] : slots_) {
-    auto where = host_->addressing(slot);
-    bool match = where.address4 == address;
-    KJ_IF_MAYBE (a6, where.address6) {
-      match = match || *a6 == address;
+  // Slot n holds gateway + n in each pool, so the address names the slot.
+  auto slotOf = [&](const IpPrefix& pool, const IpAddress& gateway) -> uint64_t {
+    if (!pool.contains(address)) return 0;
+    uint64_t offset = 0;
+    for (size_t i = 8; i < 16; ++i) {
+      offset = offset << 8 | address.bytes()[i];
     }
-    if (match) {
-      auto it = sandboxes_.find(id);
-      return it == sandboxes_.end() ? nullptr : &it->second;
-    }
+    uint64_t base = 0;
+    for (size_t i = 8; i < 16; ++i) base = base << 8 | gateway.bytes()[i];
+    return offset > base ? offset - base : 0;
+  };
+  uint64_t slot = slotOf(host_->config().pool4, host_->gateway4());
+  KJ_IF_MAYBE (p6, host_->config().pool6) {
+    if (slot == 0) slot = slotOf(*p6, KJ_ASSERT_NONNULL(host_->gateway6()));
   }
-  return nullptr;
+  if (slot == 0 || slot > UINT32_MAX) return nullptr;
+  auto owner = slots_.find(uint32_t(slot));
+  if (owner == slots_.end()) return nullptr;
+  auto it = sandboxes_.find(owner->second);
+  return it == sandboxes_.end() ? nullptr : &it->second;
 }
 
 NetworkService::Sandbox* NetworkService::byCgroup(uint64_t cgroupId) {
@@ -476,6 +496,16 @@ void NetworkService::onEvent(const na_event& event) {
     s->cutOffAudited = true;
     audit_("egress-cap", s->id, s->tenant, kj::str("cap=", s->byteCap, " cut off"));
   }
+}
+
+kj::Promise<void> NetworkService::followAddressChanges() {
+  return port_.pollIn(addressChanges_).then([this](short) {
+    char buffer[8192];
+    while (recv(addressChanges_, buffer, sizeof(buffer), MSG_DONTWAIT) > 0) {
+    }
+    refreshAlwaysRules();
+    return followAddressChanges();
+  });
 }
 
 kj::Promise<void> NetworkService::sweep() {

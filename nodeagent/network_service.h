@@ -11,6 +11,7 @@
 
 #include <kj/async.h>
 #include <kj/function.h>
+#include <kj/io.h>
 #include <kj/memory.h>
 
 #include <map>
@@ -35,7 +36,8 @@ class NetworkService final : public DnsPolicy {
     config::Config::Network::Reader config;
     std::string pinDir;          // bpffs directory of this agent's egress objects
     std::string sandboxesV2Dir;  // the v2 cgroup above every sandbox
-    kj::Duration sweepInterval = 1 * kj::SECONDS;
+    // Frees lapsed DNS permissions (the programs ignore them already).
+    kj::Duration sweepInterval = 2 * kj::SECONDS;
   };
 
   NetworkService(loop::UringEventPort& port, Options options, AuditFn audit);
@@ -114,6 +116,7 @@ class NetworkService final : public DnsPolicy {
   void refreshAlwaysRules();
   kj::Promise<void> readEvents();
   kj::Promise<void> sweep();
+  kj::Promise<void> followAddressChanges();
   void onEvent(const na_event& event);
 
   loop::UringEventPort& port_;
@@ -125,6 +128,7 @@ class NetworkService final : public DnsPolicy {
   std::map<std::string, Sandbox> sandboxes_;  // by id
   std::map<uint32_t, std::string> slots_;     // slot -> id
   std::vector<IpAddress> lastHostAddresses_;
+  kj::AutoCloseFd addressChanges_;  // netlink: the host's addresses changed
   struct ReleasedCount {
     uint64_t bytes;
     int64_t releasedAt;  // unix seconds

@@ -145,6 +145,12 @@ TEST_F(NetworkTest, OpenReachesTheInternetThroughNatButNeverTheAlwaysDeniedSet) 
   std::string otherAddress = otherNet.out.substr(at, otherNet.out.find('"', at) - at);
   EXPECT_EQ(probe(id, {"tcp", otherAddress, "80"}), "err EPERM");
   EXPECT_EQ(probe(id, {"raw"}), "err EPERM");
+  // An address the host gains later is its own at once (netlink, not a poll).
+  FakeInternet::run({"ip", "addr", "add", "203.0.113.99/32", "dev", "lo"});
+  std::this_thread::sleep_for(300ms);
+  std::string toNewHostAddress = probe(id, {"tcp", "203.0.113.99", "80"});
+  FakeInternet::run({"ip", "addr", "del", "203.0.113.99/32", "dev", "lo"});
+  EXPECT_EQ(toNewHostAddress, "err EPERM");
 
   auto log = events(id);
   EXPECT_NE(log.find("egress-denied"), std::string::npos) << log;
