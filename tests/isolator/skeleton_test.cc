@@ -105,10 +105,17 @@ TEST_F(SkeletonTest, IdempotentAndRecoversFromACrashedBuild) {
   prepareSkeleton(dir_);
   EXPECT_EQ(modeOf(dir_ + ".tmp"), 0u);
   EXPECT_EQ(modeOf(dir_ + "/garbage"), 0u);
-  // A second call keeps the existing tree as it is.
-  ASSERT_EQ(unlink((dir_ + "/etc/resolv.conf").c_str()), 0);
+  // A second call keeps the existing tree as it is...
+  ASSERT_EQ(unlink((dir_ + "/etc/hosts").c_str()), 0);
   prepareSkeleton(dir_);
-  EXPECT_EQ(modeOf(dir_ + "/etc/resolv.conf"), 0u);
+  EXPECT_EQ(modeOf(dir_ + "/etc/hosts"), 0u);
+  // ...but for the node's resolver, which follows the configuration.
+  prepareSkeleton(dir_, "/usr", "nameserver 10.250.0.1\n");
+  std::ifstream resolv(dir_ + "/etc/resolv.conf");
+  std::string line;
+  std::getline(resolv, line);
+  EXPECT_EQ(line, "nameserver 10.250.0.1");
+  EXPECT_EQ(modeOf(dir_ + "/etc/resolv.conf"), 0100644u);
 }
 
 TEST_F(SkeletonTest, RejectsRelativeOrFilePaths) {
