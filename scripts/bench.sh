@@ -6,3 +6,4 @@ build=${1:-build}
 "$build/bin/bench-create-exec" --iterations "${BENCH_ITERATIONS:-100}"
 "$build/bin/bench-exec" --iterations "${BENCH_ITERATIONS:-200}"
 "$build/bin/bench-sched-switch"
+"$build/bin/bench-egress-overhead"
