@@ -38,6 +38,11 @@ kj::Maybe<std::string> readName(kj::ArrayPtr<const kj::byte> m, size_t at, size_
       return name;
     }
     if (pos + 1 + length > m.size()) return nullptr;
+    // A NUL or a dot inside a label would make the text form name something
+    // else than the wire form (policy is judged on the text): refused.
+    for (size_t i = pos + 1; i < pos + 1 + length; ++i) {
+      if (m[i] == 0 || m[i] == '.') return nullptr;
+    }
     if (!name.empty()) name += '.';
     name.append(reinterpret_cast<const char*>(m.begin() + pos + 1), length);
     if (name.size() > 253) return nullptr;
@@ -48,7 +53,12 @@ kj::Maybe<std::string> readName(kj::ArrayPtr<const kj::byte> m, size_t at, size_
 }  // namespace
 
 bool sameName(const std::string& a, const std::string& b) {
-  return a.size() == b.size() && strncasecmp(a.c_str(), b.c_str(), a.size()) == 0;
+  if (a.size() != b.size()) return false;
+  auto fold = [](char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; };
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (fold(a[i]) != fold(b[i])) return false;  // every byte, NULs included
+  }
+  return true;
 }
 
 kj::Maybe<Question> parseQuery(kj::ArrayPtr<const kj::byte> m) {

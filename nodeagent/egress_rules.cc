@@ -127,8 +127,9 @@ Allowlist parseAllowlist(capnp::List<capnp::Text>::Reader entries) {
   Allowlist list;
   for (capnp::Text::Reader entryText : entries) {
     kj::StringPtr entry = entryText;
-    std::string s(entry.cStr());
+    std::string s(entry.begin(), entry.size());
     if (s.empty()) badEntry(entry, "empty");
+    if (s.find('\0') != std::string::npos) badEntry(entry, "contains a NUL byte");
     if (looksLikeAddress(s)) {
       std::string prefixText = s;
       kj::Maybe<uint16_t> port;
