@@ -7,3 +7,4 @@ build=${1:-build}
 "$build/bin/bench-exec" --iterations "${BENCH_ITERATIONS:-200}"
 "$build/bin/bench-sched-switch"
 "$build/bin/bench-egress-overhead"
+"$build/bin/bench-dns-latency"
