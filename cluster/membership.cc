@@ -153,12 +153,26 @@ void Membership::probeTick() {
     Packet p;
     p.pings.add(Ping{seq, target});
     addBuddy(target, p);
+    addHeldSuspicion(target, p);
     outbox_.send(target, kj::mv(p));
     timers_.add(now + scaled(config_.probeTimeoutNs), [this, seq]() { probeTimeout(seq); });
     // Added before the next tick, so at equal times it runs first.
     timers_.add(now + scaled(config_.probeIntervalNs), [this, seq]() { probeDeadline(seq); });
   }
   timers_.add(now + scaled(config_.probeIntervalNs), [this]() { probeTick(); });
+}
+
+void Membership::addHeldSuspicion(NodeId target, Packet& p) {
+  // One of the suspicions we hold rides along, in turn. Gossip leaves a
+  // small tail of nodes that miss a refutation; a probed node that knows
+  // the suspect refuted tells us (see onSuspect), so our timer never runs
+  // out on a healthy node just because the gossip missed us.
+  if (suspected_.empty()) return;
+  auto it = suspected_.begin();
+  std::advance(it, heldTurn_++ % suspected_.size());
+  if (it->first == target) return;
+  const Member* m = members_.find(it->first);
+  p.suspects.add(Suspect{m->id, m->generation, m->incarnation, self_});
 }
 
 void Membership::probeTimeout(uint32_t seqNo) {
@@ -184,7 +198,7 @@ void Membership::probeDeadline(uint32_t seqNo) {
   }
   auto* m = members_.find(probe_.target);
   if (m != nullptr && m->live()) {
-    onSuspect(Suspect{m->id, m->generation, m->incarnation, self_}, true);
+    onSuspect(self_, Suspect{m->id, m->generation, m->incarnation, self_}, true, false);
   }
 }
 
@@ -275,7 +289,8 @@ void Membership::receive(NodeId sender, const Packet& p) {
   // Updates first: a buddy suspicion riding on a ping is refuted before the
   // ack goes out, so the ack carries the refutation.
   for (auto& m : p.alives) onAlive(m, gossip);
-  for (auto& m : p.suspects) onSuspect(m, gossip);
+  bool probe = !p.pings.empty();
+  for (auto& m : p.suspects) onSuspect(sender, m, gossip, probe);
   for (auto& m : p.deads) onDown(m.node, m.generation, m.incarnation, m.from, false, gossip);
   for (auto& m : p.leaves) onDown(m.node, m.generation, m.incarnation, m.node, true, gossip);
   for (auto& m : p.pings) onPing(sender, m);
@@ -361,16 +376,27 @@ void Membership::onAlive(const Alive& m, bool gossip) {
   if (gossip) broadcasts_.queue(m);
 }
 
-void Membership::onSuspect(const Suspect& m, bool gossip) {
+void Membership::onSuspect(NodeId sender, const Suspect& m, bool gossip, bool probe) {
   if (m.node == self_) {
-    if (m.generation == generation_ && m.incarnation >= incarnation_ && !leaving_) {
-      refute(m.incarnation, m.from);
+    if (m.generation == generation_ && !leaving_) {
+      if (m.incarnation >= incarnation_) {
+        refute(m.incarnation, m.from);
+      } else {
+        tellAlive(m.from);  // a stale suspicion: the sender missed our refutation
+      }
     }
     return;
   }
   Member* member = members_.find(m.node);
-  if (member == nullptr || member->generation != m.generation || !member->live() ||
-      m.incarnation < member->incarnation) {
+  if (member == nullptr || member->generation != m.generation || !member->live()) return;
+  if (m.incarnation < member->incarnation) {
+    // A prober holds a suspicion the suspect has refuted: correct it. (Only
+    // for probes; answering every stale gossip would multiply the traffic.)
+    if (probe && member->state == MemberState::kAlive && sender != m.node && sender != self_) {
+      Packet p;
+      p.alives.add(Alive{m.node, member->generation, member->incarnation, addressOf(m.node)});
+      outbox_.send(sender, kj::mv(p));
+    }
     return;
   }
   if (member->state == MemberState::kSuspect) {
@@ -409,13 +435,28 @@ void Membership::armSuspicionTimer(NodeId node) {
   uint32_t inc = m->incarnation;
   int64_t at = std::max(env_.nowNs(), it->second.suspicion.deadlineNs());
   it->second.timer =
-      timers_.add(at, [this, node, gen, inc]() { suspicionExpired(node, gen, inc); });
+      timers_.add(at, [this, node, gen, inc]() { suspicionExpired(node, gen, inc, true); });
 }
 
-void Membership::suspicionExpired(NodeId node, uint64_t gen, uint32_t inc) {
+void Membership::suspicionExpired(NodeId node, uint64_t gen, uint32_t inc, bool lastChance) {
   Member* m = members_.find(node);
   if (m == nullptr || m->state != MemberState::kSuspect || m->generation != gen ||
       m->incarnation != inc) {
+    return;
+  }
+  if (lastChance) {
+    // Gossip may have missed us with the suspect's refutation (epidemic
+    // spread leaves a small tail). Before declaring it dead, show the suspect
+    // the suspicion once more: alive, it answers with its newest Alive at
+    // once. Two packets, so one loss cannot cost a healthy node its life.
+    for (int copy = 0; copy < 2; ++copy) {
+      Packet p;
+      p.pings.add(Ping{nextSeq_++, node});
+      p.suspects.add(Suspect{node, gen, inc, self_});
+      outbox_.send(node, kj::mv(p));
+    }
+    timers_.add(env_.nowNs() + scaled(config_.probeTimeoutNs),
+                [this, node, gen, inc]() { suspicionExpired(node, gen, inc, false); });
     return;
   }
   onDown(node, gen, inc, self_, false, true);
@@ -424,7 +465,13 @@ void Membership::suspicionExpired(NodeId node, uint64_t gen, uint32_t inc) {
 void Membership::onDown(NodeId node, uint64_t gen, uint32_t inc, NodeId from, bool left,
                         bool gossip) {
   if (node == self_) {
-    if (!left && gen == generation_ && inc >= incarnation_ && !leaving_) refute(inc, from);
+    if (!left && gen == generation_ && !leaving_) {
+      if (inc >= incarnation_) {
+        refute(inc, from);
+      } else {
+        tellAlive(from);
+      }
+    }
     return;
   }
   Member* member = members_.find(node);
@@ -454,13 +501,15 @@ void Membership::refute(uint32_t seenIncarnation, NodeId tell) {
   members_.find(self_)->incarnation = incarnation_;
   // Having to refute means we were too slow to answer: Lifeguard counts it.
   adjustHealth(1);
-  Alive a{self_, generation_, incarnation_, kj::str(address_)};
-  broadcasts_.queue(a);
-  if (tell != 0 && tell != self_) {
-    Packet p;
-    p.alives.add(kj::mv(a));
-    outbox_.send(tell, kj::mv(p));
-  }
+  broadcasts_.queue(Alive{self_, generation_, incarnation_, kj::str(address_)});
+  tellAlive(tell);
+}
+
+void Membership::tellAlive(NodeId to) {
+  if (to == 0 || to == self_) return;
+  Packet p;
+  p.alives.add(Alive{self_, generation_, incarnation_, kj::str(address_)});
+  outbox_.send(to, kj::mv(p));
 }
 
 }  // namespace nodeagent::cluster

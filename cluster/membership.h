@@ -112,11 +112,14 @@ class Membership {
   void onAck(NodeId sender, const Ack& m);
   void onNack(const Nack& m);
   void onAlive(const Alive& m, bool gossip);
-  void onSuspect(const Suspect& m, bool gossip);
+  void onSuspect(NodeId sender, const Suspect& m, bool gossip, bool probe);
+  void addHeldSuspicion(NodeId target, Packet& p);
   void onDown(NodeId node, uint64_t gen, uint32_t inc, NodeId from, bool left, bool gossip);
   void refute(uint32_t seenIncarnation, NodeId tell);
   void armSuspicionTimer(NodeId node);
-  void suspicionExpired(NodeId node, uint64_t gen, uint32_t inc);
+  // First a last-chance check with the suspect, then (if still suspect) death.
+  void suspicionExpired(NodeId node, uint64_t gen, uint32_t inc, bool lastChance);
+  void tellAlive(NodeId to);
   void changeState(Member& m, MemberState state);
 
   Env& env_;
@@ -142,6 +145,7 @@ class Membership {
   // Randomized round-robin: member index (a * i + b) mod size for i = 0..size-1.
   uint64_t roundA_ = 1, roundB_ = 0, roundI_ = 0, roundSize_ = 0;
   NodeId syncCursor_ = 0;
+  uint64_t heldTurn_ = 0;
 };
 
 }  // namespace nodeagent::cluster

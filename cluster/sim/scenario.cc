@@ -1,5 +1,8 @@
 #include "cluster/sim/scenario.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -88,6 +91,15 @@ class Metrics final : public Observer {
 
   void memberChanged(size_t observer, const Member& m, MemberState previous) override {
     (void)previous;
+    static const char* trace = getenv("SIM_TRACE");
+    if (trace != nullptr) {
+      KJ_IF_MAYBE (i, sim_->indexOf(m.id)) {
+        if (*i == size_t(atoi(trace))) {
+          fprintf(stderr, "T t=%.3f obs=%zu state=%d inc=%u stalled=%d\n", sim_->now() / 1e9,
+                  observer, int(m.state), m.incarnation, sim_->stalled(*i));
+        }
+      }
+    }
     if (m.state == MemberState::kDead) {
       if (m.id == deathNode_ && m.generation == deathGen_ && deathTimes_[observer] == kNever) {
         deathTimes_[observer] = sim_->now();
@@ -96,6 +108,12 @@ class Metrics final : public Observer {
         // Declared dead while running in that very life: a false positive.
         if (sim_->up(*i) && sim_->node(*i).membership().generation() == m.generation) {
           falsePositives_.insert({m.id, m.generation, m.incarnation});
+          if (getenv("SIM_DEBUG")) {
+            auto& n = sim_->node(*i);
+            fprintf(stderr, "FP t=%.3f observer=%zu target=%zu inc=%u targetInc=%u stalled=%d health=%u\n",
+                    sim_->now() / 1e9, observer, *i, m.incarnation, n.membership().incarnation(),
+                    sim_->stalled(*i), n.membership().healthScore());
+          }
           ++falseDeclarations_;
         }
       }
