@@ -31,13 +31,18 @@ void BroadcastQueue::replace(Item item) {
 }
 
 void BroadcastQueue::dropCapacity(NodeId owner) {
-  items_.erase(std::remove_if(items_.begin(), items_.end(),
-                              [&](const Item& i) { return i.kind == kCapacity && i.node == owner; }),
-               items_.end());
+  items_.erase(
+      std::remove_if(items_.begin(), items_.end(),
+                     [&](const Item& i) { return i.kind == kCapacity && i.node == owner; }),
+      items_.end());
 }
 
 void BroadcastQueue::fill(Packet& packet, size_t& budget, uint32_t limit, Sources& sources) {
   if (items_.empty()) return;
+  if (limit == 0) {  // retransmission switched off
+    items_.clear();
+    return;
+  }
   std::sort(items_.begin(), items_.end(), [](const Item& a, const Item& b) {
     return a.transmits != b.transmits ? a.transmits < b.transmits : a.seq > b.seq;
   });
@@ -47,10 +52,10 @@ void BroadcastQueue::fill(Packet& packet, size_t& budget, uint32_t limit, Source
     bool sent = false;
     switch (item.kind) {
       case kAlive:
-        sent = tryAdd(packet.alives,
-                      Alive{item.node, item.generation, item.incarnation,
-                            sources.addressOf(item.node)},
-                      budget);
+        sent = tryAdd(
+            packet.alives,
+            Alive{item.node, item.generation, item.incarnation, sources.addressOf(item.node)},
+            budget);
         break;
       case kSuspect:
         sent = tryAdd(packet.suspects,

@@ -51,10 +51,18 @@ NodeState readState(wire::NodeState::Reader r) {
 
 }  // namespace
 
-size_t estimateBytes(const Ping& m) { return 2 + nz(m.seqNo) + nz(m.target); }
-size_t estimateBytes(const PingReq& m) { return 2 + nz(m.seqNo) + nz(m.target); }
-size_t estimateBytes(const Ack& m) { return 1 + nz(m.seqNo); }
-size_t estimateBytes(const Nack& m) { return 1 + nz(m.seqNo); }
+size_t estimateBytes(const Ping& m) {
+  return 2 + nz(m.seqNo) + nz(m.target);
+}
+size_t estimateBytes(const PingReq& m) {
+  return 2 + nz(m.seqNo) + nz(m.target);
+}
+size_t estimateBytes(const Ack& m) {
+  return 1 + nz(m.seqNo);
+}
+size_t estimateBytes(const Nack& m) {
+  return 1 + nz(m.seqNo);
+}
 size_t estimateBytes(const Alive& m) {
   return 3 + nz(m.node) + nz(m.generation) + nz(m.incarnation) + textBytes(m.address);
 }
@@ -72,10 +80,10 @@ size_t estimateBytes(const DigestEntry& m) {
 }
 size_t estimateBytes(const Delta& m) {
   const NodeState& s = m.state;
-  size_t n = 4 + nz(m.owner) + nz(m.generation) + nz(m.version);   // header + struct pointer
-  n += 4 + 4 + nz(s.freeCpuMillis) + nz(s.freeSlots) + nz(s.freeMemoryBytes) +
-       nz(s.freeDiskBytes) + 1;                                    // data words
-  n += 4;                                                          // two list pointers
+  size_t n = 4 + nz(m.owner) + nz(m.generation) + nz(m.version);  // header + struct pointer
+  n += 4 + 4 + nz(s.freeCpuMillis) + nz(s.freeSlots) + nz(s.freeMemoryBytes) + nz(s.freeDiskBytes) +
+       1;  // data words
+  n += 4;  // two list pointers
   for (auto& t : s.warmTemplates) n += textBytes(t) + 2;
   for (auto& v : s.volumes) n += textBytes(v) + 2;
   return n;
@@ -212,51 +220,51 @@ kj::Maybe<Packet> decodePacket(kj::ArrayPtr<const kj::byte> bytes) {
   kj::Maybe<Packet> result;
   // A malformed datagram throws inside Cap'n Proto; it must cost the
   // receiver nothing but the drop.
-  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
-                 kj::ArrayInputStream in(bytes);
-                 capnp::ReaderOptions options;
-                 options.traversalLimitInWords = 64 * 1024;
-                 capnp::PackedMessageReader message(in, options);
-                 auto r = message.getRoot<wire::Packet>();
-                 Packet p;
-                 p.sender = r.getSender();
-                 p.senderGeneration = r.getSenderGeneration();
-                 p.sync = r.getSync();
-                 p.wantSync = r.getWantSync();
-                 for (auto m : r.getPings()) p.pings.add(Ping{m.getSeqNo(), m.getTarget()});
-                 for (auto m : r.getPingReqs()) p.pingReqs.add(PingReq{m.getSeqNo(), m.getTarget()});
-                 for (auto m : r.getAcks()) p.acks.add(Ack{m.getSeqNo()});
-                 for (auto m : r.getNacks()) p.nacks.add(Nack{m.getSeqNo()});
-                 for (auto m : r.getAlives()) {
-                   p.alives.add(Alive{m.getNode(), m.getGeneration(), m.getIncarnation(),
-                                      kj::str(m.getAddress())});
-                 }
-                 for (auto m : r.getSuspects()) {
-                   p.suspects.add(
-                       Suspect{m.getNode(), m.getGeneration(), m.getIncarnation(), m.getFrom()});
-                 }
-                 for (auto m : r.getDeads()) {
-                   p.deads.add(Dead{m.getNode(), m.getGeneration(), m.getIncarnation(), m.getFrom()});
-                 }
-                 for (auto m : r.getLeaves()) {
-                   p.leaves.add(Leave{m.getNode(), m.getGeneration(), m.getIncarnation()});
-                 }
-                 for (auto d : r.getDigests()) {
-                   Digest digest;
-                   digest.rangeStart = d.getRangeStart();
-                   digest.rangeEnd = d.getRangeEnd();
-                   digest.request = d.getRequest();
-                   for (auto e : d.getEntries()) {
-                     digest.entries.add(DigestEntry{e.getOwner(), e.getGeneration(), e.getVersion()});
-                   }
-                   p.digests.add(kj::mv(digest));
-                 }
-                 for (auto d : r.getDeltas()) {
-                   p.deltas.add(
-                       Delta{d.getOwner(), d.getGeneration(), d.getVersion(), readState(d.getState())});
-                 }
-                 result = kj::mv(p);
-               })) {
+  KJ_IF_MAYBE (
+      e, kj::runCatchingExceptions([&]() {
+        kj::ArrayInputStream in(bytes);
+        capnp::ReaderOptions options;
+        options.traversalLimitInWords = 64 * 1024;
+        capnp::PackedMessageReader message(in, options);
+        auto r = message.getRoot<wire::Packet>();
+        Packet p;
+        p.sender = r.getSender();
+        p.senderGeneration = r.getSenderGeneration();
+        p.sync = r.getSync();
+        p.wantSync = r.getWantSync();
+        for (auto m : r.getPings()) p.pings.add(Ping{m.getSeqNo(), m.getTarget()});
+        for (auto m : r.getPingReqs()) p.pingReqs.add(PingReq{m.getSeqNo(), m.getTarget()});
+        for (auto m : r.getAcks()) p.acks.add(Ack{m.getSeqNo()});
+        for (auto m : r.getNacks()) p.nacks.add(Nack{m.getSeqNo()});
+        for (auto m : r.getAlives()) {
+          p.alives.add(
+              Alive{m.getNode(), m.getGeneration(), m.getIncarnation(), kj::str(m.getAddress())});
+        }
+        for (auto m : r.getSuspects()) {
+          p.suspects.add(Suspect{m.getNode(), m.getGeneration(), m.getIncarnation(), m.getFrom()});
+        }
+        for (auto m : r.getDeads()) {
+          p.deads.add(Dead{m.getNode(), m.getGeneration(), m.getIncarnation(), m.getFrom()});
+        }
+        for (auto m : r.getLeaves()) {
+          p.leaves.add(Leave{m.getNode(), m.getGeneration(), m.getIncarnation()});
+        }
+        for (auto d : r.getDigests()) {
+          Digest digest;
+          digest.rangeStart = d.getRangeStart();
+          digest.rangeEnd = d.getRangeEnd();
+          digest.request = d.getRequest();
+          for (auto e : d.getEntries()) {
+            digest.entries.add(DigestEntry{e.getOwner(), e.getGeneration(), e.getVersion()});
+          }
+          p.digests.add(kj::mv(digest));
+        }
+        for (auto d : r.getDeltas()) {
+          p.deltas.add(
+              Delta{d.getOwner(), d.getGeneration(), d.getVersion(), readState(d.getState())});
+        }
+        result = kj::mv(p);
+      })) {
     (void)e;
     return nullptr;
   }

@@ -150,6 +150,7 @@ void Membership::probeTick() {
   if (target != 0) {
     uint32_t seq = nextSeq_++;
     probe_ = Probe{seq, target};
+    ++probes_;
     Packet p;
     p.pings.add(Ping{seq, target});
     addBuddy(target, p);
@@ -353,7 +354,8 @@ void Membership::onAlive(const Alive& m, bool gossip) {
   if (m.node == self_ || m.node == 0) return;
   Member* member = members_.find(m.node);
   if (member == nullptr) {
-    Member& added = members_.insert(Member{m.node, m.generation, m.incarnation, MemberState::kAlive});
+    Member& added =
+        members_.insert(Member{m.node, m.generation, m.incarnation, MemberState::kAlive});
     if (m.address.size() > 0) env_.learnAddress(m.node, m.address);
     listener_.memberChanged(added, MemberState::kAlive, true);
     if (gossip) broadcasts_.queue(m);

@@ -70,6 +70,7 @@ class Membership {
   uint64_t generation() const { return generation_; }
   uint32_t incarnation() const { return incarnation_; }
   uint32_t healthScore() const { return health_; }
+  uint64_t probesSent() const { return probes_; }
   bool leaving() const { return leaving_; }
   // min, max of a new suspicion at the current fleet size.
   std::pair<int64_t, int64_t> suspicionBounds() const;
@@ -146,6 +147,7 @@ class Membership {
   uint64_t roundA_ = 1, roundB_ = 0, roundI_ = 0, roundSize_ = 0;
   NodeId syncCursor_ = 0;
   uint64_t heldTurn_ = 0;
+  uint64_t probes_ = 0;
 };
 
 }  // namespace nodeagent::cluster

@@ -30,8 +30,8 @@ class Node::Stream final : public Outbox::Stream {
   void reset() {
     packet_ = Packet();
     packet_.sync = true;
-    room_ = node_.config_.packetBudgetBytes - node_.config_.sealOverheadBytes -
-            kPacketOverheadBytes;
+    room_ =
+        node_.config_.packetBudgetBytes - node_.config_.sealOverheadBytes - kPacketOverheadBytes;
   }
   void flush() {
     if (!packet_.empty()) node_.send(to_, kj::mv(packet_));

@@ -17,7 +17,9 @@ namespace {
 constexpr int64_t kSecond = 1'000'000'000;
 constexpr int64_t kNever = INT64_MAX;
 
-double ms(int64_t ns) { return ns == kNever ? -1 : double(ns) / 1e6; }
+double ms(int64_t ns) {
+  return ns == kNever ? -1 : double(ns) / 1e6;
+}
 
 double percentile(std::vector<int64_t> v, double p) {
   if (v.empty()) return -1;
@@ -110,15 +112,16 @@ class Metrics final : public Observer {
           falsePositives_.insert({m.id, m.generation, m.incarnation});
           if (getenv("SIM_DEBUG")) {
             auto& n = sim_->node(*i);
-            fprintf(stderr, "FP t=%.3f observer=%zu target=%zu inc=%u targetInc=%u stalled=%d health=%u\n",
+            fprintf(stderr,
+                    "FP t=%.3f observer=%zu target=%zu inc=%u targetInc=%u stalled=%d health=%u\n",
                     sim_->now() / 1e9, observer, *i, m.incarnation, n.membership().incarnation(),
                     sim_->stalled(*i), n.membership().healthScore());
           }
           ++falseDeclarations_;
         }
       }
-    } else if (m.state == MemberState::kAlive && m.id == rejoinNode_ && m.generation == rejoinGen_ &&
-               rejoinTimes_[observer] == kNever) {
+    } else if (m.state == MemberState::kAlive && m.id == rejoinNode_ &&
+               m.generation == rejoinGen_ && rejoinTimes_[observer] == kNever) {
       rejoinTimes_[observer] = sim_->now();
     }
   }
@@ -284,15 +287,17 @@ ScenarioResult runScenario(const ScenarioOptions& o) {
 
   r.json = kj::str(
       "{\"nodes\":", o.nodes, ",\"seed\":", o.seed, ",\"profile\":\"", o.profile, "\"",
-      ",\"convergence_p99_ms\":", r.convergenceP99Ms, ",\"convergence_all_ms\":", r.convergenceAllMs,
+      ",\"convergence_p99_ms\":", r.convergenceP99Ms,
+      ",\"convergence_all_ms\":", r.convergenceAllMs,
       ",\"convergence_changes\":", o.capacityChanges, ",\"detect_first_ms\":", r.detectFirstMs,
       ",\"detect_all_p99_ms\":", r.detectAllP99Ms, ",\"detect_all_max_ms\":", detectMaxMs,
       ",\"rejoin_all_ms\":", r.rejoinAllMs, ",\"false_positives\":", r.falsePositives,
       ",\"false_positive_declarations\":", metrics.falseDeclarations(),
       ",\"fp_phase_nodes\":", fpNodes, ",\"fp_phase_s\":", o.fpDurationNs / kSecond,
-      ",\"fp_loss\":", o.fpLoss, ",\"fp_stallers\":", stallers, ",\"fp_stall_ms\":",
-      o.stallNs / 1'000'000, ",\"fp_stall_gap_ms\":[", o.stallGapMinNs / 1'000'000, ",",
-      o.stallGapMaxNs / 1'000'000, "]", ",\"bytes_per_node_per_s\":", r.bytesPerNodePerS,
+      ",\"fp_loss\":", o.fpLoss, ",\"fp_stallers\":", stallers,
+      ",\"fp_stall_ms\":", o.stallNs / 1'000'000, ",\"fp_stall_gap_ms\":[",
+      o.stallGapMinNs / 1'000'000, ",", o.stallGapMaxNs / 1'000'000, "]",
+      ",\"bytes_per_node_per_s\":", r.bytesPerNodePerS,
       ",\"lossy_convergence_p99_ms\":", r.lossyConvergenceP99Ms,
       ",\"lossy_convergence_samples\":", lossyConv.size(),
       ",\"placement_success\":null,\"overcommit\":null,\"placement\":\"not built yet\"}");

@@ -24,7 +24,7 @@ namespace nodeagent::cluster::sim {
 struct Network {
   int64_t minDelayNs = 200'000;  // one way, uniform in [min, max]
   int64_t maxDelayNs = 2'000'000;
-  double loss = 0;               // per packet
+  double loss = 0;  // per packet
 };
 
 // What the simulator tells an observer (the scenario's measurements).
@@ -34,7 +34,9 @@ class Observer {
   virtual void memberChanged(size_t observer, const Member& m, MemberState previous) {
     (void)observer, (void)m, (void)previous;
   }
-  virtual void capacityChanged(size_t observer, const CapacityRecord& r) { (void)observer, (void)r; }
+  virtual void capacityChanged(size_t observer, const CapacityRecord& r) {
+    (void)observer, (void)r;
+  }
 };
 
 class Simulator {
@@ -86,8 +88,8 @@ class Simulator {
   };
   enum Kind : uint8_t { kWake, kDeliver, kAction };
   struct Event {
-    int64_t at;     // when it runs
-    int64_t due;    // when it was meant to (differs after a stall)
+    int64_t at;   // when it runs
+    int64_t due;  // when it was meant to (differs after a stall)
     uint64_t seq;
     uint32_t target;  // node index
     Kind kind;
