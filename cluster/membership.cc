@@ -401,7 +401,7 @@ void Membership::onSuspect(NodeId sender, const Suspect& m, bool gossip, bool pr
     }
     return;
   }
-  if (member->state == MemberState::kSuspect) {
+  if (member->state == MemberState::kSuspect && m.incarnation == member->incarnation) {
     auto it = suspected_.find(m.node);
     if (it != suspected_.end() && it->second.suspicion.confirm(m.from)) {
       armSuspicionTimer(m.node);
@@ -409,8 +409,12 @@ void Membership::onSuspect(NodeId sender, const Suspect& m, bool gossip, bool pr
     }
     return;
   }
+  // A new suspicion, or one about a newer incarnation than the one we suspect
+  // (we missed the refutation in between): the timer starts over.
   member->incarnation = m.incarnation;
-  changeState(*member, MemberState::kSuspect);
+  if (member->state != MemberState::kSuspect) changeState(*member, MemberState::kSuspect);
+  auto old = suspected_.find(m.node);
+  if (old != suspected_.end()) timers_.cancel(old->second.timer);
   auto [min, max] = suspicionBounds();
   // Only others than the suspecter and the suspect can confirm.
   uint32_t k = config_.suspicionConfirmations;
