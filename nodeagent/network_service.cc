@@ -167,6 +167,16 @@ void NetworkService::validate(api::SandboxSpec::Builder spec, uint32_t templateM
   }
 }
 
+kj::Own<capnp::MallocMessageBuilder> NetworkService::settingsOf(api::SandboxSpec::Reader spec) {
+  auto message = kj::heap<capnp::MallocMessageBuilder>(256);
+  auto settings = message->initRoot<api::NetworkSettings>();
+  settings.setMode(spec.getNetwork());
+  settings.setAllow(spec.getAllow());
+  settings.setEgressMbps(spec.getEgressMbps());
+  settings.setEgressByteCap(spec.getEgressByteCap());
+  return message;
+}
+
 uint32_t NetworkService::allocateSlot(const std::string& id) {
   for (uint32_t slot = 1; slot <= host_->capacity(); ++slot) {
     if (slots_.count(slot) == 0) {

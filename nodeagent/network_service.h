@@ -9,6 +9,7 @@
 
 #include <sys/types.h>
 
+#include <capnp/message.h>
 #include <kj/async.h>
 #include <kj/function.h>
 #include <kj/io.h>
@@ -56,6 +57,8 @@ class NetworkService final : public DnsPolicy {
   // Checks a spec's network fields (throws invalidArgument); fills egressMbps
   // with `templateMbps` when 0.
   static void validate(api::SandboxSpec::Builder spec, uint32_t templateMbps);
+  // A spec's network fields as the settings attach() and update() take.
+  static kj::Own<capnp::MallocMessageBuilder> settingsOf(api::SandboxSpec::Reader spec);
 
   struct SandboxRef {
     kj::StringPtr id;

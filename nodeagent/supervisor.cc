@@ -250,24 +250,12 @@ void Supervisor::requireNetwork(api::NetworkMode mode) {
   }
 }
 
-namespace {
-kj::Own<capnp::MallocMessageBuilder> networkSettingsOf(api::SandboxSpec::Reader spec) {
-  auto message = kj::heap<capnp::MallocMessageBuilder>(256);
-  auto settings = message->initRoot<api::NetworkSettings>();
-  settings.setMode(spec.getNetwork());
-  settings.setAllow(spec.getAllow());
-  settings.setEgressMbps(spec.getEgressMbps());
-  settings.setEgressByteCap(spec.getEgressByteCap());
-  return message;
-}
-}  // namespace
-
 void Supervisor::attachNetwork(SandboxRuntime& sandbox) {
   KJ_IF_MAYBE (network, network_) {
     auto rec = sandbox.record();
     NetworkService::SandboxRef ref{sandbox.id(), rec.getSpec().getTenant(), sandbox.cgroupId(),
                                    rec.getInitPid()};
-    auto settings = networkSettingsOf(rec.getSpec());
+    auto settings = NetworkService::settingsOf(rec.getSpec());
     uint32_t slot = (*network)->attach(ref, settings->getRoot<api::NetworkSettings>());
     sandbox.recordNetwork(settings->getRoot<api::NetworkSettings>(), slot);
   }
@@ -286,7 +274,7 @@ void Supervisor::setNetwork(SandboxRuntime& sandbox, api::NetworkSettings::Reade
   spec.setEgressMbps(settings.getEgressMbps());
   spec.setEgressByteCap(settings.getEgressByteCap());
   NetworkService::validate(spec, requireTemplate(rec.getSpec().getTemplate()).egressMbps);
-  auto filled = networkSettingsOf(spec.asReader());
+  auto filled = NetworkService::settingsOf(spec.asReader());
   auto filledSettings = filled->getRoot<api::NetworkSettings>().asReader();
   KJ_IF_MAYBE (network, network_) {
     NetworkService::SandboxRef ref{sandbox.id(), rec.getSpec().getTenant(), sandbox.cgroupId(),
@@ -677,22 +665,41 @@ kj::Promise<void> Supervisor::killAll(kj::StringPtr reason) {
 }
 
 namespace {
-constexpr kj::StringPtr kTenantWeightsKey = "tenantWeights"_kj;  // lines of "tenant weight"
+// Per-tenant settings kept in the store's meta as lines of "tenant value".
+constexpr kj::StringPtr kTenantWeightsKey = "tenantWeights"_kj;
+constexpr kj::StringPtr kTenantRequestCapsKey = "tenantRequestCaps"_kj;
+
+std::map<std::string, uint64_t> parseTenantValues(kj::ArrayPtr<const kj::byte> bytes) {
+  std::map<std::string, uint64_t> values;
+  std::string text(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(start, end - start);
+    size_t space = line.find(' ');
+    if (space != std::string::npos)
+      values[line.substr(0, space)] = std::stoull(line.substr(space + 1));
+    start = end + 1;
+  }
+  return values;
+}
+
+template <typename Value>
+void storeTenantValues(StoreWriter& writer, kj::StringPtr key,
+                       const std::map<std::string, Value>& values) {
+  std::string text;
+  for (auto& [name, value] : values) text += name + " " + std::to_string(value) + "\n";
+  writer.submit([key, text = kj::mv(text)](Store::WriteTxn& txn) {
+    txn.putMeta(key, kj::arrayPtr(reinterpret_cast<const kj::byte*>(text.data()), text.size()));
+  });
+}
 }  // namespace
 
 void Supervisor::loadTenantWeights() {
   KJ_IF_MAYBE (bytes, store_.getMeta(kTenantWeightsKey)) {
-    std::string text(reinterpret_cast<const char*>(bytes->begin()), bytes->size());
-    size_t start = 0;
-    while (start < text.size()) {
-      size_t end = text.find('\n', start);
-      if (end == std::string::npos) end = text.size();
-      std::string line = text.substr(start, end - start);
-      size_t space = line.find(' ');
-      if (space != std::string::npos) {
-        tenantWeights_[line.substr(0, space)] = uint32_t(std::stoul(line.substr(space + 1)));
-      }
-      start = end + 1;
+    for (auto& [tenant, weight] : parseTenantValues(*bytes)) {
+      tenantWeights_[tenant] = uint32_t(weight);
     }
   }
 }
@@ -712,18 +719,9 @@ void Supervisor::setTenantWeight(kj::StringPtr tenant, uint32_t weight, kj::Stri
   }
   if (hasSandboxes) tree.setTenantWeight(tenant, weight);
   tenantWeights_[tenant.cStr()] = weight;
-  std::string text;
-  for (auto& [name, w] : tenantWeights_) text += name + " " + std::to_string(w) + "\n";
-  writer_.submit([text = kj::mv(text)](Store::WriteTxn& txn) {
-    txn.putMeta(kTenantWeightsKey,
-                kj::arrayPtr(reinterpret_cast<const kj::byte*>(text.data()), text.size()));
-  });
+  storeTenantValues(writer_, kTenantWeightsKey, tenantWeights_);
   audit(actor, "set-tenant-weight", "", tenant, kj::str("weight=", weight));
 }
-
-namespace {
-constexpr kj::StringPtr kTenantRequestCapsKey = "tenantRequestCaps"_kj;  // lines of "tenant cap"
-}  // namespace
 
 void Supervisor::loadTenantRequests() {
   for (auto& stored : store_.listBilled()) {
@@ -731,18 +729,7 @@ void Supervisor::loadTenantRequests() {
     tenantRequests_[totals.getTenant().cStr()] += totals.getRpcRequests();
   }
   KJ_IF_MAYBE (bytes, store_.getMeta(kTenantRequestCapsKey)) {
-    std::string text(reinterpret_cast<const char*>(bytes->begin()), bytes->size());
-    size_t start = 0;
-    while (start < text.size()) {
-      size_t end = text.find('\n', start);
-      if (end == std::string::npos) end = text.size();
-      std::string line = text.substr(start, end - start);
-      size_t space = line.find(' ');
-      if (space != std::string::npos) {
-        tenantRequestCaps_[line.substr(0, space)] = std::stoull(line.substr(space + 1));
-      }
-      start = end + 1;
-    }
+    for (auto& [tenant, cap] : parseTenantValues(*bytes)) tenantRequestCaps_[tenant] = cap;
   }
 }
 
@@ -780,12 +767,7 @@ void Supervisor::setTenantRequestCap(kj::StringPtr tenant, uint64_t cap, kj::Str
   } else {
     tenantRequestCaps_[tenant.cStr()] = cap;
   }
-  std::string text;
-  for (auto& [name, c] : tenantRequestCaps_) text += name + " " + std::to_string(c) + "\n";
-  writer_.submit([text = kj::mv(text)](Store::WriteTxn& txn) {
-    txn.putMeta(kTenantRequestCapsKey,
-                kj::arrayPtr(reinterpret_cast<const kj::byte*>(text.data()), text.size()));
-  });
+  storeTenantValues(writer_, kTenantRequestCapsKey, tenantRequestCaps_);
   auto it = tenantRequests_.find(tenant.cStr());
   audit(actor, "set-tenant-request-cap", "", tenant,
         kj::str("cap=", cap, " used=", it == tenantRequests_.end() ? 0 : it->second));

@@ -90,14 +90,11 @@ void Supervisor::adopt(state::SandboxRecord::Reader rec) {
   KJ_IF_MAYBE (network, network_) {
     NetworkService::SandboxRef ref{runtime->id(), rec.getSpec().getTenant(), runtime->cgroupId(),
                                    initPid};
-    auto settings = kj::heap<capnp::MallocMessageBuilder>(256);
-    auto s = settings->initRoot<api::NetworkSettings>();
-    s.setMode(rec.getSpec().getNetwork());
-    s.setAllow(rec.getSpec().getAllow());
-    s.setEgressMbps(rec.getSpec().getEgressMbps());
-    s.setEgressByteCap(rec.getSpec().getEgressByteCap());
-    KJ_IF_MAYBE (e, kj::runCatchingExceptions(
-                        [&]() { (*network)->adopt(ref, s.asReader(), rec.getNetIndex()); })) {
+    auto settings = NetworkService::settingsOf(rec.getSpec());
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                   (*network)->adopt(ref, settings->getRoot<api::NetworkSettings>(),
+                                     rec.getNetIndex());
+                 })) {
       // Its policy is still in the pinned maps and enforced; only the
       // agent's view (DNS, status) is missing.
       log::error("sandbox.network_adopt_failed",
