@@ -176,8 +176,11 @@ class Phase {
         }
         channels_[i]->commit(pr.node, pr.id);
       }
-      sim_.at(sim_.now() + sim_.random().between(o_.thinkMinNs, o_.thinkMaxNs),
-              [this, i]() { next(i); });
+      // A failure can answer without any message: back off so that a full
+      // fleet cannot spin at one instant.
+      int64_t pause = sim_.random().between(o_.thinkMinNs, o_.thinkMaxNs);
+      if (!pr.placed) pause += 10'000'000;
+      sim_.at(sim_.now() + pause, [this, i]() { next(i); });
     });
   }
 

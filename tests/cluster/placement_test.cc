@@ -255,5 +255,31 @@ TEST(PlacementSim, FleetFilledToNinetyPercentConcurrently) {
   }
 }
 
+TEST(PlacementSim, NoOvercommitWhenFillingToTheBrim) {
+  // No pause between placements and a 99.5% target: views are stale all the
+  // time and refusals are common, yet no node is ever overcommitted.
+  sim::Simulator simulator(3, Config::fastLan());
+  NodeState s;
+  s.freeCpuMillis = 8'000;
+  s.freeMemoryBytes = 16 * kGiB;
+  s.freeDiskBytes = uint64_t(1) << 40;
+  s.freeSlots = 16;
+  simulator.addConvergedFleet(30, s);
+  simulator.runUntil(5 * kSec);
+  sim::PlacementOptions o;
+  o.capacity = Resources{8'000, 16 * kGiB, 16};
+  o.targetUtilization = 0.995;
+  o.thinkMaxNs = 0;
+  o.limitNs = 20 * kSec;
+  auto r = sim::runPlacement(simulator, o);
+  SCOPED_TRACE(kj::str("placements ", r.placements, " placed ", r.placed, " refusals ", r.refusals,
+                       " utilization ", r.utilization)
+                   .cStr());
+  EXPECT_GT(r.refusals, 0u);
+  EXPECT_EQ(r.overcommittedNodes, 0u);
+  EXPECT_EQ(r.ledgerViolations, 0u);
+  EXPECT_GT(r.utilization, 0.95);
+}
+
 }  // namespace
 }  // namespace nodeagent::cluster
