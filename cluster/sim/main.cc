@@ -3,6 +3,7 @@
 //
 //   cluster-sim --nodes N --seed S [--profile fastLan|memberlist]
 //               [--fp-nodes N] [--fp-seconds S] [--changes K]
+//               [--placement-nodes N]
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,8 @@ namespace {
 [[noreturn]] void usage() {
   fprintf(stderr,
           "usage: cluster-sim --nodes N --seed S [--profile fastLan|memberlist]\n"
-          "                   [--fp-nodes N] [--fp-seconds S] [--changes K]\n");
+          "                   [--fp-nodes N] [--fp-seconds S] [--changes K]\n"
+          "                   [--placement-nodes N]\n");
   exit(2);
 }
 
@@ -39,6 +41,8 @@ int main(int argc, char** argv) {
       o.fpNodes = strtoull(arg(), nullptr, 10);
     } else if (strcmp(argv[i], "--fp-seconds") == 0) {
       o.fpDurationNs = int64_t(strtoull(arg(), nullptr, 10)) * 1'000'000'000;
+    } else if (strcmp(argv[i], "--placement-nodes") == 0) {
+      o.placementNodes = strtoull(arg(), nullptr, 10);
     } else if (strcmp(argv[i], "--changes") == 0) {
       o.capacityChanges = uint32_t(strtoul(arg(), nullptr, 10));
     } else if (strcmp(argv[i], "--profile") == 0) {

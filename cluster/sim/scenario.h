@@ -4,7 +4,9 @@
 //     its restart: when all know the new life;
 //  3. a long run at packet loss with a fraction of nodes stalling, counting
 //     healthy nodes declared dead, the gossip bytes per node, and the
-//     convergence of capacity changes made during it.
+//     convergence of capacity changes made during it;
+//  4. placement: every node places concurrently until the fleet is 90%
+//     utilized; the success rate, overcommitted nodes and latency.
 #pragma once
 
 #include <stdint.h>
@@ -32,6 +34,8 @@ struct ScenarioOptions {
   int64_t stallGapMinNs = 4'000'000'000;
   int64_t stallGapMaxNs = 16'000'000'000;
   int64_t lossyChangeEveryNs = 60'000'000'000;
+  // Phase 4 (placement) runs on a fresh calm fleet of at most this many.
+  size_t placementNodes = 1000;
 };
 
 struct ScenarioResult {
@@ -45,6 +49,8 @@ struct ScenarioResult {
   uint64_t falsePositives = 0;
   double bytesPerNodePerS = 0;
   double lossyConvergenceP99Ms = -1;
+  double placementSuccess = 0;
+  uint64_t overcommit = 0;
 };
 
 ScenarioResult runScenario(const ScenarioOptions& options);

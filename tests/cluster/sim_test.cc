@@ -33,6 +33,8 @@ TEST(ClusterSim, GoalsAtSmallScale) {
   EXPECT_GT(r.rejoinAllMs, 0);
   EXPECT_EQ(r.falsePositives, 0u);
   EXPECT_LT(r.bytesPerNodePerS, 10 * 1024);
+  EXPECT_GE(r.placementSuccess, 0.99);
+  EXPECT_EQ(r.overcommit, 0u);
 }
 
 }  // namespace
