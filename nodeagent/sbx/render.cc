@@ -24,16 +24,6 @@ kj::StringPtr stateName(api::SandboxState state) {
   return "unknown";
 }
 
-kj::String formatTime(int64_t unixNs) {
-  if (unixNs <= 0) return kj::str("-");
-  time_t seconds = unixNs / 1000000000;
-  tm utc;
-  gmtime_r(&seconds, &utc);
-  char buf[32];
-  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &utc);
-  return kj::str(buf);
-}
-
 kj::String formatBytes(uint64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = double(bytes);
@@ -81,6 +71,16 @@ kj::String toJson(Reader reader) {
 }
 
 }  // namespace
+
+kj::String formatTime(int64_t unixNs) {
+  if (unixNs <= 0) return kj::str("-");
+  time_t seconds = unixNs / 1000000000;
+  tm utc;
+  gmtime_r(&seconds, &utc);
+  char buf[32];
+  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return kj::str(buf);
+}
 
 kj::String renderListTable(capnp::List<api::SandboxInfo>::Reader sandboxes) {
   std::string out;

@@ -7,6 +7,9 @@
 
 namespace nodeagent::sbx {
 
+// "2026-11-22T06:41:57Z", or "-" for 0.
+kj::String formatTime(int64_t unixNs);
+
 kj::String renderListTable(capnp::List<api::SandboxInfo>::Reader sandboxes);
 kj::String renderListJson(capnp::List<api::SandboxInfo>::Reader sandboxes);
 kj::String renderInfoText(api::SandboxInfo::Reader info);

@@ -9,16 +9,6 @@
 namespace nodeagent::sbx {
 namespace {
 
-kj::String formatTime(int64_t unixNs) {
-  if (unixNs <= 0) return kj::str("-");
-  time_t seconds = unixNs / 1000000000;
-  tm utc;
-  gmtime_r(&seconds, &utc);
-  char buf[32];
-  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &utc);
-  return kj::str(buf);
-}
-
 kj::String seconds(uint64_t ns) {
   char buf[32];
   snprintf(buf, sizeof(buf), "%.3f", double(ns) / 1e9);

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -351,6 +353,33 @@ inline bool waitStored(AgentProcess& agent, const std::string& id, api::SandboxS
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   return false;
+}
+
+// A number field of `sbx ... --json` output ("key": 123 or "key": "123").
+inline uint64_t jsonNumber(const std::string& json, const std::string& key) {
+  std::smatch m;
+  if (!std::regex_search(json, m, std::regex("\"" + key + "\": \"?([0-9]+)"))) {
+    ADD_FAILURE() << key << " missing from " << json;
+    return 0;
+  }
+  return std::stoull(m[1]);
+}
+
+// The kernel's exact CPU time of a sandbox's cgroup: usage_usec of its v2
+// leaf (the unified hierarchy on hybrid hosts). cpuacct's user/system split
+// on v1 is sampled by ticks, so it is no yardstick for a few percent.
+inline uint64_t cgroupUsageNs(AgentProcess& agent, const std::string& id,
+                              const std::string& tenant = "e2e") {
+  for (const char* hierarchy : {"unified", ""}) {
+    std::ifstream in(agent.cgroupDir(hierarchy, tenant, id) + "/cpu.stat");
+    std::string key;
+    uint64_t value;
+    while (in >> key >> value) {
+      if (key == "usage_usec") return value * 1000;
+    }
+  }
+  ADD_FAILURE() << "no cpu.stat for " << id;
+  return 0;
 }
 
 }  // namespace nodeagent::testing

@@ -28,28 +28,6 @@ std::string burn(double seconds) {
          "\nwhile time.process_time() < end: pass\n";
 }
 
-uint64_t jsonNumber(const std::string& json, const std::string& key) {
-  std::smatch m;
-  if (!std::regex_search(json, m, std::regex("\"" + key + "\": \"?([0-9]+)"))) {
-    ADD_FAILURE() << key << " missing from " << json;
-    return 0;
-  }
-  return std::stoull(m[1]);
-}
-
-uint64_t cgroupUsageNs(AgentProcess& agent, const std::string& id) {
-  for (const char* hierarchy : {"unified", ""}) {
-    std::ifstream in(agent.cgroupDir(hierarchy, "e2e", id) + "/cpu.stat");
-    std::string key;
-    uint64_t value;
-    while (in >> key >> value) {
-      if (key == "usage_usec") return value * 1000;
-    }
-  }
-  ADD_FAILURE() << "no cpu.stat for " << id;
-  return 0;
-}
-
 // One record as a gateway gets it: the signed bytes, the signature, and what
 // they say once verified.
 struct Row {

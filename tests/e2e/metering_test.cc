@@ -19,31 +19,6 @@ std::string trim(std::string s) {
   return s;
 }
 
-uint64_t jsonNumber(const std::string& json, const std::string& key) {
-  std::smatch m;
-  if (!std::regex_search(json, m, std::regex("\"" + key + "\": \"?([0-9]+)"))) {
-    ADD_FAILURE() << key << " missing from " << json;
-    return 0;
-  }
-  return std::stoull(m[1]);
-}
-
-// The kernel's exact CPU time of the sandbox's cgroup: usage_usec of its v2
-// leaf (the unified hierarchy on hybrid hosts). cpuacct's user/system split
-// on v1 is sampled by ticks, so it is no yardstick for 2%.
-uint64_t cgroupUsageNs(AgentProcess& agent, const std::string& id) {
-  for (const char* hierarchy : {"unified", ""}) {
-    std::ifstream in(agent.cgroupDir(hierarchy, "e2e", id) + "/cpu.stat");
-    std::string key;
-    uint64_t value;
-    while (in >> key >> value) {
-      if (key == "usage_usec") return value * 1000;
-    }
-  }
-  ADD_FAILURE() << "no cpu.stat for " << id;
-  return 0;
-}
-
 struct Cpu {
   uint64_t metered, cgroup;
 };
