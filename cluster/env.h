@@ -22,6 +22,10 @@ class Env {
   // Best effort, like a datagram: the packet may be lost, late or reordered.
   // `packet` is only valid during the call. The transport seals it.
   virtual void send(NodeId to, kj::ArrayPtr<const kj::byte> packet) = 0;
+  // A state transfer packet (Packet::sync: a joiner's view, push-pull and
+  // anti-entropy answers). The agent sends these over its node-to-node RPC
+  // connection instead of UDP; by default (the simulator) it is a datagram.
+  virtual void sendBulk(NodeId to, kj::ArrayPtr<const kj::byte> packet) { send(to, packet); }
   // Joining: seeds are known by address only.
   virtual void sendToAddress(kj::StringPtr address, kj::ArrayPtr<const kj::byte> packet) = 0;
 

@@ -127,7 +127,11 @@ void Node::send(NodeId to, Packet p) {
   if (p.empty()) return;
   bytesSent_ += bytes.size() + config_.sealOverheadBytes;
   ++packetsSent_;
-  env_.send(to, bytes);
+  if (p.sync) {
+    env_.sendBulk(to, bytes);
+  } else {
+    env_.send(to, bytes);
+  }
 }
 
 void Node::sendToAddress(kj::StringPtr address, Packet p) {

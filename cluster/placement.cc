@@ -76,6 +76,19 @@ size_t Admission::expire(int64_t nowNs) {
   return n;
 }
 
+void Admission::setBase(NodeState base) {
+  if (base == base_) return;
+  base_ = kj::mv(base);
+  publish();
+}
+
+kj::Maybe<Resources> Admission::held(ReservationId id, int64_t nowNs) {
+  if (expire(nowNs) > 0) publish();
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return nullptr;
+  return it->second.held;
+}
+
 void Admission::publish() {
   KJ_IF_MAYBE (p, publish_) {
     NodeState s = base_.clone();

@@ -64,6 +64,10 @@ class Admission {
   size_t expire(int64_t nowNs);
   // Publishes the current state (at start, or after `base` changed).
   void advertise() { publish(); }
+  // Replaces what the ledger does not own; publishes if it changed.
+  void setBase(NodeState base);
+  // What a live reservation holds (null if unknown or lapsed by `nowNs`).
+  kj::Maybe<Resources> held(ReservationId id, int64_t nowNs);
 
   const Resources& capacity() const { return capacity_; }
   const Resources& used() const { return used_; }

@@ -9,6 +9,7 @@
 #include "loop/fd_streams.h"
 #include "loop/serial_queue.h"
 #include "nodeagent/api_error.h"
+#include "nodeagent/fleet/fleet_service.h"
 #include "nodeagent/ledger_entry.h"
 #include "nodeagent/version.h"
 
@@ -485,6 +486,56 @@ class NodeImpl final : public api::Node::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> place(PlaceContext context) override {
+    auto& fleet = requireFleet();
+    return fleet.place(context.getParams().getSpec(), actor_)
+        .then([context](fleet::FleetService::Placed placed) mutable {
+          auto results = context.getResults();
+          results.setSandbox(kj::mv(placed.sandbox));
+          results.setId(placed.id);
+          auto p = results.initPlacement();
+          p.setNode(fleet::FleetService::idText(placed.node));
+          p.setAddress(placed.address);
+          p.setAttempts(placed.attempts);
+          p.setDecisionNs(placed.decisionNs);
+        });
+  }
+
+  kj::Promise<void> members(MembersContext context) override {
+    requireFleet().members(context.getResults());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> capacity(CapacityContext context) override {
+    requireFleet().capacity(context.getResults());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> gossipKeys(GossipKeysContext context) override {
+    auto& fleet = requireFleet();
+    auto change = context.getParams().getChange();
+    fleet.changeKeys(change, context.getResults());
+    kj::String detail;
+    switch (change.which()) {
+      case api::GossipKeyChange::LIST:
+        return kj::READY_NOW;
+      case api::GossipKeyChange::ADD:
+        // The id only: a key never reaches the audit log.
+        KJ_IF_MAYBE (key, cluster::Keyring::parseKey(change.getAdd())) {
+          detail = kj::str("add id=", cluster::Keyring::keyIdHex(cluster::Keyring::idOf(*key)));
+        }
+        break;
+      case api::GossipKeyChange::USE:
+        detail = kj::str("use id=", change.getUse());
+        break;
+      case api::GossipKeyChange::REMOVE:
+        detail = kj::str("remove id=", change.getRemove());
+        break;
+    }
+    ctx_.supervisor.audit(actor_, "gossip-keys", "", "", detail);
+    return kj::READY_NOW;
+  }
+
   kj::Promise<void> info(InfoContext context) override {
     auto info = context.getResults().initInfo();
     char host[256] = {};
@@ -512,11 +563,24 @@ class NodeImpl final : public api::Node::Server {
   }
 
  private:
+  fleet::FleetService& requireFleet() {
+    KJ_IF_MAYBE (fleet, ctx_.fleet) {
+      return *fleet;
+    }
+    throwApiError(api::ErrorCode::UNAVAILABLE,
+                  "this node is not a fleet member (config `cluster.enabled`)");
+  }
+
   ServerContext& ctx_;
   kj::String actor_;
 };
 
 }  // namespace
+
+api::Sandbox::Client newSandboxServer(ServerContext& context, kj::Own<SandboxRuntime> sandbox,
+                                      kj::StringPtr actor) {
+  return kj::heap<SandboxImpl>(context, kj::mv(sandbox), actor);
+}
 
 api::Node::Client newNodeServer(ServerContext& context, kj::String actor) {
   return kj::heap<NodeImpl>(context, kj::mv(actor));

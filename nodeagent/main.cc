@@ -14,6 +14,7 @@
 
 #include "loop/io_context.h"
 #include "nodeagent/config.h"
+#include "nodeagent/fleet/fleet_service.h"
 #include "nodeagent/gateway_listener.h"
 #include "nodeagent/node_key.h"
 #include "nodeagent/rpc_endpoint.h"
@@ -95,9 +96,26 @@ int run(int argc, char** argv) {
     serving.add(listener->run());
     listeners.add(kj::mv(listener));
   }
+  // The fleet's sockets too (gossip and peer RPC on cluster.bind).
+  kj::Maybe<kj::Own<fleet::FleetService>> fleetService;
+  if (cfg.getCluster().getEnabled()) {
+    kj::TlsContext* tlsContext = nullptr;
+    KJ_IF_MAYBE (t, tls) {
+      tlsContext = t->get();
+    }
+    KJ_REQUIRE(tlsContext != nullptr,
+               "cluster.enabled needs mutual TLS between nodes: set tls.certFile, tls.keyFile "
+               "and tls.caFile");
+    auto service = kj::heap<fleet::FleetService>(context, cfg, *tlsContext);
+    context.fleet = *service;
+    fleetService = kj::mv(service);
+  }
   // Listening sockets are bound above, before anything on the host is
   // touched: an agent that cannot have its address changes nothing.
   supervisor.start();
+  KJ_IF_MAYBE (service, fleetService) {
+    serving.add((*service)->run());
+  }
   supervisor.audit("agent", "start", "", "", kj::str("version=", kVersion));
   // The effective configuration, so an audit reader sees what every later
   // action ran under.
@@ -114,6 +132,9 @@ int run(int argc, char** argv) {
   });
   kj::joinPromises(serving.releaseAsArray()).exclusiveJoin(kj::mv(stop)).wait(io.waitScope);
 
+  KJ_IF_MAYBE (service, fleetService) {
+    (*service)->leave().wait(io.waitScope);
+  }
   // Tenants' sandboxes keep running on the way out. (Until re-adoption
   // exists, the next start ends them cleanly; see Supervisor.) Idle warm-pool
   // sandboxes can serve no one without the agent: they end now.

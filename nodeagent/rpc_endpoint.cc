@@ -30,6 +30,8 @@ sockaddr_un unixAddress(kj::StringPtr path) {
   return addr;
 }
 
+}  // namespace
+
 // Resolves a numeric or named TCP host; the first address wins.
 sockaddr_storage tcpAddress(const ListenAddress& address, socklen_t* len) {
   addrinfo hints{};
@@ -45,8 +47,6 @@ sockaddr_storage tcpAddress(const ListenAddress& address, socklen_t* len) {
   *len = result->ai_addrlen;
   return storage;
 }
-
-}  // namespace
 
 capnp::ReaderOptions readerOptionsFor(uint64_t maxMessageBytes) {
   capnp::ReaderOptions options;

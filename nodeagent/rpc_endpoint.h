@@ -51,4 +51,7 @@ kj::Promise<kj::Own<RpcConnection>> connectToNode(loop::UringEventPort& port,
 
 capnp::ReaderOptions readerOptionsFor(uint64_t maxMessageBytes);
 
+// The socket address of a TCP ListenAddress (a numeric IPv4 or IPv6 host).
+sockaddr_storage tcpAddress(const ListenAddress& address, socklen_t* len);
+
 }  // namespace nodeagent

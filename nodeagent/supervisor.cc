@@ -388,7 +388,50 @@ uint32_t Supervisor::allocateUidSlot() {
                 kj::str("this node runs its maximum of ", slots, " sandboxes"));
 }
 
-kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::StringPtr actor) {
+kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::StringPtr actor,
+                                           uint64_t reservation) {
+  auto record = resolveSpec(spec);
+  auto rec = record->getRoot<state::SandboxRecord>();
+  auto filled = rec.getSpec();
+  const TemplateInfo& tmpl = requireTemplate(filled.getTemplate());
+  uint64_t ticket = 0;
+  KJ_IF_MAYBE (gate, gate_) {
+    ticket = gate->admit(filled.asReader(), reservation);
+  }
+  KJ_ON_SCOPE_FAILURE({
+    KJ_IF_MAYBE (gate, gate_) {
+      gate->release(ticket);
+    }
+  });
+  kj::Own<SandboxRuntime> sandbox;
+  KJ_IF_MAYBE (claimed, claimFromPool(filled.asReader(), tmpl, actor)) {
+    sandbox = kj::mv(*claimed);
+  } else {
+    // A claim takes a sandbox that already counts; a cold create adds one.
+    if (live_.size() >= config_.getMaxSandboxes()) {
+      throwApiError(
+          api::ErrorCode::LIMIT_EXCEEDED,
+          kj::str("this node runs its maximum of ", config_.getMaxSandboxes(), " sandboxes"));
+    }
+    rec.setId(newSandboxId());
+    auto detail = kj::str("template=", filled.getTemplate(), " memory=", filled.getMemoryBytes(),
+                          " cpuMillis=", filled.getCpuMillis());
+    sandbox = launch(kj::mv(record), tmpl, actor, "create", kj::mv(detail));
+  }
+  if (gate_ != nullptr) capacityTickets_[sandbox->id().cStr()] = ticket;
+  return sandbox;
+}
+
+void Supervisor::setCapacityGate(CapacityGate& gate) {
+  gate_ = gate;
+  for (auto& [id, sandbox] : live_) {
+    auto rec = sandbox->record();
+    if (isPoolRecord(rec) || !sandbox->running()) continue;
+    capacityTickets_[id] = gate.admit(rec.getSpec(), 0);
+  }
+}
+
+kj::Own<capnp::MallocMessageBuilder> Supervisor::resolveSpec(api::SandboxSpec::Reader spec) {
   if (!isolator::isValidName(spec.getTenant())) {
     throwApiError(api::ErrorCode::INVALID_ARGUMENT,
                   "tenant must be 1-64 characters of [A-Za-z0-9_-]");
@@ -410,18 +453,7 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   auto filled = rec.getSpec();
   fillSpec(filled, tmpl);
   NetworkService::validate(filled, tmpl.egressMbps);
-  KJ_IF_MAYBE (claimed, claimFromPool(filled.asReader(), tmpl, actor)) {
-    return kj::mv(*claimed);
-  }
-  // A claim takes a sandbox that already counts; a cold create adds one.
-  if (live_.size() >= config_.getMaxSandboxes()) {
-    throwApiError(api::ErrorCode::LIMIT_EXCEEDED, kj::str("this node runs its maximum of ",
-                                                          config_.getMaxSandboxes(), " sandboxes"));
-  }
-  rec.setId(newSandboxId());
-  return launch(kj::mv(record), tmpl, actor, "create",
-                kj::str("template=", filled.getTemplate(), " memory=", filled.getMemoryBytes(),
-                        " cpuMillis=", filled.getCpuMillis()));
+  return record;
 }
 
 void Supervisor::fillSpec(api::SandboxSpec::Builder filled, const TemplateInfo& tmpl) {
@@ -807,6 +839,13 @@ void Supervisor::onEnded(SandboxRuntime& sandbox) {
   persist(rec, auditEntry(rec.getEndedAtNs(), "agent", "end", rec.getId(),
                           rec.getSpec().getTenant(), kj::str("reason=", rec.getEndReason())));
   if (!isPoolRecord(rec)) ledger_->recordEnd(sandbox);
+  KJ_IF_MAYBE (gate, gate_) {
+    auto ticket = capacityTickets_.find(sandbox.id().cStr());
+    if (ticket != capacityTickets_.end()) {
+      gate->release(ticket->second);
+      capacityTickets_.erase(ticket);
+    }
+  }
   for (auto it = uidSlots_.begin(); it != uidSlots_.end(); ++it) {
     if (it->second == sandbox.id().cStr()) {
       uidSlots_.erase(it);

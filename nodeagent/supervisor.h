@@ -13,6 +13,7 @@
 #include "isolator/cgroup.h"
 #include "isolator/seccomp_profile.h"
 #include "loop/uring_event_port.h"
+#include "nodeagent/capacity_gate.h"
 #include "nodeagent/network_service.h"
 #include "nodeagent/node_key.h"
 #include "nodeagent/sandbox_runtime.h"
@@ -52,7 +53,16 @@ class Supervisor {
   // Claims an idle warm-pool sandbox of the template when the spec can be
   // applied to it (any limits, but the template's disk size); else launches
   // one. The claim's audit entry says "warm=1".
-  kj::Own<SandboxRuntime> create(api::SandboxSpec::Reader spec, kj::StringPtr actor);
+  // With a capacity gate (a fleet member), the sandbox must pass it first;
+  // `reservation` is a placement's, granted by the gate earlier.
+  kj::Own<SandboxRuntime> create(api::SandboxSpec::Reader spec, kj::StringPtr actor,
+                                 uint64_t reservation = 0);
+  // The spec as create would run it: template defaults filled in, validated
+  // (throws the API error create would).
+  kj::Own<capnp::MallocMessageBuilder> resolveSpec(api::SandboxSpec::Reader spec);
+  // From now on every tenant sandbox passes `gate` (which must outlive the
+  // supervisor's sandboxes); the live ones are admitted now, as they are.
+  void setCapacityGate(CapacityGate& gate);
   // A live sandbox, or one that ended less than kEndedRetention ago (its
   // info and usage stay readable); null otherwise.
   kj::Maybe<kj::Own<SandboxRuntime>> find(kj::StringPtr id);
@@ -196,6 +206,8 @@ class Supervisor {
   kj::String networkUnavailable_;                // why network_ is null
   isolator::CgroupMode cgroupMode_;
   kj::Maybe<kj::Own<isolator::CgroupTree>> cgroupTree_;
+  kj::Maybe<CapacityGate&> gate_;
+  std::map<std::string, uint64_t> capacityTickets_;  // sandbox id -> gate ticket
   std::map<std::string, kj::Own<SandboxRuntime>> live_;
   std::map<std::string, kj::Own<SandboxRuntime>> ended_;
   std::map<uint32_t, std::string> uidSlots_;           // slot -> sandbox id

@@ -30,6 +30,32 @@ struct Config {
   ledger @14 :Ledger;
   limits @15 :Limits;
   network @16 :Network;
+  cluster @17 :Cluster;
+
+  struct Cluster {
+    # Fleet membership (SWIM with Lifeguard), capacity gossip and placement.
+    # Gossip datagrams go over UDP on `bind`, sealed with the keyring; state
+    # transfers and placement go over Cap'n Proto RPC on TCP on the same
+    # address, with mutual TLS (the `tls` files; a peer's certificate must
+    # name its address as an IP subjectAltName).
+    enabled @0 :Bool = false;
+    bind @1 :Text = "0.0.0.0:7946";
+    advertise @2 :Text;           # "ip:port" peers use; default: bind (then not 0.0.0.0)
+    seeds @3 :List(Text);         # "ip:port" of members to join through (retried until one answers)
+    keyFile @4 :Text;             # the keyring: hex keys one per line, the first seals;
+                                  # default <stateDir>/gossip.keys; changes via Node.gossipKeys
+    capacity @5 :Capacity;        # what this node offers; placement admits against it
+    profile @6 :Text = "fast-lan";  # timing profile: fast-lan, or memberlist (its LAN defaults)
+    leaseMillis @7 :UInt32 = 5000;  # a placement's reservation lapses unless the create follows
+
+    struct Capacity {
+      # Zero: the host's. A sandbox needs its sustained CPU share, its memory
+      # limit and one slot.
+      cpuMillis @0 :UInt32;       # default: 1000 per CPU
+      memoryBytes @1 :UInt64;     # default: MemTotal less 1 GiB for the host
+      slots @2 :UInt32;           # default: maxSandboxes
+    }
+  }
 
   struct Network {
     # Sandboxes with network `restricted` or `open` get a veth on this bridge,

@@ -181,6 +181,58 @@ interface Node {
   # restarts; beyond it they fail with limitExceeded. Kill, info and usage
   # are never refused. 0 = back to the node's default (limits.tenantRequestCap
   # in the config; 0 there = no cap). Raise it to let a capped tenant on. Audited.
+
+  # The fleet (config `cluster`; without it these fail with `unavailable`).
+  place @8 (spec :SandboxSpec) -> (sandbox :Sandbox, id :Text, placement :Placement);
+  # Creates the sandbox on whichever node of the fleet has room, this one or
+  # another: the gossip view picks candidates, the chosen node admits it
+  # against its own capacity ledger (never beyond it) and creates it. The
+  # returned capability reaches that node through this one, so the first
+  # exec can be pipelined on it. `unavailable` when no node has room.
+  members @9 () -> (members :List(FleetMember));       # this node's membership view
+  capacity @10 () -> (nodes :List(FleetCapacity));     # its gossip view of free capacity
+  gossipKeys @11 (change :GossipKeyChange) -> (keyIds :List(Text), primary :Text);
+  # The keyring that seals gossip datagrams. Rotation, node by node: add the
+  # new key everywhere, use it everywhere, remove the old one everywhere;
+  # nodes on either key interoperate throughout. Kept in the state dir, so a
+  # restart keeps it. Audited (key ids only).
+}
+
+struct Placement {
+  node @0 :Text;          # the fleet member that holds the sandbox (16 hex digits)
+  address @1 :Text;       # its gossip/RPC address
+  attempts @2 :UInt32;    # reservations asked for (1 = the first candidate took it)
+  decisionNs @3 :UInt64;  # from the call to a granted reservation (the create follows)
+}
+
+struct FleetMember {
+  node @0 :Text;          # 16 hex digits
+  address @1 :Text;
+  state @2 :Text;         # alive, suspect, dead, left
+  generation @3 :UInt64;  # the member's boot (a restart starts a new one)
+  incarnation @4 :UInt32;
+  self @5 :Bool;
+}
+
+struct FleetCapacity {
+  node @0 :Text;
+  version @1 :UInt64;     # the owner's version of this record (within its generation)
+  freeCpuMillis @2 :UInt32;
+  freeMemoryBytes @3 :UInt64;
+  freeDiskBytes @4 :UInt64;
+  freeSlots @5 :UInt32;
+  warmTemplates @6 :List(Text);
+  healthy @7 :Bool;
+  draining @8 :Bool;
+}
+
+struct GossipKeyChange {
+  union {
+    list @0 :Void;
+    add @1 :Text;         # 64 hex digits
+    use @2 :Text;         # a key id (16 hex digits) in the ring: it seals from now on
+    remove @3 :Text;      # a key id; not the primary
+  }
 }
 
 struct UsageRecord {

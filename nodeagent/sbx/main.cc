@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include <capnp/compat/json.h>
 #include <kj/debug.h>
 #include <kj/encoding.h>
 #include <kj/vector.h>
@@ -35,7 +36,8 @@ const kj::StringPtr kValueFlags[] = {
     "--timeout",      "--network",        "--env",         "--meta",       "--cwd",
     "--exec-timeout", "--cpus-sustained", "--on-timeout",  "--cpu-cap",    "--on-cpu-cap",
     "--request-cap",  "--allow",          "--egress-mbps", "--egress-cap", "--mode",
-    "--after",        "--limit",          "--public-key"};
+    "--after",        "--limit",          "--public-key",  "--add",        "--use",
+    "--remove"};
 
 const char kUsage[] =
     "usage: sbx [--connect unix:PATH|tcp:HOST:PORT] COMMAND ...\n"
@@ -62,6 +64,11 @@ const char kUsage[] =
 
     "  tenant-request-cap TENANT N    (API requests of all its sandboxes; 0 = node default)\n"
     "  node [--json]                  (node id, public key, templates, ...)\n"
+    "  place --template T [create options] [--json] [-- CMD...]\n"
+    "         (a fleet member creates it on whichever node has room; prints ID NODE, or\n"
+    "          runs CMD in it at once, pipelined, and leaves it running)\n"
+    "  node members [--json]          node capacity [--json]   (this node's view of the fleet)\n"
+    "  node keys [--add HEX | --use ID | --remove ID]  (the gossip keyring; rotate node by node)\n"
     "  usage --ledger [--after SEQ] [--limit N] [--public-key HEX] [--json]\n"
     "         (signed usage records after SEQ, each checked against the node's key)\n";
 
@@ -497,7 +504,87 @@ int cmdTenantRequestCap(Session& s, const Args& args) {
   return 0;
 }
 
+int cmdNodeMembers(Session& s, const Args& args) {
+  auto response = s.node.membersRequest().send().wait(s.io.waitScope);
+  if (args.has("--json")) {
+    capnp::JsonCodec codec;
+    codec.setPrettyPrint(true);
+    printf("%s\n", codec.encode(response.getMembers()).cStr());
+  } else {
+    fputs(renderMembersTable(response.getMembers()).cStr(), stdout);
+  }
+  return 0;
+}
+
+int cmdNodeCapacity(Session& s, const Args& args) {
+  auto response = s.node.capacityRequest().send().wait(s.io.waitScope);
+  if (args.has("--json")) {
+    capnp::JsonCodec codec;
+    codec.setPrettyPrint(true);
+    printf("%s\n", codec.encode(response.getNodes()).cStr());
+  } else {
+    fputs(renderCapacityTable(response.getNodes()).cStr(), stdout);
+  }
+  return 0;
+}
+
+int cmdNodeKeys(Session& s, const Args& args) {
+  auto request = s.node.gossipKeysRequest();
+  auto change = request.initChange();
+  int given = 0;
+  KJ_IF_MAYBE (v, args.value("--add")) {
+    change.setAdd(*v);
+    ++given;
+  }
+  KJ_IF_MAYBE (v, args.value("--use")) {
+    change.setUse(*v);
+    ++given;
+  }
+  KJ_IF_MAYBE (v, args.value("--remove")) {
+    change.setRemove(*v);
+    ++given;
+  }
+  if (given > 1) usageError(kj::str("node keys takes one of --add, --use, --remove"));
+  if (given == 0) change.setList();
+  auto response = request.send().wait(s.io.waitScope);
+  for (auto id : response.getKeyIds()) {
+    printf("%s%s\n", id.cStr(), id == response.getPrimary() ? " primary" : "");
+  }
+  return 0;
+}
+
+int cmdPlace(Session& s, const Args& args) {
+  auto request = s.node.placeRequest();
+  fillSpec(args, request.initSpec());
+  auto placed = request.send();
+  if (args.command().size() > 0) {
+    // The exec is pipelined on the promised sandbox: it goes out with the
+    // placement, not after it.
+    api::Sandbox::Client sandbox = placed.getSandbox();
+    int code = execIn(s, sandbox, args);
+    auto response = placed.wait(s.io.waitScope);
+    fprintf(stderr, "%s %s\n", response.getId().cStr(), response.getPlacement().getNode().cStr());
+    return code;
+  }
+  auto response = placed.wait(s.io.waitScope);
+  if (args.has("--json")) {
+    capnp::JsonCodec codec;
+    printf("{\"id\": \"%s\", \"placement\": %s}\n", response.getId().cStr(),
+           codec.encode(response.getPlacement()).cStr());
+  } else {
+    printf("%s %s\n", response.getId().cStr(), response.getPlacement().getNode().cStr());
+  }
+  return 0;
+}
+
 int cmdNode(Session& s, const Args& args) {
+  if (args.positional().size() > 0) {
+    kj::StringPtr what = args.positional()[0];
+    if (what == "members") return cmdNodeMembers(s, args);
+    if (what == "capacity") return cmdNodeCapacity(s, args);
+    if (what == "keys") return cmdNodeKeys(s, args);
+    usageError(kj::str("node takes members, capacity or keys (or nothing)"));
+  }
   auto response = s.node.infoRequest().send().wait(s.io.waitScope);
   kj::String out =
       args.has("--json") ? renderNodeJson(response.getInfo()) : renderNodeText(response.getInfo());
@@ -616,6 +703,7 @@ int dispatch(int argc, char** argv) {
                          {"net", cmdNet},
                          {"events", cmdEvents},
                          {"node", cmdNode},
+                         {"place", cmdPlace},
                          {"tenant-request-cap", cmdTenantRequestCap}};
   for (auto& e : table) {
     if (e.name == name) {

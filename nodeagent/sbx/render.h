@@ -27,6 +27,10 @@ kj::String renderEventsJson(capnp::List<api::SandboxEvent>::Reader events);
 kj::String renderNodeText(api::NodeInfo::Reader info);
 kj::String renderNodeJson(api::NodeInfo::Reader info);
 
+// render_fleet.cc: the fleet as this node sees it.
+kj::String renderMembersTable(capnp::List<api::FleetMember>::Reader members);
+kj::String renderCapacityTable(capnp::List<api::FleetCapacity>::Reader nodes);
+
 // A ledger record as read and checked by sbx.
 struct CheckedRecord {
   api::UsageRecord::Reader record;
