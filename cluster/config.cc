@@ -35,6 +35,9 @@ Config Config::fastLan() {
   // work, so a slice every few seconds is enough.
   c.pushPullIntervalNs = 10'000'000'000;
   c.digestIntervalNs = 1'000'000'000;
+  // A healed partition comes back within a few seconds (one packet per node
+  // per interval, and only while some member is held dead).
+  c.reconnectIntervalNs = 2'000'000'000;
   return c;
 }
 

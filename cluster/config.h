@@ -35,6 +35,11 @@ struct Config {
   // A member declared dead still gets gossip for a while, so a node that was
   // wrongly declared dead hears it and refutes (memberlist GossipToTheDeadTime).
   int64_t gossipToTheDeadNs = 30'000'000'000;
+  // Every this often, one random member we hold dead (not left) is told so
+  // directly: if it is in fact alive (a partition healed, a long stall), it
+  // refutes and is back at once, instead of never hearing of its death once
+  // the gossip about it has died down (serf's reconnect, without the TCP join).
+  int64_t reconnectIntervalNs = 30'000'000'000;
   // Dead and left members are forgotten after this; until then their
   // generation/incarnation keeps stale gossip from resurrecting them.
   int64_t reapNs = 60'000'000'000;

@@ -31,6 +31,28 @@ void Membership::start() {
   timers_.add(now + int64_t(env_.random() % uint64_t(config_.pushPullIntervalNs)),
               [this]() { pushPullTick(); });
   timers_.add(now + 1'000'000'000, [this]() { reapTick(); });
+  // Phase from the id, not from env_.random(): adding this timer must not
+  // shift the random stream every other seeded decision draws from.
+  timers_.add(
+      now + int64_t((self_ * 0x9e3779b97f4a7c15ull) % uint64_t(config_.reconnectIntervalNs)),
+      [this]() { reconnectTick(); });
+}
+
+void Membership::reconnectTick() {
+  timers_.add(env_.nowNs() + config_.reconnectIntervalNs, [this]() { reconnectTick(); });
+  if (leaving_) return;
+  kj::Vector<const Member*> dead;
+  for (size_t i = 0; i < members_.size(); ++i) {
+    const Member& m = members_.at(i);
+    if (m.state == MemberState::kDead) dead.add(&m);
+  }
+  if (dead.empty()) return;
+  const Member& m = *dead[env_.random() % dead.size()];
+  // Its death, addressed to it: a live node refutes (to us directly).
+  Packet p;
+  p.alives.add(Alive{self_, generation_, incarnation_, kj::str(address_)});
+  p.deads.add(Dead{m.id, m.generation, m.incarnation, self_});
+  outbox_.send(m.id, kj::mv(p));
 }
 
 void Membership::bootstrap(kj::ArrayPtr<const Member> members) {

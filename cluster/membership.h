@@ -107,6 +107,7 @@ class Membership {
   void probeDeadline(uint32_t seqNo);
   void pushPullTick();
   void reapTick();
+  void reconnectTick();
 
   void onPing(NodeId sender, const Ping& m);
   void onPingReq(NodeId sender, const PingReq& m);

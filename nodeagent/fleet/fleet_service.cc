@@ -8,6 +8,9 @@
 
 #include <kj/debug.h>
 
+#include <set>
+#include <string>
+
 #include "nodeagent/api_error.h"
 #include "util/log.h"
 
@@ -15,8 +18,9 @@ namespace nodeagent::fleet {
 namespace {
 
 constexpr kj::Duration kRefreshInterval = 1 * kj::SECONDS;
-constexpr kj::Duration kJoinRetry = 2 * kj::SECONDS;
+constexpr kj::Duration kJoinRetry = 5 * kj::SECONDS;
 constexpr kj::Duration kReserveTimeout = 1 * kj::SECONDS;
+constexpr kj::Duration kDeliverTimeout = 2 * kj::SECONDS;
 constexpr kj::Duration kLeaveLinger = 1 * kj::SECONDS;
 constexpr uint64_t kDiskGranule = 64ull << 20;  // free disk is gossiped in these steps
 
@@ -257,28 +261,47 @@ kj::Promise<void> FleetService::refreshLoop() {
   return port_.timer().afterDelay(kRefreshInterval).then([this]() {
     admission_->expire(monotonicNs());
     admission_->setBase(baseState());
-    // Alone (every seed was down when we started, or a partition outlived
-    // the reaping): ask the seeds again.
-    static_assert(kJoinRetry >= kRefreshInterval);
+    // A seed we do not count as live (down when we started, or across a
+    // partition that outlived the reaping, after which neither side would
+    // ever probe the other again): ask it to (re)join us, now and then.
     int64_t now = monotonicNs();
-    if (seeds_.size() > 0 && node_->membership().members().liveCount() <= 1 &&
-        now - lastJoinNs_ >= kJoinRetry / kj::NANOSECONDS) {
+    if (seeds_.size() > 0 && now - lastJoinNs_ >= kJoinRetry / kj::NANOSECONDS) {
       lastJoinNs_ = now;
-      auto seeds = KJ_MAP(s, seeds_)->kj::StringPtr {
-        return s;
-      };
-      node_->join(seeds);
+      auto lost = unreachedSeeds();
+      if (lost.size() > 0) node_->join(lost);
     }
     return refreshLoop();
   });
 }
 
+kj::Array<kj::StringPtr> FleetService::unreachedSeeds() {
+  std::set<std::string> live;
+  auto& table = node_->membership().members();
+  for (size_t i = 0; i < table.size(); ++i) {
+    const auto& m = table.at(i);
+    if (m.live() && m.id != node_->id()) live.insert(transport_.addressOf(m.id).cStr());
+  }
+  kj::Vector<kj::StringPtr> out;
+  for (auto& seed : seeds_) {
+    if (live.count(seed.cStr()) == 0) out.add(seed);
+  }
+  return out.releaseAsArray();
+}
+
 void FleetService::deliverBulk(kj::StringPtr address, kj::Array<kj::byte> sealed) {
   auto request = links_.peer(address).deliverRequest();
   request.initPackets(1).set(0, sealed);
-  tasks_.add(request.send().ignoreResult().catch_([](kj::Exception&& e) {
-    log::debug("fleet.deliver_failed", {{"error", e.getDescription().cStr()}});
-  }));
+  auto delivered = request.send().ignoreResult().then([]() { return true; });
+  auto bounded = delivered.exclusiveJoin(
+      port_.timer().afterDelay(kDeliverTimeout).then([]() { return false; }));
+  tasks_.add(bounded.then(
+      [this, address = kj::str(address)](bool done) {
+        if (!done) links_.drop(address);
+      },
+      [this, address = kj::str(address)](kj::Exception&& e) {
+        log::debug("fleet.deliver_failed", {{"error", e.getDescription().cStr()}});
+        links_.drop(address);
+      }));
 }
 
 void FleetService::memberChanged(const cluster::Member& m, cluster::MemberState previous,

@@ -77,6 +77,7 @@ class FleetService final : public CapacityGate,
 
   cluster::NodeState baseState();
   kj::Promise<void> refreshLoop();
+  kj::Array<kj::StringPtr> unreachedSeeds();
   void deliverBulk(kj::StringPtr address, kj::Array<kj::byte> sealed);
 
   ServerContext& server_;

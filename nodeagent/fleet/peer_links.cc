@@ -8,6 +8,8 @@
 namespace nodeagent::fleet {
 namespace {
 
+constexpr kj::Duration kConnectTimeout = 2 * kj::SECONDS;
+
 ListenAddress tcpListenAddress(kj::StringPtr hostPort) {
   return parseListenAddress(kj::str("tcp:", hostPort));
 }
@@ -75,6 +77,11 @@ void PeerLinks::dropLater(const std::string& address, Link* link) {
   }));
 }
 
+void PeerLinks::drop(kj::StringPtr address) {
+  auto it = links_.find(address.cStr());
+  if (it != links_.end()) dropLater(it->first, it->second.get());
+}
+
 Peer::Client PeerLinks::peer(kj::StringPtr address) {
   std::string key = address.cStr();
   auto it = links_.find(key);
@@ -89,6 +96,10 @@ Peer::Client PeerLinks::peer(kj::StringPtr address) {
                })) {
     connecting = kj::mv(*e);
   }
+  connecting = connecting.exclusiveJoin(
+      port_.timer().afterDelay(kConnectTimeout).then([]() -> kj::Own<RpcConnection> {
+        KJ_FAIL_REQUIRE("connecting to a fleet peer timed out");
+      }));
   auto client = connecting.then(
       [this, raw, key](kj::Own<RpcConnection> connection) -> Peer::Client {
         auto peer = connection->bootstrap().castAs<Peer>();

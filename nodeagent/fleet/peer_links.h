@@ -52,6 +52,9 @@ class PeerLinks {
   // up wait for it; if it cannot be made they fail, and the next peer()
   // tries again.
   Peer::Client peer(kj::StringPtr address);
+  // Forgets the connection to `address` (it stopped answering: a partition
+  // leaves TCP retransmitting for minutes); the next peer() reconnects.
+  void drop(kj::StringPtr address);
   size_t connections() const { return links_.size(); }
 
  private:

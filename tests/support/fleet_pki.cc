@@ -38,7 +38,10 @@ FleetPki::FleetPki(const std::vector<std::string>& nodeAddresses)
                 "-out",
                 caCert()});
     for (int i = 0; i < nodes_; ++i) {
-      issue("node" + std::to_string(i), "node" + std::to_string(i),
+      // KJ's TLS client matches the expected host (the peer's IP) against
+      // DNS names and, without any, the CN: the CN carries the address; the
+      // IP subjectAltName is for every other client.
+      issue("node" + std::to_string(i), nodeAddresses[size_t(i)],
             "subjectAltName=IP:" + nodeAddresses[size_t(i)]);
     }
     issue("gw-fleet", "gw-fleet", "extendedKeyUsage=clientAuth");

@@ -2,7 +2,7 @@
 // temporary directory (removed by the destructor):
 //
 //   ca.crt / ca.key            a self-signed CA (CN naflt-ca, P-256)
-//   node<i>.crt / node<i>.key  CN node<i>, subjectAltName=IP:<address of node i>,
+//   node<i>.crt / node<i>.key  CN and subjectAltName=IP: the address of node i,
 //                              no extendedKeyUsage: good as TLS server and client
 //   gw-fleet.crt / .key        a gateway client certificate (CN gw-fleet,
 //                              extendedKeyUsage=clientAuth)
