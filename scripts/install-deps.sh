@@ -10,7 +10,7 @@ packages=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 nodejs ca-certificates iproute2 procps util-linux
   bubblewrap runc busybox-static hyperfine
-  libnl-3-dev libnl-route-3-dev libnftables-dev nftables iperf3 dnsmasq-base
+  libnl-3-dev libnl-route-3-dev libnftables-dev nftables iperf3 dnsmasq-base openssl
 )
 
 missing=()

@@ -31,6 +31,8 @@ kj::Maybe<sockaddr_storage> parseHostPort(kj::StringPtr text, socklen_t* len) {
   } else {
     KJ_IF_MAYBE (colon, text.findLast(':')) {
       host = kj::heapString(text.slice(0, *colon));
+      // An IPv6 address needs its brackets, or its last group reads as the port.
+      if (host.findFirst(':') != nullptr) return nullptr;
       portText = text.slice(*colon + 1);
     } else {
       return nullptr;
