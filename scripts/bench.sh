@@ -8,3 +8,4 @@ build=${1:-build}
 "$build/bin/bench-sched-switch"
 "$build/bin/bench-egress-overhead"
 "$build/bin/bench-dns-latency"
+"$build/bin/bench-fleet-place" --iterations "${BENCH_ITERATIONS:-100}"
