@@ -161,7 +161,7 @@ TEST(FleetHarness, AgentsRunInTheirNamespacesServeSandboxesAndLeaveNothingBehind
   std::vector<pid_t> pids;
   {
     FleetOptions options;
-    options.clusterConfig = false;  // agents that do not know the cluster block yet
+    options.clusterConfig = false;  // plain agents: the harness alone
     Fleet fleet(5, options);
     leftovers.push_back(fleet.pki().dir());
     leftovers.push_back(fleet.network().hubNetnsPath());
@@ -205,6 +205,17 @@ TEST(FleetHarness, AgentsRunInTheirNamespacesServeSandboxesAndLeaveNothingBehind
     }
     for (int i = 0; i < fleet.size(); ++i) {
       EXPECT_EQ(runs[size_t(i)].get(), "7\n") << "agent " << i << "\n" << fleet.agent(i).log();
+    }
+    // Without the cluster block an agent is no fleet member: the fleet calls
+    // fail with a typed error instead of pretending.
+    for (auto args :
+         std::vector<std::vector<std::string>>{{"place", "--template", "python", "--tenant", "t"},
+                                               {"node", "members"},
+                                               {"node", "capacity"},
+                                               {"node", "keys"}}) {
+      auto r = fleet.agent(0).sbx(args);
+      EXPECT_EQ(r.exitCode, 125) << args[0];
+      EXPECT_NE(r.err.find("unavailable"), std::string::npos) << r.err;
     }
 
     // kill -9 and restart: a new process, in the same namespace, ready again.
