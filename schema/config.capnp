@@ -47,6 +47,27 @@ struct Config {
     capacity @5 :Capacity;        # what this node offers; placement admits against it
     profile @6 :Text = "fast-lan";  # timing profile: fast-lan, or memberlist (its LAN defaults)
     leaseMillis @7 :UInt32 = 5000;  # a placement's reservation lapses unless the create follows
+    tuning @8 :Tuning;            # overrides of the profile, field by field
+
+    struct Tuning {
+      # Zero: the profile's value (cluster/config.cc says why each is what it is).
+      probeIntervalMillis @0 :UInt32;
+      probeTimeoutMillis @1 :UInt32;
+      indirectChecks @2 :UInt32;
+      suspicionMult @3 :Float64;
+      suspicionMaxTimeoutMult @4 :Float64;
+      suspicionConfirmations @5 :UInt32;
+      awarenessMaxMultiplier @6 :UInt32;
+      gossipIntervalMillis @7 :UInt32;
+      gossipNodes @8 :UInt32;
+      retransmitMult @9 :UInt32;
+      pushPullIntervalMillis @10 :UInt32;
+      digestIntervalMillis @11 :UInt32;
+      gossipToTheDeadMillis @12 :UInt32;
+      reconnectIntervalMillis @13 :UInt32;
+      reapMillis @14 :UInt32;
+      packetBudgetBytes @15 :UInt32;
+    }
 
     struct Capacity {
       # Zero: the host's. A sandbox needs its sustained CPU share, its memory

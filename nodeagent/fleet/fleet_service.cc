@@ -12,6 +12,7 @@
 #include <string>
 
 #include "nodeagent/api_error.h"
+#include "nodeagent/fleet/gossip_config.h"
 #include "util/log.h"
 
 namespace nodeagent::fleet {
@@ -45,12 +46,6 @@ uint64_t newGeneration() {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return uint64_t(ts.tv_sec) * 1'000'000'000 + uint64_t(ts.tv_nsec);
-}
-
-cluster::Config gossipProfile(kj::StringPtr name) {
-  if (name == "fast-lan") return cluster::Config::fastLan();
-  if (name == "memberlist") return cluster::Config::memberlist();
-  KJ_FAIL_REQUIRE("cluster.profile must be fast-lan or memberlist", name);
 }
 
 kj::StringPtr stateName(cluster::MemberState s) {
@@ -161,7 +156,7 @@ FleetService::FleetService(ServerContext& server, config::Config::Reader config,
                              ? config.getCluster().getAdvertise()
                              : config.getCluster().getBind())),
       leaseNs_(int64_t(config.getCluster().getLeaseMillis()) * 1'000'000),
-      gossipConfig_(gossipProfile(config.getCluster().getProfile())),
+      gossipConfig_(gossipConfig(config.getCluster())),
       keys_(kj::heap<GossipKeys>(config.getCluster().getKeyFile().size() > 0
                                      ? kj::str(config.getCluster().getKeyFile())
                                      : kj::str(config.getStateDir(), "/gossip.keys"))),

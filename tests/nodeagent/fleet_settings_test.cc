@@ -1,6 +1,6 @@
-// The agent's gossip keyring file (nodeagent/fleet/gossip_keys.h) and the
-// address parsing of the fleet transport: a real file in a temporary
-// directory, real sealing.
+// A fleet member's settings: the gossip keyring file (gossip_keys.h), the
+// peer address parsing (udp_transport.h) and the gossip tunables from the
+// config (gossip_config.h). Real files in a temporary directory, real sealing.
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -14,6 +14,8 @@
 #include <kj/debug.h>
 
 #include "nodeagent/api_error.h"
+#include "nodeagent/config.h"
+#include "nodeagent/fleet/gossip_config.h"
 #include "nodeagent/fleet/gossip_keys.h"
 #include "nodeagent/fleet/udp_transport.h"
 
@@ -162,10 +164,46 @@ TEST(FleetAddress, ParsesIpv4AndBracketedIpv6AndRefusesTheRest) {
   auto v6 = parseHostPort("[fd00::1]:7946", &len);
   ASSERT_TRUE(v6 != nullptr);
   EXPECT_EQ(len, sizeof(sockaddr_in6));
-  for (const char* bad : {"", "10.0.0.1", "10.0.0.1:", "10.0.0.1:0", "10.0.0.1:65536",
-                          "10.0.0.1:79x", "host.example:7946", "fd00::1:7946", "[fd00::1]7946",
-                          "[fd00::1:7946", "10.0.0.1:123456"}) {
+  for (const char* bad :
+       {"", "10.0.0.1", "10.0.0.1:", "10.0.0.1:0", "10.0.0.1:65536", "10.0.0.1:79x",
+        "host.example:7946", "fd00::1:7946", "[fd00::1]7946", "[fd00::1:7946", "10.0.0.1:123456"}) {
     EXPECT_TRUE(parseHostPort(bad, &len) == nullptr) << bad;
+  }
+}
+
+cluster::Config configFrom(const std::string& json, TempDir& dir) {
+  std::string path = dir.file("config.json");
+  writeFile(path, json);
+  auto loaded = loadConfig(kj::StringPtr(path.c_str()));
+  return gossipConfig(loaded.get().getCluster());
+}
+
+TEST(GossipConfig, ProfilesAndFieldByFieldTuning) {
+  TempDir dir;
+  auto fast = configFrom("{}", dir);
+  EXPECT_EQ(fast.probeIntervalNs, cluster::Config::fastLan().probeIntervalNs);
+  auto ml = configFrom(R"({"cluster": {"profile": "memberlist"}})", dir);
+  EXPECT_EQ(ml.probeIntervalNs, cluster::Config::memberlist().probeIntervalNs);
+  EXPECT_EQ(ml.suspicionMult, cluster::Config::memberlist().suspicionMult);
+  auto tuned = configFrom(
+      R"({"cluster": {"tuning": {"probeIntervalMillis": 800, "gossipNodes": 5,
+          "suspicionMult": 2.5, "reapMillis": 120000}}})",
+      dir);
+  EXPECT_EQ(tuned.probeIntervalNs, 800'000'000);
+  EXPECT_EQ(tuned.gossipNodes, 5u);
+  EXPECT_EQ(tuned.suspicionMult, 2.5);
+  EXPECT_EQ(tuned.reapNs, 120'000'000'000);
+  // Untouched fields keep the profile's.
+  EXPECT_EQ(tuned.probeTimeoutNs, cluster::Config::fastLan().probeTimeoutNs);
+  EXPECT_EQ(tuned.gossipIntervalNs, cluster::Config::fastLan().gossipIntervalNs);
+}
+
+TEST(GossipConfig, ValuesTheProtocolCannotRunWithAreRefused) {
+  TempDir dir;
+  for (const char* bad : {R"({"cluster": {"profile": "wan"}})",
+                          R"({"cluster": {"tuning": {"probeTimeoutMillis": 900}}})",
+                          R"({"cluster": {"tuning": {"packetBudgetBytes": 100}}})"}) {
+    EXPECT_TRUE(kj::runCatchingExceptions([&]() { configFrom(bad, dir); }) != nullptr) << bad;
   }
 }
 
