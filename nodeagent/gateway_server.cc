@@ -551,6 +551,10 @@ class NodeImpl final : public api::Node::Server {
     info.setDraining(ctx_.supervisor.draining());
     info.setPublicKey(ctx_.supervisor.ledger().publicKey());
     info.setNodeId(ctx_.supervisor.nodeId());
+    KJ_IF_MAYBE (fleet, ctx_.fleet) {
+      info.setFleetNode(fleet::FleetService::idText(fleet->id()));
+      info.setFleetAddress(fleet->address());
+    }
     auto pools = ctx_.supervisor.warmPools();
     auto warm = info.initWarmPools(pools.size());
     for (size_t i = 0; i < pools.size(); ++i) {

@@ -147,6 +147,8 @@ struct NodeInfo {
   warmPools @7 :List(WarmPool);   # one per template with a warm pool
   publicKey @8 :Data;         # the node's Ed25519 key (32 bytes): it signs usage records
   nodeId @9 :Text;            # fixed when the node's store was created; in every record
+  fleetNode @10 :Text;        # its id in the fleet (16 hex digits); empty: not a fleet member
+  fleetAddress @11 :Text;     # where the fleet reaches it (cluster.advertise)
 }
 
 struct WarmPool {

@@ -29,7 +29,12 @@ kj::String renderNodeText(api::NodeInfo::Reader info) {
       " (ed25519)\n", "sandboxes:  ", info.getSandboxes(), "\n",
       "templates:  ", kj::strArray(info.getTemplates(), ", "), "\n",
       "cgroups:    ", info.getCgroupMode(), "\n", "draining:   ", info.getDraining() ? "yes" : "no",
-      "\n", "warm pools: ", pools.size() == 0 ? kj::str("-") : kj::strArray(pools, "; "), "\n");
+      "\n", "warm pools: ", pools.size() == 0 ? kj::str("-") : kj::strArray(pools, "; "), "\n",
+      "fleet:      ",
+      info.getFleetNode().size() == 0
+          ? kj::str("not a member")
+          : kj::str(info.getFleetNode(), " at ", info.getFleetAddress()),
+      "\n");
 }
 
 kj::String renderNodeJson(api::NodeInfo::Reader info) {

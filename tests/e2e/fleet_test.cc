@@ -118,6 +118,13 @@ class FleetTest : public ::testing::Test {
     options.capacity.slots = kSlotsPerNode;
     fleet_ = new Fleet(kNodes, options);
     for (int i = 0; i < kNodes; ++i) ids_.push_back(selfId(fleet_->agent(i)));
+    // `sbx node` names the same fleet id and address.
+    for (int i = 0; i < kNodes; ++i) {
+      auto info = fleet_->agent(i).sbx({"node"});
+      std::string want =
+          "fleet:      " + ids_[size_t(i)] + " at " + fleet_->network().address(i) + ":7946\n";
+      if (info.out.find(want) == std::string::npos) ids_[size_t(i)] = "mismatch: " + info.out;
+    }
   }
   static void TearDownTestSuite() {
     delete fleet_;
