@@ -214,6 +214,17 @@ TEST_F(FleetTest, EveryNodeSeesEveryMemberAndItsCapacity) {
 TEST_F(FleetTest, PlacementFromEveryNodeAtOnceNeverOvercommits) {
   ASSERT_TRUE(Fleet::waitUntil([] { return converged(all()); }, 20'000));
 
+  // A bad spec is refused before any node is asked, with the create's errors.
+  auto bad = fleet_->agent(0).sbx({"place", "--template", "nope", "--tenant", "fleet"});
+  EXPECT_EQ(bad.exitCode, 125);
+  EXPECT_NE(bad.err.find("unknownTemplate"), std::string::npos) << bad.err;
+  bad = fleet_->agent(0).sbx(
+      {"place", "--template", "python", "--tenant", "fleet", "--memory", "1M"});
+  EXPECT_NE(bad.err.find("invalidArgument"), std::string::npos) << bad.err;
+  bad = fleet_->agent(0).sbx({"place", "--template", "python", "--tenant", "_pool"});
+  EXPECT_NE(bad.err.find("invalidArgument"), std::string::npos) << bad.err;
+  for (auto& [node, slots] : freeSlots(fleet_->agent(0))) EXPECT_EQ(slots, kSlotsPerNode);
+
   // The first exec rides with the placement (pipelined on the promised
   // sandbox), through node 3 to wherever it landed.
   auto piped = fleet_->agent(3).sbx(
