@@ -63,6 +63,12 @@ class Supervisor {
   // From now on every tenant sandbox passes `gate` (which must outlive the
   // supervisor's sandboxes); the live ones are admitted now, as they are.
   void setCapacityGate(CapacityGate& gate);
+  // The gate is going away (agent exit): nothing is admitted or released
+  // through it from now on.
+  void clearCapacityGate() {
+    gate_ = nullptr;
+    capacityTickets_.clear();
+  }
   // A live sandbox, or one that ended less than kEndedRetention ago (its
   // info and usage stay readable); null otherwise.
   kj::Maybe<kj::Own<SandboxRuntime>> find(kj::StringPtr id);

@@ -207,7 +207,9 @@ FleetService::FleetService(ServerContext& server, config::Config::Reader config,
                              {"capacity", resourcesText(admission_->capacity()).cStr()}});
 }
 
-FleetService::~FleetService() noexcept(false) {}
+FleetService::~FleetService() noexcept(false) {
+  supervisor_.clearCapacityGate();
+}
 
 kj::String FleetService::idText(cluster::NodeId id) {
   char hex[17];
