@@ -84,13 +84,15 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  auto pythonSpec = [](api::SandboxSpec::Builder spec) {
+    spec.setTemplate("python");
+    spec.setTenant("bench");
+  };
   std::vector<double> decision, placeTotal, create;
   size_t remote = 0;
   auto placeOnce = [&](int from, bool record) {
     auto request = clients[size_t(from)].placeRequest();
-    auto spec = request.initSpec();
-    spec.setTemplate("python");
-    spec.setTenant("bench");
+    pythonSpec(request.initSpec());
     double start = nowUs();
     auto response = request.send().wait(io.waitScope);
     double end = nowUs();
@@ -103,9 +105,7 @@ int main(int argc, char** argv) {
   };
   auto createOnce = [&](int on, bool record) {
     auto request = clients[size_t(on)].createRequest();
-    auto spec = request.initSpec();
-    spec.setTemplate("python");
-    spec.setTenant("bench");
+    pythonSpec(request.initSpec());
     double start = nowUs();
     auto response = request.send().wait(io.waitScope);
     double end = nowUs();

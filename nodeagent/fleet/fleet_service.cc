@@ -106,19 +106,13 @@ class FleetService::PeerServer final : public Peer::Server {
     cluster::Resources request{p.getCpuMillis(), p.getMemoryBytes(), p.getSlots()};
     int64_t lease = int64_t(p.getLeaseMillis()) * 1'000'000;
     if (lease <= 0 || lease > fleet_.leaseNs_) lease = fleet_.leaseNs_;
+    auto decided = fleet_.reserveHere(request, lease);
     auto reply = context.getResults().initReply();
-    bool admitting = !fleet_.supervisor_.draining();
-    kj::Maybe<cluster::ReservationId> id;
-    if (admitting) id = fleet_.admission_->reserve(request, lease, monotonicNs());
-    KJ_IF_MAYBE (granted, id) {
-      reply.setGranted(true);
-      reply.setReservation(*granted);
-    }
-    auto free = fleet_.admission_->free();
-    if (!admitting) free = cluster::Resources{};
-    reply.setFreeCpuMillis(free.cpuMillis);
-    reply.setFreeMemoryBytes(free.memoryBytes);
-    reply.setFreeSlots(free.slots);
+    reply.setGranted(decided.granted);
+    reply.setReservation(decided.id);
+    reply.setFreeCpuMillis(decided.free.cpuMillis);
+    reply.setFreeMemoryBytes(decided.free.memoryBytes);
+    reply.setFreeSlots(decided.free.slots);
     return kj::READY_NOW;
   }
 
@@ -343,14 +337,7 @@ void FleetService::reserve(cluster::NodeId target, const cluster::Resources& req
   if (target == node_->id()) {
     // Our own ledger: decided now, answered in a later turn as a remote
     // answer would be (the placer does not expect re-entry).
-    Reply reply;
-    if (!supervisor_.draining()) {
-      KJ_IF_MAYBE (id, admission_->reserve(request, leaseNs, monotonicNs())) {
-        reply.granted = true;
-        reply.id = *id;
-      }
-      reply.free = admission_->free();
-    }
+    auto reply = reserveHere(request, leaseNs);
     tasks_.add(kj::evalLater([done = kj::mv(done), reply]() mutable { done(reply); }));
     return;
   }
@@ -383,6 +370,19 @@ void FleetService::reserve(cluster::NodeId target, const cluster::Resources& req
   auto bounded = answered.exclusiveJoin(
       port_.timer().afterDelay(kReserveTimeout).then([]() { return Reply(); }));
   tasks_.add(bounded.then([done = kj::mv(done)](Reply reply) mutable { done(reply); }));
+}
+
+cluster::ReservationChannel::Reply FleetService::reserveHere(const cluster::Resources& request,
+                                                             int64_t leaseNs) {
+  // A draining node grants nothing and reports nothing free.
+  Reply reply;
+  if (supervisor_.draining()) return reply;
+  KJ_IF_MAYBE (id, admission_->reserve(request, leaseNs, monotonicNs())) {
+    reply.granted = true;
+    reply.id = *id;
+  }
+  reply.free = admission_->free();
+  return reply;
 }
 
 void FleetService::commit(cluster::NodeId target, cluster::ReservationId id) {

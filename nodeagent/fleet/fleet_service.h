@@ -75,6 +75,8 @@ class FleetService final : public CapacityGate,
   // Node::Listener
   void memberChanged(const cluster::Member& m, cluster::MemberState previous, bool isNew) override;
 
+  // Our own ledger's answer to a reservation (for us or a peer).
+  Reply reserveHere(const cluster::Resources& request, int64_t leaseNs);
   cluster::NodeState baseState();
   kj::Promise<void> refreshLoop();
   kj::Array<kj::StringPtr> unreachedSeeds();
