@@ -158,12 +158,17 @@ int main(int argc, char** argv) {
   KJ_ASSERT(cpu_accounting::load(meter) == 0, "loading the CPU accounting program");
   sched_switch_floor* floor = sched_switch_floor::open_and_load();
   KJ_ASSERT(floor != nullptr, "loading the no-op program");
+  // Tracked as CpuMeter::track() tracks it: in slot 0, since boot.
   uint32_t zero = 0;
-  uint64_t generation = 1, cgroupId = nodeagent::ebpf::cgroupIdOf(cgroup), since = 0;
+  uint64_t generation = 1, cgroupId = nodeagent::ebpf::cgroupIdOf(cgroup);
+  struct {
+    uint64_t since;
+    uint32_t slot, unused;
+  } tracking{0, zero, 0};
   std::vector<uint64_t> perCpu(size_t(libbpf_num_possible_cpus()), 0);
   KJ_SYSCALL(bpf_map_update_elem(bpf_map__fd(meter->maps.active), &zero, &generation, 0));
-  KJ_SYSCALL(bpf_map_update_elem(bpf_map__fd(meter->maps.cpu_ns), &cgroupId, perCpu.data(), 0));
-  KJ_SYSCALL(bpf_map_update_elem(bpf_map__fd(meter->maps.tracked_since), &cgroupId, &since, 0));
+  KJ_SYSCALL(bpf_map_update_elem(bpf_map__fd(meter->maps.slot_ns), &zero, perCpu.data(), 0));
+  KJ_SYSCALL(bpf_map_update_elem(bpf_map__fd(meter->maps.tracked), &cgroupId, &tracking, 0));
 
   // Rates (round trips/s) without any program, with the no-op, with the meter.
   enum { kNone, kFloor, kMeter, kConditions };
@@ -198,7 +203,7 @@ int main(int argc, char** argv) {
   joinCgroup(home);  // so the cgroup can go
   rmdir(cgroup.c_str());
   // The meter did charge the ping-pong: the figure is the cost of metering.
-  KJ_SYSCALL(bpf_map_lookup_elem(bpf_map__fd(meter->maps.cpu_ns), &cgroupId, perCpu.data()));
+  KJ_SYSCALL(bpf_map_lookup_elem(bpf_map__fd(meter->maps.slot_ns), &zero, perCpu.data()));
   uint64_t chargedNs = 0;
   for (uint64_t ns : perCpu) chargedNs += ns;
   KJ_ASSERT(chargedNs > 0, "the meter charged nothing");

@@ -13,7 +13,9 @@
 // A task that runs alone is not switched out for as long as it runs, so the
 // agent adds, when it reads, how far each task's clock has gone since it was
 // last seen leaving (from /proc, see cpu_meter.cc). Nothing is done for the
-// task coming in: a switch costs one cgroup lookup unless a tracked task leaves.
+// task coming in. A switch costs one task-storage lookup: each task remembers
+// whether its cgroup is tracked, and where its time goes, until it moves or
+// the agent changes the tracked set.
 #include "vmlinux.h"
 
 #include <bpf/bpf_helpers.h>
@@ -33,53 +35,95 @@ struct {
   __type(value, __u64);
 } active SEC(".maps");
 
-// What a task's clock read when it last left a CPU, for tasks of tracked
-// cgroups: kept on the task itself (task storage, freed with the task).
-struct seen {
+#define MAX_TRACKED 16384
+#define NO_SLOT 0xffffffffu
+
+// A tracked cgroup: when the agent began tracking it (bpf_ktime_get_ns
+// clock) and the slot of `slot_ns` its time goes to.
+struct tracking {
+  __u64 since;
+  __u32 slot;
+  __u32 unused;
+};
+
+// cgroup id -> its tracking. Only ids the agent inserted are charged: the map
+// holds sandboxes, not every cgroup on the host.
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, MAX_TRACKED);
+  __type(key, __u64);
+  __type(value, struct tracking);
+} tracked SEC(".maps");
+
+// slot -> on-CPU nanoseconds, per CPU.
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, MAX_TRACKED);
+  __type(key, __u32);
+  __type(value, __u64);
+} slot_ns SEC(".maps");
+
+// Bumped by the agent whenever `tracked` changes: what a task remembers of
+// its cgroup's tracking holds only while the epoch it was learnt in lasts.
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, __u64);
+} epoch SEC(".maps");
+
+// What a task remembers, on the task itself (task storage, freed with it):
+// the cgroup it last left a CPU in and, as of `epoch`, that cgroup's slot
+// (NO_SLOT: not tracked); and, while it is charged, what its clock read when
+// it last left a CPU. So a switch costs one task-storage lookup, not a
+// lookup of the cgroup in `tracked`.
+struct task_meter {
   __u64 runtime;
+  __u64 cgroup;
+  __u64 epoch;
+  __u32 slot;
+  __u32 unused;
 };
 
 struct {
   __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
   __uint(map_flags, BPF_F_NO_PREALLOC);
   __type(key, int);
-  __type(value, struct seen);
-} last_seen SEC(".maps");
+  __type(value, struct task_meter);
+} task_meters SEC(".maps");
 
-// cgroup id -> on-CPU nanoseconds, per CPU. Only ids the agent inserted are
-// charged: the map holds sandboxes, not every cgroup on the host.
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-  __uint(max_entries, 16384);
-  __type(key, __u64);
-  __type(value, __u64);
-} cpu_ns SEC(".maps");
-
-// cgroup id -> when the agent began tracking it (bpf_ktime_get_ns clock).
-struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, 16384);
-  __type(key, __u64);
-  __type(value, __u64);
-} tracked_since SEC(".maps");
-
-// Charges the leaving task of a tracked cgroup the part of its clock not
-// charged yet, and remembers where its clock stands.
-static __always_inline void charge(struct task_struct *task, __u64 cgroup, __u64 *total) {
-  __u64 runtime = task->se.sum_exec_runtime;
-  struct seen *last = bpf_task_storage_get(&last_seen, task, 0, 0);
-  if (last) {
-    if (runtime >= last->runtime) *total += runtime - last->runtime;
-    last->runtime = runtime;
-    return;
+// The slow path: the task is new to the program, moved to another cgroup or
+// the tracked set changed since it last left a CPU. Looks its cgroup up,
+// charges what is due and remembers the answer.
+static __always_inline int resolve(struct task_struct *task, struct task_meter *meter,
+                                   __u64 cgroup, __u64 runtime, __u64 current_epoch) {
+  if (!meter) {
+    meter = bpf_task_storage_get(&task_meters, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!meter) return 0;
+    meter->slot = NO_SLOT;
   }
-  // Its first departure since tracking began. Born under tracking: all of
-  // its clock is this cgroup's. Older: counted from now on (its clock so far
-  // belongs to wherever it ran before).
-  __u64 *since = bpf_map_lookup_elem(&tracked_since, &cgroup);
-  if (since && task->start_time >= *since) *total += runtime;
-  last = bpf_task_storage_get(&last_seen, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-  if (last) last->runtime = runtime;
+  __u32 slot = NO_SLOT;
+  struct tracking *tracking = bpf_map_lookup_elem(&tracked, &cgroup);
+  if (tracking) {
+    slot = tracking->slot;
+    __u64 *total = bpf_map_lookup_elem(&slot_ns, &slot);
+    if (!total) {
+      slot = NO_SLOT;
+    } else if (meter->slot != NO_SLOT) {
+      // Charged before: its clock since it last left a CPU, to the cgroup it
+      // is in now (as the kernel's own accounting does).
+      if (runtime >= meter->runtime) *total += runtime - meter->runtime;
+    } else if (task->start_time >= tracking->since) {
+      // Born under tracking: all of its clock is this cgroup's. Older:
+      // counted from now on (its clock so far belongs to wherever it ran).
+      *total += runtime;
+    }
+    meter->runtime = runtime;
+  }
+  meter->slot = slot;
+  meter->cgroup = cgroup;
+  meter->epoch = current_epoch;
+  return 0;
 }
 
 SEC("raw_tp/sched_switch")
@@ -87,13 +131,23 @@ int on_sched_switch(void *ctx) {
   __u32 zero = 0;
   __u64 *active_generation = bpf_map_lookup_elem(&active, &zero);
   if (!active_generation || *active_generation != generation) return 0;
+  __u64 *current_epoch = bpf_map_lookup_elem(&epoch, &zero);
+  if (!current_epoch) return 0;
   // The task leaving is still `current` here: its fields are read directly
   // (a BTF pointer), which costs far less per switch than probe reads.
   __u32 pid = (__u32)bpf_get_current_pid_tgid();
   if (pid == 0) return 0;  // the idle task
-  // Charged to the cgroup the task is in now, as the kernel's own accounting does.
-  __u64 leaving = bpf_get_current_cgroup_id();
-  __u64 *total = bpf_map_lookup_elem(&cpu_ns, &leaving);
-  if (total) charge(bpf_get_current_task_btf(), leaving, total);
+  struct task_struct *task = bpf_get_current_task_btf();
+  __u64 cgroup = bpf_get_current_cgroup_id();
+  __u64 runtime = task->se.sum_exec_runtime;
+  struct task_meter *meter = bpf_task_storage_get(&task_meters, task, 0, 0);
+  if (!meter || meter->cgroup != cgroup || meter->epoch != *current_epoch)
+    return resolve(task, meter, cgroup, runtime, *current_epoch);
+  if (meter->slot == NO_SLOT) return 0;
+  __u32 slot = meter->slot;
+  __u64 *total = bpf_map_lookup_elem(&slot_ns, &slot);
+  if (!total) return 0;
+  if (runtime >= meter->runtime) *total += runtime - meter->runtime;
+  meter->runtime = runtime;
   return 0;
 }

@@ -29,7 +29,8 @@ class CpuMeter {
   ~CpuMeter();
   KJ_DISALLOW_COPY(CpuMeter);
 
-  // Starts charging `cgroupId` (from zero); idempotent.
+  // Starts charging `cgroupId` (from zero); idempotent. Throws when 16384
+  // cgroups are tracked already.
   void track(uint64_t cgroupId);
   // Stops charging it and forgets its total.
   void untrack(uint64_t cgroupId);
@@ -46,6 +47,17 @@ class CpuMeter {
  private:
   cpu_accounting* skeleton_;
   int cpus_;
+  // Which slots of the program's per-CPU counters tracked cgroups hold
+  // (rebuilt from the pinned map at start), and where the search for a free
+  // one starts.
+  kj::Array<bool> slotTaken_;
+  uint32_t nextSlot_ = 0;
+
+  void loadSlots();
+  uint32_t takeSlot();
+  // Tells the program that the tracked set changed (what tasks remember of
+  // it is stale).
+  void changedTracking();
 };
 
 // Mounts bpffs on /sys/fs/bpf unless it is there already.

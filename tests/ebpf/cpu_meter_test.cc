@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -169,6 +170,61 @@ TEST(CpuMeter, ASleepingCgroupAccruesNothingAndUntrackedOnesAreNotCharged) {
   EXPECT_THROW(meter->read(cgroupIdOf(untracked.path()), untracked.path()), kj::Exception);
   meter->untrack(id);
   EXPECT_THROW(meter->read(id, idle.path()), kj::Exception);
+}
+
+TEST(CpuMeter, ACgroupTrackedWhileItsTasksRunIsChargedFromThenOn) {
+  NODEAGENT_REQUIRE_ROOT();
+  PinnedMeter pinned;
+  auto meter = pinned.start();
+  TestCgroup late("late");
+  uint64_t id = cgroupIdOf(late.path());
+  // Its tasks leave CPUs untracked first: the program remembers them as
+  // such, and must learn otherwise once the cgroup is tracked.
+  pid_t worker = late.run([] {
+    for (int i = 0; i < 5000; ++i) {
+      spinFor(std::chrono::microseconds(200));
+      usleep(100);
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  uint64_t before = late.usageNs();
+  meter->track(id);
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  uint64_t measured = meter->read(id, late.path());
+  uint64_t used = late.usageNs() - before;
+  ASSERT_GT(used, 200'000'000u) << "the workload did not run";
+  EXPECT_NEAR(double(measured), double(used), 0.05 * double(used) + 10e6);
+  kill(worker, SIGKILL);
+  waitExit(worker);
+  meter->untrack(id);
+}
+
+TEST(CpuMeter, AReusedSlotStartsFromZeroAndAFullMeterRefusesClearly) {
+  NODEAGENT_REQUIRE_ROOT();
+  PinnedMeter pinned;
+  auto meter = pinned.start();
+  TestCgroup first("first");
+  uint64_t id = cgroupIdOf(first.path());
+  meter->track(id);
+  EXPECT_EQ(waitExit(first.run([] { spinFor(std::chrono::milliseconds(300)); })), 0);
+  ASSERT_GT(meter->read(id, first.path()), 200'000'000u);
+  meter->untrack(id);
+  // Ids no cgroup has: only the program's counters are read for them. The
+  // last one takes the slot `first` held.
+  constexpr uint64_t kNoSuchCgroup = uint64_t(1) << 62;
+  constexpr uint64_t kSlots = 16384;
+  for (uint64_t i = 0; i < kSlots; ++i) meter->track(kNoSuchCgroup + i);
+  EXPECT_EQ(meter->read(kNoSuchCgroup + kSlots - 1, "/nonexistent"), 0u);
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { meter->track(kNoSuchCgroup + kSlots); })) {
+    EXPECT_TRUE(strstr(e->getDescription().cStr(), "as many cgroups as it can") != nullptr)
+        << e->getDescription().cStr();
+  } else {
+    ADD_FAILURE() << "a full meter took one more cgroup";
+  }
+  EXPECT_FALSE(meter->tracks(kNoSuchCgroup + kSlots));
+  meter->untrack(kNoSuchCgroup);
+  meter->track(kNoSuchCgroup + kSlots);
+  EXPECT_TRUE(meter->tracks(kNoSuchCgroup + kSlots));
 }
 
 }  // namespace
