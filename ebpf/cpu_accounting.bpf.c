@@ -133,12 +133,12 @@ int on_sched_switch(void *ctx) {
   if (!active_generation || *active_generation != generation) return 0;
   __u64 *current_epoch = bpf_map_lookup_elem(&epoch, &zero);
   if (!current_epoch) return 0;
-  // The task leaving is still `current` here: its fields are read directly
-  // (a BTF pointer), which costs far less per switch than probe reads.
-  __u32 pid = (__u32)bpf_get_current_pid_tgid();
-  if (pid == 0) return 0;  // the idle task
+  // The task leaving is still `current` here: its fields, down to its v2
+  // cgroup's id (what bpf_get_current_cgroup_id() returns), are read
+  // directly through BTF pointers, cheaper per switch than helper calls.
   struct task_struct *task = bpf_get_current_task_btf();
-  __u64 cgroup = bpf_get_current_cgroup_id();
+  if (task->pid == 0) return 0;  // the idle task
+  __u64 cgroup = task->cgroups->dfl_cgrp->kn->id;
   __u64 runtime = task->se.sum_exec_runtime;
   struct task_meter *meter = bpf_task_storage_get(&task_meters, task, 0, 0);
   if (!meter || meter->cgroup != cgroup || meter->epoch != *current_epoch)
