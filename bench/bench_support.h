@@ -51,6 +51,15 @@ inline int spawnAndWait(const std::vector<std::string>& argv, bool quiet = true)
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+// Uninstalls what an agent of `cgroupRoot` pinned on bpffs (its CPU meter
+// and egress programs stay attached after it stops, by design, for the next
+// agent to take over): a benchmark's agents have no successor, and their
+// programs would otherwise run on every context switch of later runs.
+inline void removeAgentPins(const std::string& cgroupRoot) {
+  spawnAndWait({"rm", "-rf", "/sys/fs/bpf/nodeagent/" + cgroupRoot,
+                "/sys/fs/bpf/nodeagent/" + cgroupRoot + "-egress"});
+}
+
 struct Stats {
   double p50Us, p99Us, meanUs;
   size_t n;

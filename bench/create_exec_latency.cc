@@ -223,6 +223,8 @@ int main(int argc, char** argv) {
   kill(warmAgent, SIGTERM);
   waitpid(agent, nullptr, 0);
   waitpid(warmAgent, nullptr, 0);
+  nodeagent::bench::removeAgentPins("nodeagent-bench-cold");
+  nodeagent::bench::removeAgentPins("nodeagent-bench-warm");
   spawnAndWait({"rm", "-rf", dir});
   Stats oursStats = summarize(oursUs), createStats = summarize(createUs),
         execStats = summarize(execUs), killStats = summarize(killUs);

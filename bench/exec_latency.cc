@@ -137,6 +137,7 @@ int main(int argc, char** argv) {
   if (haveRunc) spawnAndWait({"runc", "delete", "--force", container});
   kill(agent, SIGTERM);
   waitpid(agent, nullptr, 0);
+  nodeagent::bench::removeAgentPins("nodeagent-bench-exec");
   spawnAndWait({"rm", "-rf", dir});
 
   Stats idle = summarize(idleUs), neighbour = summarize(neighbourUs), host = summarize(hostUs);
