@@ -31,6 +31,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr const char* kCgroupRoot = "nodeagent-bench-density";
+
 // MemAvailable from /proc/meminfo, in bytes.
 uint64_t memAvailable() {
   std::ifstream in("/proc/meminfo");
@@ -111,11 +113,14 @@ int main(int argc, char** argv) {
   uint64_t bwrapBefore = memAvailable();
   std::vector<pid_t> bwraps;
   for (int i = 0; i < count; ++i) {
-    std::vector<std::string> a = {
-        "bwrap", "--ro-bind",     "/usr",       "/usr",    "--symlink", "usr/lib",
-        "/lib",  "--symlink",     "usr/lib64",  "/lib64",  "--symlink", "usr/bin",
-        "/bin",  "--proc",        "/proc",      "--dev",   "/dev",      "--tmpfs",
-        "/tmp",  "--unshare-all", "/bin/sleep", "infinity"};
+    std::vector<std::string> a = {"bwrap",      "--ro-bind",     "/usr",
+                                  "/usr",       "--symlink",     "usr/lib",
+                                  "/lib",       "--symlink",     "usr/lib64",
+                                  "/lib64",     "--symlink",     "usr/bin",
+                                  "/bin",       "--proc",        "/proc",
+                                  "--dev",      "/dev",          "--tmpfs",
+                                  "/tmp",       "--unshare-all", "--die-with-parent",
+                                  "/bin/sleep", "infinity"};
     std::vector<char*> args;
     for (auto& s : a) args.push_back(const_cast<char*>(s.c_str()));
     args.push_back(nullptr);
@@ -128,13 +133,21 @@ int main(int argc, char** argv) {
   uint64_t bwrapAfter = memAvailable();
   for (pid_t p : bwraps) kill(p, SIGKILL);
   for (pid_t p : bwraps) waitpid(p, nullptr, 0);
-  double bwrapPerSandbox = double(bwrapBefore - bwrapAfter) / bwraps.size();
+  double bwrapPerSandbox = (double(bwrapBefore) - double(bwrapAfter)) / double(bwraps.size());
 
   // --- nodeagent: N idle sandboxes.
   pid_t agent;
   {
-    std::vector<std::string> a = {binDir + "/nodeagent", "--state-dir", dir + "/state", "--listen",
-                                  "unix:" + sock,        "--log-level", "warn"};
+    // A cgroup root and uid band of its own: never an installed agent's.
+    std::string config = dir + "/density.json";
+    FILE* f = fopen(config.c_str(), "w");
+    KJ_ASSERT(f != nullptr, config);
+    fprintf(f, "{\"cgroupRoot\": \"%s\", \"uidBase\": 500000000, \"maxSandboxes\": %d}",
+            kCgroupRoot, count + 10);
+    fclose(f);
+    std::vector<std::string> a = {binDir + "/nodeagent", "--config",     config,
+                                  "--state-dir",         dir + "/state", "--listen",
+                                  "unix:" + sock,        "--log-level",  "warn"};
     std::vector<char*> args;
     for (auto& s : a) args.push_back(const_cast<char*>(s.c_str()));
     args.push_back(nullptr);
@@ -171,7 +184,7 @@ int main(int argc, char** argv) {
   settle();
   uint64_t oursAfter = memAvailable();
   uint64_t agentRssAfter = processRss(agent);
-  double oursPerSandbox = double(oursBefore - oursAfter) / count;
+  double oursPerSandbox = (double(oursBefore) - double(oursAfter)) / count;
 
   // Agent CPU while every sandbox sits idle.
   double cpu0 = processCpu(agent);
@@ -199,6 +212,7 @@ int main(int argc, char** argv) {
   for (auto& s : sandboxes) s.killRequest().send().wait(io.waitScope);
   kill(agent, SIGTERM);
   waitpid(agent, nullptr, 0);
+  nodeagent::bench::removeAgentPins(kCgroupRoot);
   std::string rm = "rm -rf '" + dir + "'";
   (void)!system(rm.c_str());
 
