@@ -3,6 +3,7 @@
 //   - idle: the node runs nothing else;
 //   - neighbour: another tenant's sandbox burns its whole CPU allowance
 //     (two busy loops) meanwhile; the goal is within 2x of idle;
+//   - churn: another tenant creates and kills sandboxes back to back;
 // and beside the peers, interleaved: `runc exec true` into a running runc
 // container, and a plain posix_spawn of /bin/true on the host (the floor).
 // Prints one JSON object.
@@ -81,7 +82,9 @@ int main(int argc, char** argv) {
   bool haveRunc = spawnAndWait({"/bin/sh", "-c", setup}) == 0 &&
                   spawnAndWait({"runc", "run", "--detach", "--bundle", bundle, container}) == 0;
 
-  std::vector<double> idleUs, neighbourUs, runcUs, hostUs;
+  std::vector<double> idleUs, neighbourUs, churnUs, runcUs, hostUs;
+  double churnSeconds = 0;
+  int churnCreates = 0;
   {
     nodeagent::loop::IoContext io;
     auto conn = nodeagent::connectToNode(io.port, nodeagent::parseListenAddress("unix:" + sock),
@@ -132,6 +135,27 @@ int main(int argc, char** argv) {
     usleep(200000);
     for (int i = 0; i < iterations; ++i) neighbourUs.push_back(execTrue());
     hog.killRequest().send().wait(io.waitScope);
+
+    // A neighbour of another tenant creates and kills sandboxes back to back
+    // (through the CLI, in a process of its own) meanwhile.
+    std::string stop = dir + "/churn.stop", counter = dir + "/churn.count";
+    std::string sbx = binDir + "/sbx --connect unix:" + sock;
+    pid_t churn = nodeagent::bench::spawnCommand(
+        {"/bin/sh", "-c",
+         "n=0; while [ ! -e " + stop + " ]; do id=$(" + sbx +
+             " create --template python --tenant churn) && " + sbx +
+             " kill $id >/dev/null; n=$((n+1)); done; echo $n > " + counter});
+    usleep(300000);
+    auto churnStart = Clock::now();
+    for (int i = 0; i < iterations; ++i) churnUs.push_back(execTrue());
+    churnSeconds = since(churnStart) / 1e6;
+    FILE* f = fopen(stop.c_str(), "w");
+    if (f != nullptr) fclose(f);
+    waitpid(churn, nullptr, 0);
+    if (FILE* c = fopen(counter.c_str(), "r")) {
+      if (fscanf(c, "%d", &churnCreates) != 1) churnCreates = 0;
+      fclose(c);
+    }
     sandbox.killRequest().send().wait(io.waitScope);
   }
   if (haveRunc) spawnAndWait({"runc", "delete", "--force", container});
@@ -141,13 +165,19 @@ int main(int argc, char** argv) {
   spawnAndWait({"rm", "-rf", dir});
 
   Stats idle = summarize(idleUs), neighbour = summarize(neighbourUs), host = summarize(hostUs);
+  Stats churn = summarize(churnUs);
   Stats runc = haveRunc ? summarize(runcUs) : Stats{};
   printf("{\n  \"benchmark\": \"exec_true_round_trip\",\n  \"iterations\": %d,\n", iterations);
   printf("  %s,\n", json("nodeagent_idle", idle).c_str());
   printf("  %s,\n", json("nodeagent_with_cpu_hog_neighbour", neighbour).c_str());
+  printf("  %s,\n", json("nodeagent_with_create_churn_neighbour", churn).c_str());
+  printf("  \"neighbour_creates_per_s\": %.1f,\n",
+         churnSeconds > 0 ? churnCreates / churnSeconds : 0);
   printf("  %s,\n", json("host_posix_spawn_true", host).c_str());
   if (haveRunc) printf("  %s,\n", json("runc_exec", runc).c_str());
   printf("  \"ratio_neighbour_vs_idle_p50\": %.2f,\n", neighbour.p50Us / idle.p50Us);
+  printf("  \"ratio_churn_neighbour_vs_idle_p50\": %.2f,\n", churn.p50Us / idle.p50Us);
+  printf("  \"ratio_churn_neighbour_vs_idle_p99\": %.2f,\n", churn.p99Us / idle.p99Us);
   printf("  \"ratio_idle_p50_vs_host_spawn\": %.2f,\n", idle.p50Us / host.p50Us);
   printf("  \"ratio_idle_p50_vs_runc_exec\": %.2f\n}\n", haveRunc ? idle.p50Us / runc.p50Us : 0.0);
   return 0;

@@ -425,11 +425,12 @@ class NodeImpl final : public api::Node::Server {
   NodeImpl(ServerContext& ctx, kj::String actor) : ctx_(ctx), actor_(kj::mv(actor)) {}
 
   kj::Promise<void> create(CreateContext context) override {
-    auto sandbox = ctx_.supervisor.create(context.getParams().getSpec(), actor_);
-    auto results = context.getResults();
-    results.setId(sandbox->id());
-    results.setSandbox(kj::heap<SandboxImpl>(ctx_, kj::mv(sandbox), actor_));
-    return kj::READY_NOW;
+    return ctx_.supervisor.create(context.getParams().getSpec(), actor_)
+        .then([this, context](kj::Own<SandboxRuntime> sandbox) mutable {
+          auto results = context.getResults();
+          results.setId(sandbox->id());
+          results.setSandbox(kj::heap<SandboxImpl>(ctx_, kj::mv(sandbox), actor_));
+        });
   }
 
   kj::Promise<void> open(OpenContext context) override {

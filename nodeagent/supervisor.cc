@@ -111,6 +111,7 @@ Supervisor::Supervisor(loop::UringEventPort& port, config::Config::Reader config
       ledger_(
           kj::heap<UsageLedger>(port, store, writer, key,
                                 int64_t(config.getLedger().getIntervalSeconds()) * kj::SECONDS)),
+      launchWorker_(kj::heap<LaunchWorker>()),
       tasks_(errorLogger_) {}
 
 Supervisor::~Supervisor() noexcept(false) {}
@@ -388,8 +389,8 @@ uint32_t Supervisor::allocateUidSlot() {
                 kj::str("this node runs its maximum of ", slots, " sandboxes"));
 }
 
-kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::StringPtr actor,
-                                           uint64_t reservation) {
+kj::Promise<kj::Own<SandboxRuntime>> Supervisor::create(api::SandboxSpec::Reader spec,
+                                                        kj::StringPtr actor, uint64_t reservation) {
   auto record = resolveSpec(spec);
   auto rec = record->getRoot<state::SandboxRecord>();
   auto filled = rec.getSpec();
@@ -398,17 +399,18 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
   KJ_IF_MAYBE (gate, gate_) {
     ticket = gate->admit(filled.asReader(), reservation);
   }
-  KJ_ON_SCOPE_FAILURE({
+  auto releaseTicket = [this, ticket]() {
     KJ_IF_MAYBE (gate, gate_) {
       gate->release(ticket);
     }
-  });
-  kj::Own<SandboxRuntime> sandbox;
-  KJ_IF_MAYBE (claimed, claimFromPool(filled.asReader(), tmpl, actor)) {
-    sandbox = kj::mv(*claimed);
-  } else {
+  };
+  KJ_ON_SCOPE_FAILURE(releaseTicket());
+  auto sandbox = [&]() -> kj::Promise<kj::Own<SandboxRuntime>> {
+    KJ_IF_MAYBE (claimed, claimFromPool(filled.asReader(), tmpl, actor)) {
+      return kj::mv(*claimed);
+    }
     // A claim takes a sandbox that already counts; a cold create adds one.
-    if (live_.size() >= config_.getMaxSandboxes()) {
+    if (live_.size() + launching_ >= config_.getMaxSandboxes()) {
       throwApiError(
           api::ErrorCode::LIMIT_EXCEEDED,
           kj::str("this node runs its maximum of ", config_.getMaxSandboxes(), " sandboxes"));
@@ -416,10 +418,17 @@ kj::Own<SandboxRuntime> Supervisor::create(api::SandboxSpec::Reader spec, kj::St
     rec.setId(newSandboxId());
     auto detail = kj::str("template=", filled.getTemplate(), " memory=", filled.getMemoryBytes(),
                           " cpuMillis=", filled.getCpuMillis());
-    sandbox = launch(kj::mv(record), tmpl, actor, "create", kj::mv(detail));
-  }
-  if (gate_ != nullptr) capacityTickets_[sandbox->id().cStr()] = ticket;
-  return sandbox;
+    return launch(kj::mv(record), tmpl, actor, "create", kj::mv(detail));
+  }();
+  return sandbox.then(
+      [this, ticket](kj::Own<SandboxRuntime> sandbox) {
+        if (gate_ != nullptr) capacityTickets_[sandbox->id().cStr()] = ticket;
+        return sandbox;
+      },
+      [releaseTicket](kj::Exception&& e) -> kj::Own<SandboxRuntime> {
+        releaseTicket();
+        kj::throwFatalException(kj::mv(e));
+      });
 }
 
 void Supervisor::setCapacityGate(CapacityGate& gate) {
@@ -486,8 +495,7 @@ void Supervisor::fillSpec(api::SandboxSpec::Builder filled, const TemplateInfo& 
   }
 }
 
-kj::Own<isolator::SandboxCgroup> Supervisor::newCgroup(api::SandboxSpec::Reader spec,
-                                                       kj::StringPtr id) {
+isolator::CgroupLimits Supervisor::cgroupLimitsOf(api::SandboxSpec::Reader spec) {
   isolator::CgroupLimits limits;
   limits.memoryBytes = spec.getMemoryBytes();
   limits.pidsMax = spec.getPidsMax();
@@ -496,21 +504,54 @@ kj::Own<isolator::SandboxCgroup> Supervisor::newCgroup(api::SandboxSpec::Reader 
   // Tenants compete by their own weights one level up.
   limits.cpuMillis = spec.getCpuMillis();
   limits.cpuWeight = kj::max(1u, spec.getCpuSustainedMillis() / 10);
+  return limits;
+}
+
+kj::Own<isolator::SandboxCgroup> Supervisor::newCgroup(api::SandboxSpec::Reader spec,
+                                                       kj::StringPtr id) {
   auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
-  auto cgroup = isolator::SandboxCgroup::create(tree, spec.getTenant(), id, limits);
+  auto cgroup = isolator::SandboxCgroup::create(tree, spec.getTenant(), id, cgroupLimitsOf(spec));
   // A tenant's cgroup is made afresh when its first sandbox comes.
   auto weight = tenantWeights_.find(spec.getTenant().cStr());
   if (weight != tenantWeights_.end()) tree.setTenantWeight(spec.getTenant(), weight->second);
   return cgroup;
 }
 
-kj::Own<SandboxRuntime> Supervisor::launch(kj::Own<capnp::MallocMessageBuilder> record,
-                                           const TemplateInfo& tmpl, kj::StringPtr actor,
-                                           kj::StringPtr action, kj::StringPtr detail) {
+namespace {
+
+// What the launch worker builds: a sandbox whose init is ready, not yet known
+// to the supervisor.
+struct Launched {
+  kj::Own<isolator::SandboxCgroup> cgroup;
+  isolator::LaunchedSandbox init;
+  kj::AutoCloseFd rootDir;
+};
+
+// Kills init and removes what the launch made (a launch that failed after
+// init was ready, or whose result nobody takes).
+void discard(Launched& launched, kj::StringPtr workDir) {
+  kj::runCatchingExceptions([&]() {
+    syscall(SYS_pidfd_send_signal, launched.init.pidfd.get(), SIGKILL, nullptr, 0);
+    isolator::reap(launched.init);
+    launched.cgroup->killAll();
+    launched.cgroup->remove();
+  });
+  rmdir(workDir.cStr());
+}
+
+}  // namespace
+
+kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMessageBuilder> record,
+                                                        const TemplateInfo& tmpl,
+                                                        kj::StringPtr actor, kj::StringPtr action,
+                                                        kj::StringPtr detail) {
   auto rec = record->getRoot<state::SandboxRecord>();
   auto filled = rec.getSpec();
   kj::String id = kj::str(rec.getId());
+  // Held from now on, so that launches under way never share a uid range.
   uint32_t slot = allocateUidSlot();
+  uidSlots_.emplace(slot, id.cStr());
+  KJ_ON_SCOPE_FAILURE(uidSlots_.erase(slot));
   uint32_t uidBase = config_.getUidBase() + slot * config_.getUidRangeSize();
   int64_t now = unixNowNs();
   rec.setState(api::SandboxState::RUNNING);
@@ -519,73 +560,104 @@ kj::Own<SandboxRuntime> Supervisor::launch(kj::Own<capnp::MallocMessageBuilder> 
   uint32_t timeout = filled.getTimeoutSeconds();
   rec.setExpiresAtNs(timeout > 0 ? now + int64_t(timeout) * 1000000000 : 0);
   rec.setUidBase(uidBase);
-
-  auto cgroup = newCgroup(filled, id);
   rec.setCgroupPath(kj::str("sandboxes/", filled.getTenant(), "/", id));
 
-  kj::String workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
-  makeDir(workDir, 0700);
-  kj::String controlSocketPath = controlSocketPathOf(id);
-  bool handedOver = false;  // once the runtime owns the cgroup, it cleans up
-  KJ_ON_SCOPE_FAILURE({
-    if (!handedOver) {
-      cgroup->killAll();
-      cgroup->remove();
-      rmdir(workDir.cStr());
-    }
-  });
-
-  isolator::LaunchSpec launchSpec;
-  launchSpec.sandboxId = id.cStr();
-  launchSpec.hostname = id.cStr();
-  launchSpec.uidBase = uidBase;
-  launchSpec.uidCount = config_.getUidRangeSize();
-  launchSpec.initPath =
+  // Everything the worker needs, copied: it reads nothing of ours meanwhile.
+  auto spec = kj::heap<isolator::LaunchSpec>();
+  spec->sandboxId = id.cStr();
+  spec->hostname = id.cStr();
+  spec->uidBase = uidBase;
+  spec->uidCount = config_.getUidRangeSize();
+  spec->initPath =
       config_.getInitPath().size() > 0 ? config_.getInitPath().cStr() : defaultInitPath().cStr();
-  launchSpec.skeletonDir = tmpl.skeletonDir.cStr();
-  launchSpec.usrDir = tmpl.usrDir.cStr();
-  launchSpec.workDir = workDir.cStr();
-  launchSpec.initStderrFd = STDERR_FILENO;  // init's own diagnostics join the agent's log
-  launchSpec.diskBytes = filled.getDiskBytes();
-  launchSpec.cgroup = cgroup.get();
-  launchSpec.controlSocketPath = controlSocketPath.cStr();
-  launchSpec.seccompFilter = seccomp_.bytes();
-  isolator::LaunchedSandbox launched = isolator::launch(launchSpec);
-  rec.setInitPid(launched.pid);
+  spec->skeletonDir = tmpl.skeletonDir.cStr();
+  spec->usrDir = tmpl.usrDir.cStr();
+  spec->workDir = kj::str(config_.getStateDir(), "/sandboxes/", id).cStr();
+  spec->initStderrFd = STDERR_FILENO;  // init's own diagnostics join the agent's log
+  spec->diskBytes = filled.getDiskBytes();
+  spec->controlSocketPath = controlSocketPathOf(id).cStr();
+  spec->seccompFilter = seccomp_.bytes();  // the supervisor outlives the worker's work
+  isolator::CgroupLimits limits = cgroupLimitsOf(filled);
+  kj::Maybe<uint32_t> tenantWeight;
+  auto weight = tenantWeights_.find(filled.getTenant().cStr());
+  if (weight != tenantWeights_.end()) tenantWeight = weight->second;
+  auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
+  kj::String tenant = kj::str(filled.getTenant());
 
-  int rootFd =
-      open(kj::str("/proc/", launched.pid, "/root").cStr(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (rootFd < 0) {
-    int error = errno;
-    syscall(SYS_pidfd_send_signal, launched.pidfd.get(), SIGKILL, nullptr, 0);
-    isolator::reap(launched);
-    KJ_FAIL_SYSCALL("open sandbox root", error, launched.pid);
-  }
-  kj::AutoCloseFd rootDir(rootFd);
-
-  persist(rec.asReader(), auditEntry(now, actor, action, id, filled.getTenant(), detail));
-
-  SandboxRuntime::Parts parts;
-  parts.record = kj::mv(record);
-  handedOver = true;
-  parts.cgroup = kj::mv(cgroup);
-  parts.initPid = launched.pid;
-  parts.initPidfd = kj::mv(launched.pidfd);
-  parts.control = kj::mv(launched.control);
-  parts.rootDir = kj::mv(rootDir);
-  parts.workDir = kj::mv(workDir);
-  parts.controlSocketPath = kj::mv(controlSocketPath);
-  auto runtime = startRuntime(kj::mv(parts), slot);
-  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { attachNetwork(*runtime); })) {
-    runtime->kill("network-failed");
-    kj::throwFatalException(kj::mv(*e));
-  }
-  if (runtime->record().getNetIndex() != 0) persist(runtime->record(), nullptr);
-  log::info("sandbox.created", {{"id", id.cStr()},
-                                {"tenant", filled.getTenant().cStr()},
-                                {"template", filled.getTemplate().cStr()},
-                                {"actor", actor.cStr()}});
-  return runtime;
+  ++launching_;
+  auto launched = launchWorker_->run([spec = kj::mv(spec), limits, tenantWeight, &tree,
+                                      tenant = kj::mv(tenant)]() mutable -> Launched {
+    // On the worker thread: blocking, and nothing here touches the loop's state.
+    Launched out;
+    out.cgroup = isolator::SandboxCgroup::create(tree, tenant, spec->sandboxId, limits);
+    KJ_ON_SCOPE_FAILURE({
+      kj::runCatchingExceptions([&]() {
+        out.cgroup->killAll();
+        out.cgroup->remove();
+      });
+      rmdir(spec->workDir.c_str());
+    });
+    // A tenant's cgroup is made afresh when its first sandbox comes.
+    KJ_IF_MAYBE (w, tenantWeight) {
+      tree.setTenantWeight(tenant, *w);
+    }
+    makeDir(kj::StringPtr(spec->workDir.c_str()), 0700);
+    spec->cgroup = out.cgroup.get();
+    out.init = isolator::launch(*spec);
+    int rootFd =
+        open(kj::str("/proc/", out.init.pid, "/root").cStr(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootFd < 0) {
+      int error = errno;
+      syscall(SYS_pidfd_send_signal, out.init.pidfd.get(), SIGKILL, nullptr, 0);
+      isolator::reap(out.init);
+      KJ_FAIL_SYSCALL("open sandbox root", error, out.init.pid);
+    }
+    out.rootDir = kj::AutoCloseFd(rootFd);
+    return out;
+  });
+  return launched
+      .then(
+          [this, record = kj::mv(record), slot, actor = kj::str(actor), action = kj::str(action),
+           detail = kj::str(detail)](Launched&& launched) mutable {
+            auto rec = record->getRoot<state::SandboxRecord>();
+            kj::String id = kj::str(rec.getId());
+            kj::String workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
+            rec.setInitPid(launched.init.pid);
+            if (poolsStopped_ && isPoolRecord(rec)) {
+              discard(launched, workDir);  // the agent is stopping: no pool any more
+              uidSlots_.erase(slot);
+              kj::throwRecoverableException(KJ_EXCEPTION(DISCONNECTED, "the agent is stopping"));
+            }
+            persist(rec.asReader(), auditEntry(rec.getCreatedAtNs(), actor, action, id,
+                                               rec.getSpec().getTenant(), detail));
+            SandboxRuntime::Parts parts;
+            parts.record = kj::mv(record);
+            parts.cgroup = kj::mv(launched.cgroup);
+            parts.initPid = launched.init.pid;
+            parts.initPidfd = kj::mv(launched.init.pidfd);
+            parts.control = kj::mv(launched.init.control);
+            parts.rootDir = kj::mv(launched.rootDir);
+            parts.workDir = kj::mv(workDir);
+            parts.controlSocketPath = controlSocketPathOf(id);
+            // From here on the runtime owns the sandbox and cleans up after it.
+            auto runtime = startRuntime(kj::mv(parts), slot);
+            KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { attachNetwork(*runtime); })) {
+              runtime->kill("network-failed");
+              kj::throwFatalException(kj::mv(*e));
+            }
+            if (runtime->record().getNetIndex() != 0) persist(runtime->record(), nullptr);
+            auto spec = runtime->record().getSpec();
+            log::info("sandbox.created", {{"id", id.cStr()},
+                                          {"tenant", spec.getTenant().cStr()},
+                                          {"template", spec.getTemplate().cStr()},
+                                          {"actor", actor.cStr()}});
+            return runtime;
+          },
+          [this, slot](kj::Exception&& e) -> kj::Own<SandboxRuntime> {
+            uidSlots_.erase(slot);
+            kj::throwFatalException(kj::mv(e));
+          })
+      .attach(kj::defer([this]() { --launching_; }));
 }
 
 kj::Maybe<kj::Own<SandboxRuntime>> Supervisor::find(kj::StringPtr id) {
@@ -932,25 +1004,33 @@ void Supervisor::scheduleRefill(kj::Duration delay) {
 }
 
 void Supervisor::refillPools() {
-  refillScheduled_ = false;
-  if (poolsStopped_) return;
+  if (poolsStopped_) {
+    refillScheduled_ = false;
+    return;
+  }
   for (auto& pool : pools_) {
     if (pool.idle.size() >= pool.target) continue;
     // Full: the next sandbox to end schedules another refill.
-    if (live_.size() >= config_.getMaxSandboxes()) return;
-    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { launchPoolSandbox(pool); })) {
-      log::warn("pool.fill_failed",
-                {{"template", pool.templateName.cStr()}, {"error", e->getDescription().cStr()}});
-      scheduleRefill(kPoolRetryDelay);
-      return;
-    }
-    // One launch per turn, so requests are served in between.
-    scheduleRefill(0 * kj::MILLISECONDS);
+    if (live_.size() + launching_ >= config_.getMaxSandboxes()) break;
+    // One launch at a time; the next refill is scheduled when it is done.
+    tasks_.add(launchPoolSandbox(pool).then(
+        [this]() {
+          refillScheduled_ = false;
+          scheduleRefill(0 * kj::MILLISECONDS);
+        },
+        [this, name = kj::str(pool.templateName)](kj::Exception&& e) {
+          refillScheduled_ = false;
+          if (poolsStopped_) return;
+          log::warn("pool.fill_failed",
+                    {{"template", name.cStr()}, {"error", e.getDescription().cStr()}});
+          scheduleRefill(kPoolRetryDelay);
+        }));
     return;
   }
+  refillScheduled_ = false;
 }
 
-void Supervisor::launchPoolSandbox(WarmPool& pool) {
+kj::Promise<void> Supervisor::launchPoolSandbox(WarmPool& pool) {
   const TemplateInfo& tmpl = requireTemplate(pool.templateName);
   auto record = kj::heap<capnp::MallocMessageBuilder>();
   auto rec = record->initRoot<state::SandboxRecord>();
@@ -964,9 +1044,10 @@ void Supervisor::launchPoolSandbox(WarmPool& pool) {
   spec.setCpuSustainedMillis(kj::min(tmpl.cpuSustainedMillis, tmpl.cpuMillis));
   spec.setPidsMax(tmpl.pidsMax);
   spec.setDiskBytes(tmpl.diskBytes);
-  auto sandbox = launch(kj::mv(record), tmpl, "agent", "pool-create",
-                        kj::str("template=", tmpl.name, " disk=", tmpl.diskBytes));
-  pool.idle.push_back(sandbox->id().cStr());
+  return launch(kj::mv(record), tmpl, "agent", "pool-create",
+                kj::str("template=", tmpl.name, " disk=", tmpl.diskBytes))
+      .then(
+          [&pool](kj::Own<SandboxRuntime> sandbox) { pool.idle.push_back(sandbox->id().cStr()); });
 }
 
 kj::Maybe<kj::Own<SandboxRuntime>> Supervisor::claimFromPool(api::SandboxSpec::Reader spec,
@@ -1014,7 +1095,8 @@ kj::Maybe<kj::Own<SandboxRuntime>> Supervisor::claimFromPool(api::SandboxSpec::R
                                   {"template", spec.getTemplate().cStr()},
                                   {"actor", actor.cStr()},
                                   {"warm", true}});
-    // After the reply: a launch blocks the loop for milliseconds.
+    // After the reply and the tenant's first calls: a launch still holds the
+    // loop for its cgroup bookkeeping.
     scheduleRefill(kPoolRefillDelay);
     return kj::mv(sandbox);
   }

@@ -14,6 +14,7 @@
 #include "isolator/seccomp_profile.h"
 #include "loop/uring_event_port.h"
 #include "nodeagent/capacity_gate.h"
+#include "nodeagent/launch_worker.h"
 #include "nodeagent/network_service.h"
 #include "nodeagent/node_key.h"
 #include "nodeagent/sandbox_runtime.h"
@@ -31,9 +32,9 @@ class Supervisor {
   // Warm pools' sandboxes run under this tenant until claimed; gateways may
   // not use it, and list/open/find never show them.
   static constexpr kj::StringPtr kPoolTenant = "_pool"_kj;
-  // A refill starts this long after a claim. A launch holds the event loop
-  // for milliseconds; the delay lets the create's reply and the tenant's
-  // first calls (uploads, the first exec) go first.
+  // A refill starts this long after a claim. A launch runs on the launch
+  // worker but competes for the CPUs; the delay lets the create's reply and
+  // the tenant's first calls (uploads, the first exec) go first.
   static constexpr kj::Duration kPoolRefillDelay = 50 * kj::MILLISECONDS;
   // After a failed launch or a pool sandbox that died.
   static constexpr kj::Duration kPoolRetryDelay = 1 * kj::SECONDS;
@@ -55,8 +56,10 @@ class Supervisor {
   // one. The claim's audit entry says "warm=1".
   // With a capacity gate (a fleet member), the sandbox must pass it first;
   // `reservation` is a placement's, granted by the gate earlier.
-  kj::Own<SandboxRuntime> create(api::SandboxSpec::Reader spec, kj::StringPtr actor,
-                                 uint64_t reservation = 0);
+  // The blocking part of a launch (cgroups, namespaces, init's setup) runs
+  // on a worker thread: the loop serves other requests meanwhile.
+  kj::Promise<kj::Own<SandboxRuntime>> create(api::SandboxSpec::Reader spec, kj::StringPtr actor,
+                                              uint64_t reservation = 0);
   // The spec as create would run it: template defaults filled in, validated
   // (throws the API error create would).
   kj::Own<capnp::MallocMessageBuilder> resolveSpec(api::SandboxSpec::Reader spec);
@@ -154,11 +157,13 @@ class Supervisor {
   const TemplateInfo& requireTemplate(kj::StringPtr name);
   // Fills zero fields from the template and validates the result.
   void fillSpec(api::SandboxSpec::Builder spec, const TemplateInfo& tmpl);
+  static isolator::CgroupLimits cgroupLimitsOf(api::SandboxSpec::Reader spec);
   kj::Own<isolator::SandboxCgroup> newCgroup(api::SandboxSpec::Reader spec, kj::StringPtr id);
-  // Starts the sandbox `record` (id and filled spec set) describes.
-  kj::Own<SandboxRuntime> launch(kj::Own<capnp::MallocMessageBuilder> record,
-                                 const TemplateInfo& tmpl, kj::StringPtr actor,
-                                 kj::StringPtr action, kj::StringPtr detail);
+  // Starts the sandbox `record` (id and filled spec set) describes, on the
+  // launch worker; registered as live once its init is ready.
+  kj::Promise<kj::Own<SandboxRuntime>> launch(kj::Own<capnp::MallocMessageBuilder> record,
+                                              const TemplateInfo& tmpl, kj::StringPtr actor,
+                                              kj::StringPtr action, kj::StringPtr detail);
   static bool isPoolRecord(state::SandboxRecord::Reader record);
   WarmPool* findPool(kj::StringPtr templateName);
   kj::Maybe<kj::Own<SandboxRuntime>> claimFromPool(api::SandboxSpec::Reader spec,
@@ -166,7 +171,7 @@ class Supervisor {
   bool dropFromPool(kj::StringPtr id);  // whether it was an idle pool sandbox
   void scheduleRefill(kj::Duration delay);
   void refillPools();
-  void launchPoolSandbox(WarmPool& pool);
+  kj::Promise<void> launchPoolSandbox(WarmPool& pool);
   uint32_t allocateUidSlot();
   void onEnded(SandboxRuntime& sandbox);
   void onExpired(SandboxRuntime& sandbox);
@@ -222,11 +227,13 @@ class Supervisor {
   std::map<std::string, uint64_t> tenantRequestCaps_;  // tenants with a cap of their own
   kj::Own<UsageLedger> ledger_;
   kj::Vector<WarmPool> pools_;
-  bool refillScheduled_ = false;
-  bool poolsStopped_ = false;  // by killAll
+  bool refillScheduled_ = false;  // or a pool launch under way
+  size_t launching_ = 0;          // launches under way (not yet live)
+  bool poolsStopped_ = false;     // by killAll
   struct ErrorLogger : public kj::TaskSet::ErrorHandler {
     void taskFailed(kj::Exception&& e) override;
   } errorLogger_;
+  kj::Own<LaunchWorker> launchWorker_;  // before tasks_: its promises go first
   kj::TaskSet tasks_;
 };
 

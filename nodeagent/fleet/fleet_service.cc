@@ -124,11 +124,12 @@ class FleetService::PeerServer final : public Peer::Server {
   kj::Promise<void> createReserved(CreateReservedContext context) override {
     auto p = context.getParams();
     auto actor = kj::str(actor_, " for ", p.getActor());
-    auto sandbox = fleet_.supervisor_.create(p.getSpec(), actor, p.getReservation());
-    auto results = context.getResults();
-    results.setId(sandbox->id());
-    results.setSandbox(newSandboxServer(fleet_.server_, kj::mv(sandbox), kj::mv(actor)));
-    return kj::READY_NOW;
+    return fleet_.supervisor_.create(p.getSpec(), actor, p.getReservation())
+        .then([this, context, actor = kj::mv(actor)](kj::Own<SandboxRuntime> sandbox) mutable {
+          auto results = context.getResults();
+          results.setId(sandbox->id());
+          results.setSandbox(newSandboxServer(fleet_.server_, kj::mv(sandbox), kj::mv(actor)));
+        });
   }
 
  private:
@@ -411,14 +412,19 @@ kj::Promise<FleetService::Placed> FleetService::place(api::SandboxSpec::Reader s
     uint64_t decisionNs = uint64_t(monotonicNs() - start);
     auto filled = record->getRoot<state::SandboxRecord>().getSpec();
     if (r.node == node_->id()) {
-      auto sandbox = supervisor_.create(filled, actor, r.id);
-      kj::String id = kj::str(sandbox->id());
-      return Placed{newSandboxServer(server_, kj::mv(sandbox), kj::mv(actor)),
-                    kj::mv(id),
-                    r.node,
-                    kj::str(advertise_),
-                    r.attempts,
-                    decisionNs};
+      auto node = r.node;
+      auto attempts = r.attempts;
+      return supervisor_.create(filled, actor, r.id)
+          .then([this, actor = kj::mv(actor), node, attempts,
+                 decisionNs](kj::Own<SandboxRuntime> sandbox) mutable {
+            kj::String id = kj::str(sandbox->id());
+            return Placed{newSandboxServer(server_, kj::mv(sandbox), kj::mv(actor)),
+                          kj::mv(id),
+                          node,
+                          kj::str(advertise_),
+                          attempts,
+                          decisionNs};
+          });
     }
     auto address = transport_.addressOf(r.node);
     auto req = links_.peer(address).createReservedRequest();

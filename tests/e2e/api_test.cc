@@ -4,6 +4,7 @@
 #include <sys/un.h>
 
 #include <map>
+#include <set>
 
 #include <kj/debug.h>
 
@@ -83,6 +84,42 @@ TEST_F(ApiTest, ThirtyTwoConcurrentExecs) {
     EXPECT_EQ(codes[i], i % 7);
   }
   sandbox.killRequest().send().wait(io.waitScope);
+}
+
+// Creates launch on a worker thread, several under way at once: each gets a
+// uid range of its own (reserved when its launch starts, not when it is
+// ready), and every one of them serves its first (pipelined) exec.
+TEST_F(ApiTest, ConcurrentCreatesEachGetTheirOwnUidRange) {
+  loop::IoContext io;
+  auto conn = connect(io);
+  auto node = conn->bootstrap().castAs<api::Node>();
+  constexpr int kCreates = 6;
+  kj::Vector<kj::Promise<void>> all;
+  std::vector<api::Sandbox::Client> created;
+  std::vector<std::string> uidMaps(kCreates), errs(kCreates);
+  for (int i = 0; i < kCreates; ++i) {
+    auto req = node.createRequest();
+    req.initSpec().setTemplate("python");
+    req.getSpec().setTenant("api-concurrent");
+    req.getSpec().setDiskBytes(48 << 20);  // no warm pool's size: each one is a launch
+    auto sent = req.send();
+    created.push_back(sent.getSandbox());
+    auto exec = sent.getSandbox().execRequest();
+    auto argv = exec.initRequest().initArgv(2);
+    argv.set(0, "cat");
+    argv.set(1, "/proc/self/uid_map");
+    exec.setOutput(kj::heap<Collector>(&uidMaps[size_t(i)], &errs[size_t(i)]));
+    all.add(exec.send().getProcess().waitRequest().send().then(
+        [](auto&& r) { EXPECT_EQ(r.getStatus().getCode(), 0); }));
+  }
+  kj::joinPromises(all.releaseAsArray()).wait(io.waitScope);
+  std::set<std::string> ranges;
+  for (auto& map : uidMaps) {
+    EXPECT_FALSE(map.empty());
+    ranges.insert(map);
+  }
+  EXPECT_EQ(ranges.size(), size_t(kCreates)) << "two sandboxes share a uid range";
+  for (auto& sandbox : created) sandbox.killRequest().send().wait(io.waitScope);
 }
 
 TEST_F(ApiTest, OversizedMessageClosesOnlyThatConnection) {
