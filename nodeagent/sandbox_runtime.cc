@@ -54,6 +54,7 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks ho
   auto released = kj::newPromiseAndFulfiller<void>();
   releasedFulfiller_ = kj::mv(released.fulfiller);
   releasedFork_ = released.promise.fork();
+  holdMountNamespace();
   trackCpu();
   watchTask_ = watchInit().eagerlyEvaluate([this](kj::Exception&& e) {
     log::error("sandbox.watch_failed", {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
@@ -542,9 +543,10 @@ uint64_t SandboxRuntime::cpuUsedNs() {
 void SandboxRuntime::kill(kj::StringPtr reason) {
   if (ended_ || pendingReason_.size() > 0) return;
   pendingReason_ = kj::str(reason);
-  captureFinalStats();
   // SIGKILL to PID 1 of a pid namespace kills every process in it; finish()
-  // runs when init has exited and sweeps the cgroup for anything left.
+  // runs when init has exited and sweeps the cgroup for anything left. The
+  // signal goes first: the kernel tears the sandbox down while the final
+  // usage is read below.
   if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), SIGKILL, nullptr, 0) < 0 && errno != ESRCH) {
     log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"errno", errno}});
     KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { cgroup_->killAll(); })) {
@@ -563,6 +565,16 @@ void SandboxRuntime::kill(kj::StringPtr reason) {
                  {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
     }
   }
+  captureFinalStats();
+}
+
+void SandboxRuntime::holdMountNamespace() {
+  int fd = open(kj::str("/proc/", record().getInitPid(), "/ns/mnt").cStr(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;  // init is gone already: nothing to hold
+  kj::AutoCloseFd ns(fd);
+  // Init still alive after the open: the pid was its, not a reused one.
+  if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), 0, nullptr, 0) == 0)
+    mountNamespace_ = kj::mv(ns);
 }
 
 void SandboxRuntime::captureFinalStats() {
@@ -692,6 +704,7 @@ void SandboxRuntime::finish() {
 
 kj::Promise<void> SandboxRuntime::releaseResources() {
   untrackCpu();
+  mountNamespace_ = nullptr;
   fs_.close();  // the last reference to the sandbox's mounts: its tmpfs goes now
   rmdir(workDir_.cStr());
   if (controlSocketPath_.size() > 0) unlink(controlSocketPath_.cStr());

@@ -162,6 +162,7 @@ class SandboxRuntime final : public kj::Refcounted {
                                  int64_t deadlineMonoNs);
   void releaseLeftoverCgroup();
   void captureFinalStats();
+  void holdMountNamespace();
   // On-CPU ns from the eBPF meter (0 without it); never less than it said before.
   uint64_t meteredCpuNs();
   // What the ledger bills as CPU: cpuUsedNs(), frozen at the end.
@@ -183,6 +184,11 @@ class SandboxRuntime final : public kj::Refcounted {
   kj::Own<isolator::SandboxCgroup> cgroup_;
   kj::Maybe<kj::Own<isolator::SandboxCgroup>> leftoverCgroup_;  // a failed claim's pool cgroup
   kj::AutoCloseFd initPidfd_;
+  // The sandbox's mount namespace, held so that init's exit does not unmount
+  // its ~30 mounts before the kernel reports the exit: a kill is answered
+  // sooner, and the unmounting happens when this closes, after the answer
+  // (releaseResources()).
+  kj::AutoCloseFd mountNamespace_;
   InitChannel channel_;
   SandboxFs fs_;
   kj::String workDir_;

@@ -5,6 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+
 #include <kj/debug.h>
 
 #include "e2e/agent_harness.h"
@@ -192,6 +197,43 @@ TEST_F(LifecycleTest, KillWhilePausedEndsEverything) {
   for (const char* hierarchy : {"unified", "freezer", "pids"}) {
     EXPECT_TRUE(waitGone(agent().cgroupDir(hierarchy, "e2e", id))) << hierarchy;
   }
+}
+
+// The agent holds each live sandbox's mount namespace (so a kill is answered
+// before the kernel unmounts it all) and lets go once the sandbox has ended:
+// an ended sandbox's mounts, and the memory of its tmpfs, do not linger.
+TEST_F(LifecycleTest, AnEndedSandboxsMountNamespaceIsReleased) {
+  auto heldNamespaces = [&]() {
+    std::set<std::string> held;
+    std::string fds = "/proc/" + std::to_string(agent().pid()) + "/fd";
+    for (auto& entry : std::filesystem::directory_iterator(fds)) {
+      char target[128];
+      ssize_t n = readlink(entry.path().c_str(), target, sizeof(target) - 1);
+      if (n > 0 && std::string(target, size_t(n)).rfind("mnt:[", 0) == 0) {
+        held.insert(std::string(target, size_t(n)));
+      }
+    }
+    return held;
+  };
+  std::string id = agent().create();
+  auto sandbox = open(id);
+  // Any process of the sandbox (its cgroup's first) is in that namespace.
+  std::ifstream procs(agent().cgroupDir("unified", "e2e", id) + "/cgroup.procs");
+  pid_t member = 0;
+  ASSERT_TRUE(procs >> member);
+  std::string memberNs = "/proc/" + std::to_string(member) + "/ns/mnt";
+  char link[128];
+  ssize_t n = readlink(memberNs.c_str(), link, sizeof(link) - 1);
+  ASSERT_GT(n, 0) << memberNs;
+  std::string ns(link, size_t(n));
+  EXPECT_EQ(heldNamespaces().count(ns), 1u) << ns;
+  ASSERT_EQ(agent().sbx({"kill", id}).exitCode, 0);
+  bool released = false;
+  for (int i = 0; i < 200 && !released; ++i) {
+    released = heldNamespaces().count(ns) == 0;
+    if (!released) usleep(10000);
+  }
+  EXPECT_TRUE(released) << ns << " still held after the sandbox ended";
 }
 
 TEST_F(LifecycleTest, PausedTimeIsNotRunningTime) {
