@@ -507,14 +507,35 @@ isolator::CgroupLimits Supervisor::cgroupLimitsOf(api::SandboxSpec::Reader spec)
   return limits;
 }
 
+namespace {
+
+// The sandbox's cgroups, and its tenant's CPU weight when it has one of its
+// own (a tenant's cgroup is made afresh when its first sandbox comes). Any
+// thread: it reads nothing of the supervisor's.
+kj::Own<isolator::SandboxCgroup> makeSandboxCgroup(isolator::CgroupTree& tree, kj::StringPtr tenant,
+                                                   kj::StringPtr id,
+                                                   const isolator::CgroupLimits& limits,
+                                                   kj::Maybe<uint32_t> tenantWeight) {
+  auto cgroup = isolator::SandboxCgroup::create(tree, tenant, id, limits);
+  KJ_IF_MAYBE (weight, tenantWeight) {
+    KJ_ON_SCOPE_FAILURE(kj::runCatchingExceptions([&]() { cgroup->remove(); }));
+    tree.setTenantWeight(tenant, *weight);
+  }
+  return cgroup;
+}
+
+}  // namespace
+
+kj::Maybe<uint32_t> Supervisor::tenantWeightOf(kj::StringPtr tenant) const {
+  auto weight = tenantWeights_.find(tenant.cStr());
+  if (weight == tenantWeights_.end()) return nullptr;
+  return weight->second;
+}
+
 kj::Own<isolator::SandboxCgroup> Supervisor::newCgroup(api::SandboxSpec::Reader spec,
                                                        kj::StringPtr id) {
-  auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
-  auto cgroup = isolator::SandboxCgroup::create(tree, spec.getTenant(), id, cgroupLimitsOf(spec));
-  // A tenant's cgroup is made afresh when its first sandbox comes.
-  auto weight = tenantWeights_.find(spec.getTenant().cStr());
-  if (weight != tenantWeights_.end()) tree.setTenantWeight(spec.getTenant(), weight->second);
-  return cgroup;
+  return makeSandboxCgroup(*KJ_ASSERT_NONNULL(cgroupTree_), spec.getTenant(), id,
+                           cgroupLimitsOf(spec), tenantWeightOf(spec.getTenant()));
 }
 
 namespace {
@@ -572,15 +593,15 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
       config_.getInitPath().size() > 0 ? config_.getInitPath().cStr() : defaultInitPath().cStr();
   spec->skeletonDir = tmpl.skeletonDir.cStr();
   spec->usrDir = tmpl.usrDir.cStr();
-  spec->workDir = kj::str(config_.getStateDir(), "/sandboxes/", id).cStr();
+  kj::String workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
+  kj::String controlSocketPath = controlSocketPathOf(id);
+  spec->workDir = workDir.cStr();
   spec->initStderrFd = STDERR_FILENO;  // init's own diagnostics join the agent's log
   spec->diskBytes = filled.getDiskBytes();
-  spec->controlSocketPath = controlSocketPathOf(id).cStr();
+  spec->controlSocketPath = controlSocketPath.cStr();
   spec->seccompFilter = seccomp_.bytes();  // the supervisor outlives the worker's work
   isolator::CgroupLimits limits = cgroupLimitsOf(filled);
-  kj::Maybe<uint32_t> tenantWeight;
-  auto weight = tenantWeights_.find(filled.getTenant().cStr());
-  if (weight != tenantWeights_.end()) tenantWeight = weight->second;
+  kj::Maybe<uint32_t> tenantWeight = tenantWeightOf(filled.getTenant());
   auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
   kj::String tenant = kj::str(filled.getTenant());
 
@@ -589,7 +610,7 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
                                       tenant = kj::mv(tenant)]() mutable -> Launched {
     // On the worker thread: blocking, and nothing here touches the loop's state.
     Launched out;
-    out.cgroup = isolator::SandboxCgroup::create(tree, tenant, spec->sandboxId, limits);
+    out.cgroup = makeSandboxCgroup(tree, tenant, spec->sandboxId, limits, tenantWeight);
     KJ_ON_SCOPE_FAILURE({
       kj::runCatchingExceptions([&]() {
         out.cgroup->killAll();
@@ -597,10 +618,6 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
       });
       rmdir(spec->workDir.c_str());
     });
-    // A tenant's cgroup is made afresh when its first sandbox comes.
-    KJ_IF_MAYBE (w, tenantWeight) {
-      tree.setTenantWeight(tenant, *w);
-    }
     makeDir(kj::StringPtr(spec->workDir.c_str()), 0700);
     spec->cgroup = out.cgroup.get();
     out.init = isolator::launch(*spec);
@@ -617,11 +634,11 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
   });
   return launched
       .then(
-          [this, record = kj::mv(record), slot, actor = kj::str(actor), action = kj::str(action),
-           detail = kj::str(detail)](Launched&& launched) mutable {
+          [this, record = kj::mv(record), slot, workDir = kj::mv(workDir),
+           controlSocketPath = kj::mv(controlSocketPath), actor = kj::str(actor),
+           action = kj::str(action), detail = kj::str(detail)](Launched&& launched) mutable {
             auto rec = record->getRoot<state::SandboxRecord>();
             kj::String id = kj::str(rec.getId());
-            kj::String workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);
             rec.setInitPid(launched.init.pid);
             if (poolsStopped_ && isPoolRecord(rec)) {
               discard(launched, workDir);  // the agent is stopping: no pool any more
@@ -638,7 +655,7 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
             parts.control = kj::mv(launched.init.control);
             parts.rootDir = kj::mv(launched.rootDir);
             parts.workDir = kj::mv(workDir);
-            parts.controlSocketPath = controlSocketPathOf(id);
+            parts.controlSocketPath = kj::mv(controlSocketPath);
             // From here on the runtime owns the sandbox and cleans up after it.
             auto runtime = startRuntime(kj::mv(parts), slot);
             KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { attachNetwork(*runtime); })) {

@@ -158,6 +158,7 @@ class Supervisor {
   // Fills zero fields from the template and validates the result.
   void fillSpec(api::SandboxSpec::Builder spec, const TemplateInfo& tmpl);
   static isolator::CgroupLimits cgroupLimitsOf(api::SandboxSpec::Reader spec);
+  kj::Maybe<uint32_t> tenantWeightOf(kj::StringPtr tenant) const;  // null: the default
   kj::Own<isolator::SandboxCgroup> newCgroup(api::SandboxSpec::Reader spec, kj::StringPtr id);
   // Starts the sandbox `record` (id and filled spec set) describes, on the
   // launch worker; registered as live once its init is ready.
