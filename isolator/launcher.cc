@@ -76,6 +76,12 @@ struct ChildFailure {
 struct ChildContext {
   int sync;
   int control;
+  // The agent's ends of the same two socket pairs: the child's copies (it has
+  // a copy of the whole fd table) go at once, so that an agent that dies
+  // before releasing it gives it EOF instead of leaving it waiting forever
+  // (and holding every fd the agent had, its listening socket too).
+  int agentSync;
+  int agentControl;
   int listener;  // -1: none
   int init;
   int devNull;
@@ -94,6 +100,8 @@ struct ChildContext {
 // Runs in the clone3 child. The parent may be multi-threaded and other threads may have
 // held locks (malloc, stdio) at clone time, so only raw system calls from here to exec.
 [[noreturn]] void runChild(const ChildContext& c) {
+  close(c.agentSync);
+  close(c.agentControl);
   // Wait until the parent has written our uid/gid maps and placed us in our cgroups.
   char go;
   if (read(c.sync, &go, 1) != 1) _exit(126);
@@ -260,6 +268,7 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   char* argv[] = {argv0, nullptr};
   char* envp[] = {nullptr};
   ChildContext context{childSync,      childControl,
+                       sync,           control,
                        listener.get(), init,
                        devNull,        stderrCopy.get() >= 0 ? stderrCopy.get() : devNull.get(),
                        argv,           envp};
