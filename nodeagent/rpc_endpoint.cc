@@ -77,12 +77,20 @@ kj::AutoCloseFd bindListenSocket(const ListenAddress& address) {
     kj::AutoCloseFd sock(fd);
     sockaddr_un addr = unixAddress(address.path);
     // A socket file left by an agent that died: replace it only if nobody
-    // answers on it, so two agents never share one path.
+    // answers on it, so two agents never share one path. A killed agent's
+    // io_uring can keep its listening socket open a little while after the
+    // process is gone (the kernel tears the ring down in the background), so
+    // a listener must keep answering for a while to count as another agent.
     struct stat st;
     if (lstat(address.path.cStr(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-      int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      bool inUse = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-      close(probe);
+      constexpr int kProbes = 300, kProbeIntervalMicros = 10000;  // 3 s in all
+      bool inUse = true;
+      for (int i = 0; i < kProbes && inUse; ++i) {
+        if (i > 0) usleep(kProbeIntervalMicros);
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        inUse = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+        close(probe);
+      }
       KJ_REQUIRE(!inUse, "another agent is listening on", address.path);
       unlink(address.path.cStr());
     }
