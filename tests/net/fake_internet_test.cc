@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <memory>
 #include <string>
@@ -168,6 +169,12 @@ TEST(FakeInternetLifecycle, RemovesLeftoversAndCleansUp) {
       FakeInternet::run({"sh", "-c", "ip netns exec " + ns + " setsid sleep 300 >/dev/null 2>&1 &"})
           .exitCode,
       0);
+  // The shell returns before the backgrounded stray has entered the netns:
+  // wait for it, or the clean-up below may look before it is there.
+  for (int i = 0; i < 200 && FakeInternet::run({"ip", "netns", "pids", ns}).output.empty(); ++i) {
+    usleep(10000);
+  }
+  ASSERT_FALSE(FakeInternet::run({"ip", "netns", "pids", ns}).output.empty());
 
   auto fi = FakeInternet::start({.tag = "fitl", .linkIndex = 8});
   EXPECT_EQ(httpGet(FakeInternet::kHostA6, 80, "/whoami").body, "2001:db8:ffff:8::1\n");
