@@ -430,6 +430,15 @@ void SandboxCgroup::killAll(KillMethod method) {
   writeFileAt(v2.dir, "cgroup.kill", "1", v2.path);
 }
 
+bool SandboxCgroup::killAtOnce() {
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
+  const Leaf& v2 = leaves_.front();
+  int err = tryWriteFileAt(v2.dir, "cgroup.kill", "1");
+  if (err == ENOENT) return false;
+  if (err != 0) failSyscall("write", err, v2.path + "/cgroup.kill");
+  return true;
+}
+
 void SandboxCgroup::killWithFreezer(const Leaf& freezer) {
   // Frozen tasks cannot fork or exit, so the member list is stable and no pid can be
   // recycled while we signal it.

@@ -150,6 +150,10 @@ class SandboxCgroup {
   bool populated() const;
   // SIGKILLs every process; returns without waiting for them to exit.
   void killAll(KillMethod method = KillMethod::kAuto);
+  // One write to the v2 leaf's cgroup.kill. When it returns true, every task in the
+  // sandbox has a SIGKILL pending (a fork under way included), so none runs user code
+  // again; they may still be exiting. False where the kernel has no cgroup.kill (<5.14).
+  bool killAtOnce();
   CgroupStats stats() const;
   // The OOM killer's kill count in this cgroup (one file, cheap enough per exec).
   uint64_t oomKills() const;

@@ -115,6 +115,7 @@ void InitChannel::release(int pid) {
 }
 
 void InitChannel::sendOneWay(capnp::MessageBuilder& message) {
+  if (!sending_) return;
   auto bytes = isolator::encodeInitMessage(message);
   auto sent = loop::sendWithFds(port_, control_, bytes.asPtr(), nullptr);
   oneWaySends_.add(sent.attach(kj::mv(bytes)));

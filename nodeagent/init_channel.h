@@ -66,6 +66,9 @@ class InitChannel {
   void closeStdin(int pid);
   // The process ended and its output was read: init may forget it.
   void release(int pid);
+  // init is being killed: one-way requests are dropped from now on (it would
+  // never read them), while the events it sent before dying are still read.
+  void stopSending() { sending_ = false; }
 
  private:
   struct PendingSpawn;
@@ -88,6 +91,7 @@ class InitChannel {
   loop::UringEventPort& port_;
   kj::AutoCloseFd control_;
   uint64_t nextTag_ = 1;
+  bool sending_ = true;
   std::map<uint64_t, kj::Own<kj::PromiseFulfiller<SpawnedProcess>>> pendingSpawns_;
   std::map<int, ExitSlot> exits_;  // only pids init reported as spawned
   kj::Maybe<PendingResync> resync_;

@@ -543,22 +543,32 @@ uint64_t SandboxRuntime::cpuUsedNs() {
 void SandboxRuntime::kill(kj::StringPtr reason) {
   if (ended_ || pendingReason_.size() > 0) return;
   pendingReason_ = kj::str(reason);
-  // SIGKILL to PID 1 of a pid namespace kills every process in it; finish()
-  // runs when init has exited and sweeps the cgroup for anything left. The
-  // signal goes first: the kernel tears the sandbox down while the final
-  // usage is read below.
-  if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), SIGKILL, nullptr, 0) < 0 && errno != ESRCH) {
-    log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"errno", errno}});
-    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { cgroup_->killAll(); })) {
-      log::error("sandbox.kill_failed",
-                 {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+  // cgroup.kill dooms every task at once: when the write returns none of them
+  // runs tenant code again, so the sandbox has ended and the kill is answered
+  // now. The kernel's teardown (exits, the pid namespace, address spaces:
+  // about a millisecond here) goes on meanwhile; watchInit() releases what
+  // the sandbox held once init is gone.
+  bool doomed = false;
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { doomed = cgroup_->killAtOnce(); })) {
+    log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+  }
+  if (!doomed) {
+    // SIGKILL to PID 1 of a pid namespace kills every process in it, but only
+    // as init exits: the end is recorded then (watchInit()).
+    if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), SIGKILL, nullptr, 0) < 0 &&
+        errno != ESRCH) {
+      log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"errno", errno}});
+      KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { cgroup_->killAll(); })) {
+        log::error("sandbox.kill_failed",
+                   {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+      }
     }
   }
   if (paused()) {
     // Frozen tasks (v1) only die of SIGKILL once thawed. Kill every one of
     // them while still frozen, then thaw: nothing runs tenant code again.
     KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
-                   cgroup_->killAll();
+                   if (!doomed) cgroup_->killAll();
                    cgroup_->thaw();
                  })) {
       log::error("sandbox.kill_failed",
@@ -566,6 +576,8 @@ void SandboxRuntime::kill(kj::StringPtr reason) {
     }
   }
   captureFinalStats();
+  channel_.stopSending();
+  if (doomed) finish();
 }
 
 void SandboxRuntime::holdMountNamespace() {
@@ -591,6 +603,7 @@ void SandboxRuntime::trackCpu() {
                    KJ_SYSCALL(fstat(cgroup_->v2Fd(), &st));
                    cpuCgroupId_ = uint64_t(st.st_ino);
                    meter->track(cpuCgroupId_);  // an adopted sandbox's count carries on
+                   cpuTracked_ = true;
                  })) {
       log::warn("sandbox.cpu_meter_failed",
                 {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
@@ -601,15 +614,15 @@ void SandboxRuntime::trackCpu() {
 
 void SandboxRuntime::untrackCpu() {
   KJ_IF_MAYBE (meter, cpuMeter_) {
-    if (cpuCgroupId_ == 0) return;
+    if (!cpuTracked_) return;
     kj::runCatchingExceptions([&]() { meter->untrack(cpuCgroupId_); });
-    cpuCgroupId_ = 0;
+    cpuTracked_ = false;  // the id stays: the figure is still the meter's
   }
 }
 
 uint64_t SandboxRuntime::meteredCpuNs() {
   KJ_IF_MAYBE (meter, cpuMeter_) {
-    if (cpuCgroupId_ != 0) {
+    if (cpuTracked_) {
       KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
                      meteredCpuNs_ =
                          kj::max(meteredCpuNs_, meter->read(cpuCgroupId_, cgroup_->v2Path()));
@@ -665,29 +678,43 @@ void SandboxRuntime::armTimeout() {
 }
 
 kj::Promise<void> SandboxRuntime::watchInit() {
-  return port_.pollIn(initPidfd_).then([this](short) { finish(); });
+  return port_.pollIn(initPidfd_).then([this](short) {
+    finish();  // unless a kill recorded the end already
+    // Reap the init if it is our child (an adopted one is not).
+    siginfo_t info{};
+    waitid(idtype_t(P_PIDFD), initPidfd_.get(), &info, WEXITED | WNOHANG);
+    // What the sandbox held (mounts, cgroups, host paths) goes in a later
+    // turn, after the answers finish() released are on their way: that
+    // teardown takes the kernel a millisecond or more.
+    processWatches_.add(port_.timer()
+                            .afterDelay(0 * kj::NANOSECONDS)
+                            .then([this]() { return releaseResources(); })
+                            .then([this]() {
+                              hooks_.released(*this);
+                              releasedFulfiller_->fulfill();
+                            })
+                            .attach(kj::addRef(*this)));
+  });
 }
 
 void SandboxRuntime::finish() {
-  // init has exited. The kernel killed every other process of its pid
-  // namespace before that, so no tenant code runs any more: record the end
-  // and answer whoever waits for it now. What the sandbox held (mounts,
-  // cgroups, host paths) is released in a later turn, after those answers are
-  // on their way: that teardown takes the kernel a millisecond or more.
-  // Reap the init if it is our child (an adopted one is not).
-  siginfo_t info{};
-  waitid(idtype_t(P_PIDFD), initPidfd_.get(), &info, WEXITED | WNOHANG);
+  // Either init has exited (the kernel killed every other process of its pid
+  // namespace before that) or a kill doomed every task: no tenant code runs
+  // any more. Record the end and answer whoever waits for it.
+  if (ended_) return;
   if (pendingReason_.size() == 0) {
     pendingReason_ = kj::str("init-exited");
     captureFinalStats();
   }
-  meteredCpuNs();  // every process is dead: this reading is final
-  egressBytes();   // the last reading; the source is not asked again
+  egressBytes();  // the last reading; the source is not asked again
   endedMonoNs_ = monotonicNowNs();
   sampleMemory();  // the integral runs to the end
   ended_ = true;
-  timeoutTask_ = nullptr;
-  cpuCapTask_ = nullptr;
+  // A timeout or CPU cap that killed runs inside its own task: both go in a
+  // later turn, not from under it.
+  processWatches_.add(port_.timer()
+                          .afterDelay(0 * kj::NANOSECONDS)
+                          .attach(kj::mv(timeoutTask_), kj::mv(cpuCapTask_)));
   auto rec = record_->getRoot<state::SandboxRecord>();
   rec.setState(api::SandboxState::STOPPED);
   rec.setEndedAtNs(unixNowNs());
@@ -695,14 +722,11 @@ void SandboxRuntime::finish() {
   log::info("sandbox.ended", {{"id", id_.cStr()}, {"reason", pendingReason_.cStr()}});
   hooks_.ended(*this);
   endedFulfiller_->fulfill();
-  processWatches_.add(port_.timer()
-                          .afterDelay(0 * kj::NANOSECONDS)
-                          .then([this]() { return releaseResources(); })
-                          .then([this]() { releasedFulfiller_->fulfill(); })
-                          .attach(kj::addRef(*this)));
 }
 
 kj::Promise<void> SandboxRuntime::releaseResources() {
+  // Every task has exited and its last time slice is counted: the final reading.
+  meteredCpuNs();
   untrackCpu();
   mountNamespace_ = nullptr;
   fs_.close();  // the last reference to the sandbox's mounts: its tmpfs goes now
@@ -763,7 +787,7 @@ void SandboxRuntime::fillUsage(api::Usage::Builder usage) {
   usage.setWallPausedNs(paused);
   usage.setRpcRequests(rpcRequests_);
   usage.setEgressBytes(egressBytes());
-  usage.setCpuMeteredNs(ended_ ? meteredCpuNs_ : meteredCpuNs());
+  usage.setCpuMeteredNs(meteredCpuNs());  // latched once the sandbox is released
   usage.setExecs(execs_);
 }
 

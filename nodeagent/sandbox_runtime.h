@@ -45,8 +45,12 @@ class SandboxRuntime final : public kj::Refcounted {
   };
   // What the runtime tells its owner.
   struct Hooks {
-    // Once, when the sandbox has ended and its resources are released.
+    // Once, when the sandbox has ended: no tenant code runs any more (its
+    // tasks may still be exiting).
     kj::Function<void(SandboxRuntime&)> ended;
+    // Once, after `ended`, when its tasks are gone and its cgroups, mounts
+    // and host paths released.
+    kj::Function<void(SandboxRuntime&)> released;
     // The lifetime ran out; the owner kills or pauses it (spec.onTimeout).
     kj::Function<void(SandboxRuntime&)> expired;
     // Its CPU time reached spec.cpuCapMillis; the owner kills or pauses it
@@ -69,7 +73,9 @@ class SandboxRuntime final : public kj::Refcounted {
                                          kj::Maybe<api::OutputSink::Client> output);
   SandboxFs& files();
   // Kills every process and releases the sandbox; `reason` is recorded. A
-  // paused sandbox dies without running again.
+  // paused sandbox dies without running again. Where the kernel has
+  // cgroup.kill the sandbox has ended when this returns (whenEnded() is
+  // ready); its release follows once its tasks have exited.
   void kill(kj::StringPtr reason);
   void setTimeout(uint32_t seconds);
   // Records the network settings now in effect (spec fields and address slot).
@@ -206,7 +212,8 @@ class SandboxRuntime final : public kj::Refcounted {
   kj::Maybe<kj::ForkedPromise<void>> freezing_;  // while kPausing
   isolator::CgroupStats finalStats_{};
   kj::Maybe<ebpf::CpuMeter&> cpuMeter_;
-  uint64_t cpuCgroupId_ = 0;      // the v2 leaf the meter charges (0: not tracked)
+  uint64_t cpuCgroupId_ = 0;      // the v2 leaf the meter charges (0: not metered)
+  bool cpuTracked_ = false;       // the meter counts it still (until the release)
   uint64_t meteredCpuNs_ = 0;     // the largest reading so far; final once ended
   double memoryByteSeconds_ = 0;  // the integral up to memorySampledMonoNs_
   int64_t memorySampledMonoNs_ = 0;

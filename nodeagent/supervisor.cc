@@ -185,6 +185,7 @@ kj::Own<SandboxRuntime> Supervisor::startRuntime(SandboxRuntime::Parts parts, ui
   }
   SandboxRuntime::Hooks hooks;
   hooks.ended = [this](SandboxRuntime& s) { onEnded(s); };
+  hooks.released = [this](SandboxRuntime& s) { onReleased(s); };
   hooks.expired = [this](SandboxRuntime& s) { onExpired(s); };
   hooks.cpuCapped = [this](SandboxRuntime& s) { onCpuCapped(s); };
   auto runtime = kj::refcounted<SandboxRuntime>(port_, kj::mv(parts), kj::mv(hooks));
@@ -921,13 +922,28 @@ void Supervisor::audit(kj::StringPtr actor, kj::StringPtr action, kj::StringPtr 
 }
 
 void Supervisor::onEnded(SandboxRuntime& sandbox) {
-  KJ_IF_MAYBE (network, network_) {
-    (*network)->release(sandbox.id());
-  }
   auto rec = sandbox.record();
   persist(rec, auditEntry(rec.getEndedAtNs(), "agent", "end", rec.getId(),
                           rec.getSpec().getTenant(), kj::str("reason=", rec.getEndReason())));
-  if (!isPoolRecord(rec)) ledger_->recordEnd(sandbox);
+  // Keep the ended sandbox readable (info, usage) for a while, then drop it.
+  std::string id = sandbox.id().cStr();
+  auto it = live_.find(id);
+  if (it != live_.end()) {
+    ended_.emplace(id, kj::mv(it->second));
+    live_.erase(it);
+  }
+  tasks_.add(port_.timer().afterDelay(kEndedRetention).then([this, id = kj::mv(id)]() {
+    ended_.erase(id);
+  }));
+}
+
+void Supervisor::onReleased(SandboxRuntime& sandbox) {
+  // Its tasks have exited, so its last CPU is counted and what it held is
+  // free: bill the end, and hand its address, capacity and uid range on.
+  KJ_IF_MAYBE (network, network_) {
+    (*network)->release(sandbox.id());
+  }
+  if (!isPoolRecord(sandbox.record())) ledger_->recordEnd(sandbox);
   KJ_IF_MAYBE (gate, gate_) {
     auto ticket = capacityTickets_.find(sandbox.id().cStr());
     if (ticket != capacityTickets_.end()) {
@@ -941,16 +957,6 @@ void Supervisor::onEnded(SandboxRuntime& sandbox) {
       break;
     }
   }
-  // Keep the ended sandbox readable (info, usage) for a while, then drop it.
-  std::string id = sandbox.id().cStr();
-  auto it = live_.find(id);
-  if (it != live_.end()) {
-    ended_.emplace(id, kj::mv(it->second));
-    live_.erase(it);
-  }
-  tasks_.add(port_.timer().afterDelay(kEndedRetention).then([this, id = kj::mv(id)]() {
-    ended_.erase(id);
-  }));
   // An idle pool sandbox died: replace it, unhurried in case it keeps dying.
   // Any other end frees room a pool may be waiting for.
   scheduleRefill(dropFromPool(sandbox.id()) ? kPoolRetryDelay : kPoolRefillDelay);
@@ -1004,8 +1010,10 @@ kj::Promise<void> Supervisor::endPools() {
     for (auto& id : pool.idle) {
       auto it = live_.find(id);
       if (it == live_.end()) continue;
-      it->second->kill("agent-stopped");
-      waits.add(it->second->whenReleased().attach(kj::addRef(*it->second)));
+      // Held first: the kill may end it at once, moving it out of live_.
+      auto sandbox = kj::addRef(*it->second);
+      sandbox->kill("agent-stopped");
+      waits.add(sandbox->whenReleased().attach(kj::mv(sandbox)));
     }
   }
   return kj::joinPromises(waits.releaseAsArray());

@@ -175,6 +175,7 @@ class Supervisor {
   kj::Promise<void> launchPoolSandbox(WarmPool& pool);
   uint32_t allocateUidSlot();
   void onEnded(SandboxRuntime& sandbox);
+  void onReleased(SandboxRuntime& sandbox);
   void onExpired(SandboxRuntime& sandbox);
   void onCpuCapped(SandboxRuntime& sandbox);
   // Builds the runtime for `parts` (wiring the meter and the hooks) and

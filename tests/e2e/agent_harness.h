@@ -194,6 +194,14 @@ class AgentProcess {
     pid_ = -1;
   }
   void startAgain() { start(); }
+  // SIGTERMs the agent (a graceful stop) and returns its wait status.
+  int stop() {
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return status;
+  }
 
   // Waits until the agent accepts connections (`sbx ls` works).
   bool waitReady(const std::string& connect = "") {

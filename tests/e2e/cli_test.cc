@@ -184,8 +184,9 @@ TEST_F(CliTest, KilledSandboxLeavesNoProcess) {
   std::vector<pid_t> pids = cgroupPids(agent(), id);
   ASSERT_GE(pids.size(), 3u) << "init and two sleeps expected";
   ASSERT_EQ(agent().sbx({"kill", id}).exitCode, 0);
+  // Doomed when the kill answers; gone as soon as the kernel has torn them down.
   for (pid_t p : pids) {
-    EXPECT_NE(access(("/proc/" + std::to_string(p)).c_str(), F_OK), 0) << "pid " << p << " lives";
+    EXPECT_TRUE(waitGone("/proc/" + std::to_string(p))) << "pid " << p << " lives";
   }
   EXPECT_TRUE(waitGone(agent().cgroupDir("pids", "e2e", id)));
   EXPECT_TRUE(waitGone(agent().cgroupDir("unified", "e2e", id)));

@@ -7,7 +7,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include <kj/debug.h>
@@ -197,6 +199,54 @@ TEST_F(LifecycleTest, KillWhilePausedEndsEverything) {
   for (const char* hierarchy : {"unified", "freezer", "pids"}) {
     EXPECT_TRUE(waitGone(agent().cgroupDir(hierarchy, "e2e", id))) << hierarchy;
   }
+}
+
+// A kill is answered once the kernel has doomed every task of the sandbox
+// (cgroup.kill): from then on none runs tenant code (accrues user time), even
+// a busy one or one forking, though the kernel may still be tearing it down.
+TEST_F(LifecycleTest, AfterKillAnswersNoTaskRunsTenantCode) {
+  std::string id = agent().create();
+  auto sandbox = open(id);
+  auto forker = exec(sandbox, {"sh", "-c", "while :; do sh -c : ; done"}, nullptr);
+  auto spinner = exec(sandbox, {"sh", "-c", "while :; do :; done"}, nullptr);
+  spinner.pidRequest().send().wait(io_.waitScope);
+  forker.pidRequest().send().wait(io_.waitScope);
+  std::string procsPath = agent().cgroupDir("unified", "e2e", id) + "/cgroup.procs";
+  std::vector<pid_t> tasks;
+  {
+    std::ifstream procs(procsPath);
+    for (pid_t pid; procs >> pid;) tasks.push_back(pid);
+  }
+  ASSERT_GE(tasks.size(), 3u);  // init, the two shells (and the forker's child)
+  // User CPU ticks (field 14 of /proc/PID/stat), or -1 once the task is gone.
+  auto userTicks = [](pid_t pid) -> long long {
+    std::ifstream file("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    size_t close = stat.rfind(')');
+    if (close == std::string::npos) return -1;
+    std::istringstream fields(stat.substr(close + 2));
+    std::string field;
+    for (int i = 3; i <= 14 && fields >> field; ++i) {
+      if (i == 14) return std::stoll(field);
+    }
+    return -1;
+  };
+
+  sandbox.killRequest().send().wait(io_.waitScope);
+  std::vector<long long> atAnswer;
+  for (pid_t pid : tasks) atAnswer.push_back(userTicks(pid));
+  usleep(200000);  // a spinner still running would gain ~20 ticks
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    long long now = userTicks(tasks[i]);
+    EXPECT_TRUE(now == -1 || now == atAnswer[i])
+        << "task " << tasks[i] << " ran on after the kill: " << atAnswer[i] << " -> " << now;
+  }
+  auto info = sandbox.infoRequest().send().wait(io_.waitScope).getInfo();
+  EXPECT_EQ(info.getState(), api::SandboxState::STOPPED);
+  EXPECT_EQ(info.getEndReason(), "killed");
+  EXPECT_EQ(spinner.waitRequest().send().wait(io_.waitScope).getStatus().getReason(),
+            api::ExitReason::KILLED);
+  EXPECT_TRUE(waitGone(agent().cgroupDir("unified", "e2e", id)));
 }
 
 // The agent holds each live sandbox's mount namespace (so a kill is answered

@@ -47,7 +47,7 @@ TEST(Metering, TheEbpfMeterAgreesWithTheCgroupAndStopsWhilePaused) {
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_LT(cpuOf(agent, id).metered - before, 2'000'000u);
   ASSERT_EQ(agent.sbx({"resume", id}).exitCode, 0);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
   EXPECT_GT(cpuOf(agent, id).metered - before, 100'000'000u);
 
   // The figure survives the sandbox's end.

@@ -286,5 +286,58 @@ TEST_F(WarmPoolTest, APoolSandboxThatDiesIsReplaced) {
   EXPECT_FALSE(poolIds().count(victim));
 }
 
+// A graceful stop (a rolling upgrade) ends the pool's idle sandboxes, which no
+// tenant owns, and leaves the tenants' sandboxes running for the next agent.
+TEST(WarmPoolStop, StoppingTheAgentEndsItsIdleSandboxesOnly) {
+  NODEAGENT_REQUIRE_ROOT();
+  AgentProcess agent({}, true, WarmPoolTest::extraConfig());
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  std::string tenantSandbox = agent.create();
+  auto pidsIn = [&](const std::string& tenant, const std::string& id) {
+    std::vector<pid_t> pids;
+    for (auto& line : linesOf(readFile(agent.cgroupDir("unified", tenant, id) + "/cgroup.procs")))
+      pids.push_back(std::stoi(line));
+    return pids;
+  };
+  std::vector<pid_t> poolPids;
+  std::set<std::string> poolSandboxes;
+  for (int i = 0; i < 400 && poolPids.size() < kPoolSize; ++i) {
+    usleep(25000);
+    poolPids.clear();
+    poolSandboxes.clear();
+    DIR* dir = opendir(agent.cgroupDir("unified", "_pool", "").c_str());
+    if (dir == nullptr) continue;
+    while (auto* e = readdir(dir)) {
+      if (std::string(e->d_name).rfind("sbx-", 0) != 0) continue;
+      poolSandboxes.insert(e->d_name);
+      for (pid_t pid : pidsIn("_pool", e->d_name)) poolPids.push_back(pid);
+    }
+    closedir(dir);
+  }
+  ASSERT_EQ(poolPids.size(), size_t(kPoolSize)) << agent.log();  // one init each
+  std::vector<pid_t> tenantPids = pidsIn("e2e", tenantSandbox);
+  ASSERT_FALSE(tenantPids.empty());
+
+  int status = agent.stop();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << agent.log();
+  auto gone = [](pid_t pid) {
+    std::string stat = readFile("/proc/" + std::to_string(pid) + "/stat");
+    return stat.empty() || stat.find(") Z ") != std::string::npos;
+  };
+  for (pid_t pid : poolPids) {
+    for (int i = 0; i < 200 && !gone(pid); ++i) usleep(10000);
+    EXPECT_TRUE(gone(pid)) << "pool init " << pid << " outlived the agent";
+  }
+  for (auto& id : poolSandboxes) {
+    EXPECT_NE(access(agent.cgroupDir("unified", "_pool", id).c_str(), F_OK), 0) << id;
+  }
+  for (pid_t pid : tenantPids) EXPECT_FALSE(gone(pid)) << "tenant init " << pid;
+
+  // The next agent adopts the tenant's sandbox (and ends it as the test leaves).
+  agent.startAgain();
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  EXPECT_EQ(agent.sbx({"exec", tenantSandbox, "--", "echo", "still here"}).out, "still here\n");
+}
+
 }  // namespace
 }  // namespace nodeagent::testing
