@@ -73,8 +73,8 @@ int main(int argc, char** argv) {
   chmod(dir.c_str(), 0711);
   std::string sock = dir + "/agent.sock";
 
-  // The peers and the agent run interleaved, one iteration of each in turn,
-  // so drift in the machine's speed hits all of them alike.
+  // The peers and the agents run interleaved, one iteration of each per
+  // round, so drift in the machine's speed hits all of them alike.
   std::vector<std::string> bwrap = {"bwrap",
                                     "--ro-bind",
                                     "/usr",
@@ -203,18 +203,37 @@ int main(int argc, char** argv) {
     ours(false);  // warm-up
     warm(false);
     uint64_t claimsBefore = warmPool().second;
+    auto bwrapRun = [&]() {
+      if (!haveBwrap) return;
+      auto t = Clock::now();
+      spawnAndWait(bwrap);
+      bwrapUs.push_back(since(t));
+    };
+    auto runcRun = [&]() {
+      if (!haveRunc) return;
+      auto t = Clock::now();
+      spawnAndWait({"runc", "run", "--bundle", bundle, "bench-" + std::to_string(counter++)});
+      runcUs.push_back(since(t));
+    };
+    // One of each per round, the order rotating, so that no subject always
+    // runs right after the same one (runc evicts much of the caches; a cold
+    // create leaves its teardown running for a millisecond or two).
     for (int i = 0; i < iterations; ++i) {
-      ours(true);
-      warm(true);
-      if (haveBwrap) {
-        auto t = Clock::now();
-        spawnAndWait(bwrap);
-        bwrapUs.push_back(since(t));
-      }
-      if (haveRunc) {
-        auto t = Clock::now();
-        spawnAndWait({"runc", "run", "--bundle", bundle, "bench-" + std::to_string(counter++)});
-        runcUs.push_back(since(t));
+      for (int k = 0; k < 4; ++k) {
+        switch ((i + k) % 4) {
+          case 0:
+            ours(true);
+            break;
+          case 1:
+            warm(true);
+            break;
+          case 2:
+            bwrapRun();
+            break;
+          case 3:
+            runcRun();
+            break;
+        }
       }
     }
     warmClaims = warmPool().second - claimsBefore;
