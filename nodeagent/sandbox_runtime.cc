@@ -549,19 +549,25 @@ void SandboxRuntime::kill(kj::StringPtr reason) {
   // about a millisecond here) goes on meanwhile; watchInit() releases what
   // the sandbox held once init is gone.
   bool doomed = false;
-  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { doomed = cgroup_->killAtOnce(); })) {
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                 doomed = cgroup_->killAtOnce();
+                 // A claim that failed half way left tasks in the pool's cgroup.
+                 KJ_IF_MAYBE (leftover, leftoverCgroup_) {
+                   doomed = (*leftover)->killAtOnce() && doomed;
+                 }
+               })) {
     log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
   }
-  if (!doomed) {
-    // SIGKILL to PID 1 of a pid namespace kills every process in it, but only
-    // as init exits: the end is recorded then (watchInit()).
-    if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), SIGKILL, nullptr, 0) < 0 &&
-        errno != ESRCH) {
-      log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"errno", errno}});
-      KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { cgroup_->killAll(); })) {
-        log::error("sandbox.kill_failed",
-                   {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
-      }
+  // SIGKILL to PID 1 of a pid namespace kills every process in it too, as
+  // init exits: the way without cgroup.kill, and a backstop for any task
+  // outside the cgroup. (Without cgroup.kill the end is recorded then, by
+  // watchInit().)
+  if (syscall(SYS_pidfd_send_signal, initPidfd_.get(), SIGKILL, nullptr, 0) < 0 && errno != ESRCH &&
+      !doomed) {
+    log::warn("sandbox.kill_failed", {{"id", id_.cStr()}, {"errno", errno}});
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { cgroup_->killAll(); })) {
+      log::error("sandbox.kill_failed",
+                 {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
     }
   }
   if (paused()) {
@@ -621,6 +627,7 @@ void SandboxRuntime::untrackCpu() {
 }
 
 uint64_t SandboxRuntime::meteredCpuNs() {
+  if (ended_) return meteredCpuNs_;  // read at the end (it counts the slice under way)
   KJ_IF_MAYBE (meter, cpuMeter_) {
     if (cpuTracked_) {
       KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
@@ -690,6 +697,7 @@ kj::Promise<void> SandboxRuntime::watchInit() {
                             .afterDelay(0 * kj::NANOSECONDS)
                             .then([this]() { return releaseResources(); })
                             .then([this]() {
+                              released_ = true;
                               hooks_.released(*this);
                               releasedFulfiller_->fulfill();
                             })
@@ -706,7 +714,8 @@ void SandboxRuntime::finish() {
     pendingReason_ = kj::str("init-exited");
     captureFinalStats();
   }
-  egressBytes();  // the last reading; the source is not asked again
+  meteredCpuNs();  // no tenant code runs: this reading is final
+  egressBytes();   // the last reading; the source is not asked again
   endedMonoNs_ = monotonicNowNs();
   sampleMemory();  // the integral runs to the end
   ended_ = true;
@@ -725,8 +734,6 @@ void SandboxRuntime::finish() {
 }
 
 kj::Promise<void> SandboxRuntime::releaseResources() {
-  // Every task has exited and its last time slice is counted: the final reading.
-  meteredCpuNs();
   untrackCpu();
   mountNamespace_ = nullptr;
   fs_.close();  // the last reference to the sandbox's mounts: its tmpfs goes now
@@ -787,7 +794,7 @@ void SandboxRuntime::fillUsage(api::Usage::Builder usage) {
   usage.setWallPausedNs(paused);
   usage.setRpcRequests(rpcRequests_);
   usage.setEgressBytes(egressBytes());
-  usage.setCpuMeteredNs(meteredCpuNs());  // latched once the sandbox is released
+  usage.setCpuMeteredNs(meteredCpuNs());  // latched once the sandbox has ended
   usage.setExecs(execs_);
 }
 

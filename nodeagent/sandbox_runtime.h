@@ -143,6 +143,7 @@ class SandboxRuntime final : public kj::Refcounted {
   }
   // Resolves once, after the end, its cgroups, mounts and host paths are gone.
   kj::Promise<void> whenReleased() { return releasedFork_.addBranch(); }
+  bool released() const { return released_; }
 
  private:
   enum class RunState { kRunning, kPausing, kPaused };
@@ -202,6 +203,7 @@ class SandboxRuntime final : public kj::Refcounted {
   Hooks hooks_;
   kj::String pendingReason_;
   bool ended_ = false;
+  bool released_ = false;
   uint64_t rpcRequests_ = 0;
   uint64_t execs_ = 0;
   int64_t startedMonoNs_;

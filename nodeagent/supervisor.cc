@@ -410,16 +410,7 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::create(api::SandboxSpec::Reader
     KJ_IF_MAYBE (claimed, claimFromPool(filled.asReader(), tmpl, actor)) {
       return kj::mv(*claimed);
     }
-    // A claim takes a sandbox that already counts; a cold create adds one.
-    if (live_.size() + launching_ >= config_.getMaxSandboxes()) {
-      throwApiError(
-          api::ErrorCode::LIMIT_EXCEEDED,
-          kj::str("this node runs its maximum of ", config_.getMaxSandboxes(), " sandboxes"));
-    }
-    rec.setId(newSandboxId());
-    auto detail = kj::str("template=", filled.getTemplate(), " memory=", filled.getMemoryBytes(),
-                          " cpuMillis=", filled.getCpuMillis());
-    return launch(kj::mv(record), tmpl, actor, "create", kj::mv(detail));
+    return launchWhenRoom(kj::mv(record), tmpl, kj::str(actor), monotonicNowNs() + kRoomWaitNs);
   }();
   return sandbox.then(
       [this, ticket](kj::Own<SandboxRuntime> sandbox) {
@@ -430,6 +421,36 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::create(api::SandboxSpec::Reader
         releaseTicket();
         kj::throwFatalException(kj::mv(e));
       });
+}
+
+kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launchWhenRoom(
+    kj::Own<capnp::MallocMessageBuilder> record, const TemplateInfo& tmpl, kj::String actor,
+    int64_t deadlineMonoNs) {
+  // A claim takes a sandbox that already counts; a cold create adds one.
+  // Each holds a uid range from its launch to its release.
+  if (uidSlots_.size() >= config_.getMaxSandboxes()) {
+    // One killed a moment ago keeps its range until the kernel has torn it
+    // down (a millisecond or so): wait for that rather than refuse.
+    for (auto& [id, sandbox] : ended_) {
+      if (sandbox->released() || monotonicNowNs() >= deadlineMonoNs) continue;
+      auto timeout =
+          port_.timer().afterDelay((deadlineMonoNs - monotonicNowNs()) * kj::NANOSECONDS);
+      return sandbox->whenReleased()
+          .exclusiveJoin(kj::mv(timeout))
+          .then([this, record = kj::mv(record), &tmpl, actor = kj::mv(actor),
+                 deadlineMonoNs]() mutable {
+            return launchWhenRoom(kj::mv(record), tmpl, kj::mv(actor), deadlineMonoNs);
+          });
+    }
+    throwApiError(api::ErrorCode::LIMIT_EXCEEDED, kj::str("this node runs its maximum of ",
+                                                          config_.getMaxSandboxes(), " sandboxes"));
+  }
+  auto rec = record->getRoot<state::SandboxRecord>();
+  rec.setId(newSandboxId());
+  auto filled = rec.getSpec();
+  auto detail = kj::str("template=", filled.getTemplate(), " memory=", filled.getMemoryBytes(),
+                        " cpuMillis=", filled.getCpuMillis());
+  return launch(kj::mv(record), tmpl, actor, "create", kj::mv(detail));
 }
 
 void Supervisor::setCapacityGate(CapacityGate& gate) {
@@ -606,7 +627,6 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
   auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
   kj::String tenant = kj::str(filled.getTenant());
 
-  ++launching_;
   auto launched = launchWorker_->run([spec = kj::mv(spec), limits, tenantWeight, &tree,
                                       tenant = kj::mv(tenant)]() mutable -> Launched {
     // On the worker thread: blocking, and nothing here touches the loop's state.
@@ -633,49 +653,47 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
     out.rootDir = kj::AutoCloseFd(rootFd);
     return out;
   });
-  return launched
-      .then(
-          [this, record = kj::mv(record), slot, workDir = kj::mv(workDir),
-           controlSocketPath = kj::mv(controlSocketPath), actor = kj::str(actor),
-           action = kj::str(action), detail = kj::str(detail)](Launched&& launched) mutable {
-            auto rec = record->getRoot<state::SandboxRecord>();
-            kj::String id = kj::str(rec.getId());
-            rec.setInitPid(launched.init.pid);
-            if (poolsStopped_ && isPoolRecord(rec)) {
-              discard(launched, workDir);  // the agent is stopping: no pool any more
-              uidSlots_.erase(slot);
-              kj::throwRecoverableException(KJ_EXCEPTION(DISCONNECTED, "the agent is stopping"));
-            }
-            persist(rec.asReader(), auditEntry(rec.getCreatedAtNs(), actor, action, id,
-                                               rec.getSpec().getTenant(), detail));
-            SandboxRuntime::Parts parts;
-            parts.record = kj::mv(record);
-            parts.cgroup = kj::mv(launched.cgroup);
-            parts.initPid = launched.init.pid;
-            parts.initPidfd = kj::mv(launched.init.pidfd);
-            parts.control = kj::mv(launched.init.control);
-            parts.rootDir = kj::mv(launched.rootDir);
-            parts.workDir = kj::mv(workDir);
-            parts.controlSocketPath = kj::mv(controlSocketPath);
-            // From here on the runtime owns the sandbox and cleans up after it.
-            auto runtime = startRuntime(kj::mv(parts), slot);
-            KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { attachNetwork(*runtime); })) {
-              runtime->kill("network-failed");
-              kj::throwFatalException(kj::mv(*e));
-            }
-            if (runtime->record().getNetIndex() != 0) persist(runtime->record(), nullptr);
-            auto spec = runtime->record().getSpec();
-            log::info("sandbox.created", {{"id", id.cStr()},
-                                          {"tenant", spec.getTenant().cStr()},
-                                          {"template", spec.getTemplate().cStr()},
-                                          {"actor", actor.cStr()}});
-            return runtime;
-          },
-          [this, slot](kj::Exception&& e) -> kj::Own<SandboxRuntime> {
-            uidSlots_.erase(slot);
-            kj::throwFatalException(kj::mv(e));
-          })
-      .attach(kj::defer([this]() { --launching_; }));
+  return launched.then(
+      [this, record = kj::mv(record), slot, workDir = kj::mv(workDir),
+       controlSocketPath = kj::mv(controlSocketPath), actor = kj::str(actor),
+       action = kj::str(action), detail = kj::str(detail)](Launched&& launched) mutable {
+        auto rec = record->getRoot<state::SandboxRecord>();
+        kj::String id = kj::str(rec.getId());
+        rec.setInitPid(launched.init.pid);
+        if (poolsStopped_ && isPoolRecord(rec)) {
+          discard(launched, workDir);  // the agent is stopping: no pool any more
+          uidSlots_.erase(slot);
+          kj::throwRecoverableException(KJ_EXCEPTION(DISCONNECTED, "the agent is stopping"));
+        }
+        persist(rec.asReader(), auditEntry(rec.getCreatedAtNs(), actor, action, id,
+                                           rec.getSpec().getTenant(), detail));
+        SandboxRuntime::Parts parts;
+        parts.record = kj::mv(record);
+        parts.cgroup = kj::mv(launched.cgroup);
+        parts.initPid = launched.init.pid;
+        parts.initPidfd = kj::mv(launched.init.pidfd);
+        parts.control = kj::mv(launched.init.control);
+        parts.rootDir = kj::mv(launched.rootDir);
+        parts.workDir = kj::mv(workDir);
+        parts.controlSocketPath = kj::mv(controlSocketPath);
+        // From here on the runtime owns the sandbox and cleans up after it.
+        auto runtime = startRuntime(kj::mv(parts), slot);
+        KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { attachNetwork(*runtime); })) {
+          runtime->kill("network-failed");
+          kj::throwFatalException(kj::mv(*e));
+        }
+        if (runtime->record().getNetIndex() != 0) persist(runtime->record(), nullptr);
+        auto spec = runtime->record().getSpec();
+        log::info("sandbox.created", {{"id", id.cStr()},
+                                      {"tenant", spec.getTenant().cStr()},
+                                      {"template", spec.getTemplate().cStr()},
+                                      {"actor", actor.cStr()}});
+        return runtime;
+      },
+      [this, slot](kj::Exception&& e) -> kj::Own<SandboxRuntime> {
+        uidSlots_.erase(slot);
+        kj::throwFatalException(kj::mv(e));
+      });
 }
 
 kj::Maybe<kj::Own<SandboxRuntime>> Supervisor::find(kj::StringPtr id) {
@@ -925,25 +943,21 @@ void Supervisor::onEnded(SandboxRuntime& sandbox) {
   auto rec = sandbox.record();
   persist(rec, auditEntry(rec.getEndedAtNs(), "agent", "end", rec.getId(),
                           rec.getSpec().getTenant(), kj::str("reason=", rec.getEndReason())));
-  // Keep the ended sandbox readable (info, usage) for a while, then drop it.
+  if (!isPoolRecord(rec)) ledger_->recordEnd(sandbox);  // in the same commit as the end
   std::string id = sandbox.id().cStr();
   auto it = live_.find(id);
   if (it != live_.end()) {
     ended_.emplace(id, kj::mv(it->second));
     live_.erase(it);
   }
-  tasks_.add(port_.timer().afterDelay(kEndedRetention).then([this, id = kj::mv(id)]() {
-    ended_.erase(id);
-  }));
 }
 
 void Supervisor::onReleased(SandboxRuntime& sandbox) {
-  // Its tasks have exited, so its last CPU is counted and what it held is
-  // free: bill the end, and hand its address, capacity and uid range on.
+  // Its tasks have exited and what it held is free: hand its address,
+  // capacity and uid range on.
   KJ_IF_MAYBE (network, network_) {
     (*network)->release(sandbox.id());
   }
-  if (!isPoolRecord(sandbox.record())) ledger_->recordEnd(sandbox);
   KJ_IF_MAYBE (gate, gate_) {
     auto ticket = capacityTickets_.find(sandbox.id().cStr());
     if (ticket != capacityTickets_.end()) {
@@ -957,6 +971,11 @@ void Supervisor::onReleased(SandboxRuntime& sandbox) {
       break;
     }
   }
+  // Keep the ended sandbox readable (info, usage) for a while, then drop it.
+  // From its release on: until then it holds what the kernel still tears down.
+  tasks_.add(port_.timer().afterDelay(kEndedRetention).then([this, id = kj::str(sandbox.id())]() {
+    ended_.erase(id.cStr());
+  }));
   // An idle pool sandbox died: replace it, unhurried in case it keeps dying.
   // Any other end frees room a pool may be waiting for.
   scheduleRefill(dropFromPool(sandbox.id()) ? kPoolRetryDelay : kPoolRefillDelay);
@@ -1036,7 +1055,7 @@ void Supervisor::refillPools() {
   for (auto& pool : pools_) {
     if (pool.idle.size() >= pool.target) continue;
     // Full: the next sandbox to end schedules another refill.
-    if (live_.size() + launching_ >= config_.getMaxSandboxes()) break;
+    if (uidSlots_.size() >= config_.getMaxSandboxes()) break;
     // One launch at a time; the next refill is scheduled when it is done.
     tasks_.add(launchPoolSandbox(pool).then(
         [this]() {

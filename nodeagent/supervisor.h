@@ -165,6 +165,12 @@ class Supervisor {
   kj::Promise<kj::Own<SandboxRuntime>> launch(kj::Own<capnp::MallocMessageBuilder> record,
                                               const TemplateInfo& tmpl, kj::StringPtr actor,
                                               kj::StringPtr action, kj::StringPtr detail);
+  // launch() once the node has room: at its maximum, waits (until the
+  // deadline) for a sandbox that has ended to be released; else limitExceeded.
+  kj::Promise<kj::Own<SandboxRuntime>> launchWhenRoom(kj::Own<capnp::MallocMessageBuilder> record,
+                                                      const TemplateInfo& tmpl, kj::String actor,
+                                                      int64_t deadlineMonoNs);
+  static constexpr int64_t kRoomWaitNs = 2'000'000'000;
   static bool isPoolRecord(state::SandboxRecord::Reader record);
   WarmPool* findPool(kj::StringPtr templateName);
   kj::Maybe<kj::Own<SandboxRuntime>> claimFromPool(api::SandboxSpec::Reader spec,
@@ -230,7 +236,6 @@ class Supervisor {
   kj::Own<UsageLedger> ledger_;
   kj::Vector<WarmPool> pools_;
   bool refillScheduled_ = false;  // or a pool launch under way
-  size_t launching_ = 0;          // launches under way (not yet live)
   bool poolsStopped_ = false;     // by killAll
   struct ErrorLogger : public kj::TaskSet::ErrorHandler {
     void taskFailed(kj::Exception&& e) override;

@@ -156,8 +156,10 @@ class AgentProcess {
     uint64_t uidBase = 1000000000ull + uint64_t((getpid() * 7 + counter) % 400) * 6600000ull;
     {
       std::string config = "{\"cgroupRoot\": \"" + cgroupRoot_ +
-                           "\", \"uidBase\": " + std::to_string(uidBase) +
-                           ", \"maxSandboxes\": 100" + extraConfig;
+                           "\", \"uidBase\": " + std::to_string(uidBase) + extraConfig;
+      if (extraConfig.find("\"maxSandboxes\"") == std::string::npos) {
+        config += ", \"maxSandboxes\": 100";
+      }
       // Networking touches host-wide state (a bridge, NAT, port 53 on its
       // gateway): only tests that ask for it, with a bridge of their own.
       if (extraConfig.find("\"network\"") == std::string::npos) {

@@ -328,3 +328,55 @@ TEST_F(ApiTest, GarbageOnTheSocketIsRefused) {
 
 }  // namespace
 }  // namespace nodeagent::testing
+
+namespace nodeagent::testing {
+namespace {
+
+// A node at its maxSandboxes refuses a create with limitExceeded and loses
+// nothing; a kill makes room for the very next create, even one sent right
+// behind the kill (whose sandbox the kernel may still be tearing down).
+TEST(NodeLimitTest, AtItsMaximumCreatesAreRefusedUntilAKillMakesRoom) {
+  NODEAGENT_REQUIRE_ROOT();
+  AgentProcess agent({}, true, ", \"maxSandboxes\": 2");
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  loop::IoContext io;
+  auto conn = connectToNode(io.port, parseListenAddress(agent.target()), nullptr, 8 << 20)
+                  .wait(io.waitScope);
+  auto node = conn->bootstrap().castAs<api::Node>();
+  auto createRequest = [&]() {
+    auto req = node.createRequest();
+    req.initSpec().setTemplate("python");
+    req.getSpec().setTenant("limits");
+    return req;
+  };
+  auto first = createRequest().send().wait(io.waitScope);
+  auto second = createRequest().send().wait(io.waitScope);
+  for (int i = 0; i < 3; ++i) {
+    auto refused = errorOf(createRequest().send(), io.waitScope);
+    ASSERT_TRUE(refused != nullptr);
+    EXPECT_EQ(KJ_ASSERT_NONNULL(refused), api::ErrorCode::LIMIT_EXCEEDED);
+  }
+  // The refusals cost nothing: both sandboxes still serve.
+  int code = -1;
+  for (auto* created : {&first, &second}) {
+    auto exec = created->getSandbox().execRequest();
+    exec.initRequest().initArgv(1).set(0, "true");
+    code = exec.send().getProcess().waitRequest().send().wait(io.waitScope).getStatus().getCode();
+    EXPECT_EQ(code, 0);
+  }
+  // Kill and create in one write: the create waits out the teardown.
+  auto killed = first.getSandbox().killRequest().send();
+  auto third = createRequest().send();
+  killed.wait(io.waitScope);
+  auto made = third.wait(io.waitScope);
+  EXPECT_NE(std::string(made.getId().cStr()), std::string(first.getId().cStr()));
+  auto exec = made.getSandbox().execRequest();
+  exec.initRequest().initArgv(1).set(0, "true");
+  EXPECT_EQ(exec.send().getProcess().waitRequest().send().wait(io.waitScope).getStatus().getCode(),
+            0);
+  made.getSandbox().killRequest().send().wait(io.waitScope);
+  second.getSandbox().killRequest().send().wait(io.waitScope);
+}
+
+}  // namespace
+}  // namespace nodeagent::testing
