@@ -159,6 +159,9 @@ TEST(FakeInternetLifecycle, RemovesLeftoversAndCleansUp) {
   EXPECT_THROW(FakeInternet::start({.tag = "Bad-Tag"}), std::invalid_argument);
 
   const std::string ns = "na-fitl-inet";
+  // The strays' command line is this run's own: the check below reads every
+  // process on the host, and a plain "sleep 300" may well be somebody else's.
+  const std::string strayCommand = "sleep " + std::to_string(3000000 + getpid());
   ASSERT_EQ(FakeInternet::run({"ip", "netns", "add", ns}).exitCode, 0);
   ASSERT_EQ(FakeInternet::run({"ip", "link", "add", "nafitlh", "type", "veth", "peer", "name",
                                "stale", "netns", ns})
@@ -166,7 +169,8 @@ TEST(FakeInternetLifecycle, RemovesLeftoversAndCleansUp) {
             0);
   // A stray process in the stale netns, detached from us (as if its parent had crashed).
   ASSERT_EQ(
-      FakeInternet::run({"sh", "-c", "ip netns exec " + ns + " setsid sleep 300 >/dev/null 2>&1 &"})
+      FakeInternet::run(
+          {"sh", "-c", "ip netns exec " + ns + " setsid " + strayCommand + " >/dev/null 2>&1 &"})
           .exitCode,
       0);
   // The shell returns before the backgrounded stray has entered the netns:
@@ -179,7 +183,7 @@ TEST(FakeInternetLifecycle, RemovesLeftoversAndCleansUp) {
   auto fi = FakeInternet::start({.tag = "fitl", .linkIndex = 8});
   EXPECT_EQ(httpGet(FakeInternet::kHostA6, 80, "/whoami").body, "2001:db8:ffff:8::1\n");
   fi->startIperf();
-  auto stray = fi->execInNetns({"sh", "-c", "setsid sleep 300 >/dev/null 2>&1 &"});
+  auto stray = fi->execInNetns({"sh", "-c", "setsid " + strayCommand + " >/dev/null 2>&1 &"});
   ASSERT_EQ(stray.exitCode, 0) << stray.output;
   auto pids = FakeInternet::run({"ip", "netns", "pids", ns});
   EXPECT_FALSE(pids.output.empty());
@@ -198,7 +202,7 @@ TEST(FakeInternetLifecycle, RemovesLeftoversAndCleansUp) {
   std::string ps = FakeInternet::run({"ps", "-eo", "args"}).output;
   EXPECT_FALSE(contains(ps, "dnsmasq --keep-in-foreground")) << ps;
   EXPECT_FALSE(contains(ps, "iperf3 -s -B 198.51.100.10")) << ps;
-  EXPECT_FALSE(contains(ps, "sleep 300")) << ps;
+  EXPECT_FALSE(contains(ps, strayCommand)) << ps;
   while (waitpid(-1, nullptr, WNOHANG) > 0) {
   }
 }
