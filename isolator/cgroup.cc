@@ -415,19 +415,16 @@ bool SandboxCgroup::populated() const {
 
 void SandboxCgroup::killAll(KillMethod method) {
   KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
-  const Leaf& v2 = leaves_.front();
   bool hybrid = tree_.mode() == CgroupMode::kHybrid;
   if (method == KillMethod::kV1Freezer || (method == KillMethod::kAuto && hybrid)) {
     const Leaf* freezer = findLeaf(&CgroupHierarchy::freezer);
     KJ_REQUIRE(freezer != nullptr && !freezer->hierarchy.v2, "no v1 freezer on this host");
     killWithFreezer(*freezer);
     if (method == KillMethod::kV1Freezer) return;
-    // Backstop on the unified leaf; kernels before 5.14 have no cgroup.kill.
-    int err = tryWriteFileAt(v2.dir, "cgroup.kill", "1");
-    if (err != 0 && err != ENOENT) failSyscall("write", err, v2.path + "/cgroup.kill");
+    killAtOnce();  // a backstop on the unified leaf, where the kernel has cgroup.kill
     return;
   }
-  writeFileAt(v2.dir, "cgroup.kill", "1", v2.path);
+  if (!killAtOnce()) failSyscall("write", ENOENT, leaves_.front().path + "/cgroup.kill");
 }
 
 bool SandboxCgroup::killAtOnce() {
