@@ -6,7 +6,16 @@
 // iterations the harness waits, untimed, until the pool is full again.
 // Prints one JSON object.
 //
-//   build/bin/bench-create-exec [--iterations N] [--agent-bin DIR]
+//   build/bin/bench-create-exec [--iterations N] [--agent-bin DIR] [--idle-ms N]
+//                           [--keep-cgroup-options]
+//
+// --idle-ms: the machine idles this long before each timed run (of every
+// subject), as a node does between creates that are not back to back. Some
+// costs only show then: an idle CPU's wake-up, and the RCU grace period a
+// cgroup migration waits for unless the cgroup2 mount has favordynmods.
+// --keep-cgroup-options: the agents leave the cgroup2 mount's options alone
+// ("cgroupFavorDynmods": false), to measure a host without favordynmods (clear
+// it first: the option outlives the agent that set it).
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -24,6 +33,8 @@
 #include <kj/debug.h>
 
 #include "bench/bench_support.h"
+#include "isolator/cgroup.h"
+#include "isolator/cgroup_dynmods.h"
 #include "loop/io_context.h"
 #include "nodeagent/config.h"
 #include "nodeagent/rpc_endpoint.h"
@@ -57,11 +68,15 @@ class FirstOutput final : public nodeagent::api::OutputSink::Server {
 
 int main(int argc, char** argv) {
   int iterations = 100;
+  int idleMs = 0;
+  bool keepCgroupOptions = false;
   std::string binDir = nodeagent::bench::ownBinDir();
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--iterations" && i + 1 < argc) iterations = atoi(argv[++i]);
     if (a == "--agent-bin" && i + 1 < argc) binDir = argv[++i];
+    if (a == "--idle-ms" && i + 1 < argc) idleMs = atoi(argv[++i]);
+    if (a == "--keep-cgroup-options") keepCgroupOptions = true;
   }
   if (geteuid() != 0) {
     fprintf(stderr, "bench-create-exec needs root\n");
@@ -119,16 +134,17 @@ int main(int argc, char** argv) {
   };
   // Each agent has its own cgroup root and uid range, as separate hosts
   // would (and neither disturbs an agent already running on this one).
+  std::string common = std::string("\"maxSandboxes\": 100, \"cgroupFavorDynmods\": ") +
+                       (keepCgroupOptions ? "false" : "true");
   writeConfig(dir + "/cold.json",
-              "{\"cgroupRoot\": \"nodeagent-bench-cold\", \"uidBase\": 200000000, "
-              "\"maxSandboxes\": 100}");
+              "{\"cgroupRoot\": \"nodeagent-bench-cold\", \"uidBase\": 200000000, " + common + "}");
   pid_t agent = startAgent({binDir + "/nodeagent", "--config", dir + "/cold.json", "--state-dir",
                             dir + "/state", "--listen", "unix:" + sock, "--log-level", "warn"});
   constexpr uint32_t kWarmPool = 4;
   std::string warmSock = dir + "/warm.sock";
   writeConfig(dir + "/warm.json",
-              "{\"cgroupRoot\": \"nodeagent-bench-warm\", \"uidBase\": 300000000, "
-              "\"maxSandboxes\": 100, \"templates\": [{\"name\": \"python\", \"warmPool\": " +
+              "{\"cgroupRoot\": \"nodeagent-bench-warm\", \"uidBase\": 300000000, " + common +
+                  ", \"templates\": [{\"name\": \"python\", \"warmPool\": " +
                   std::to_string(kWarmPool) + "}]}");
   pid_t warmAgent =
       startAgent({binDir + "/nodeagent", "--config", dir + "/warm.json", "--state-dir",
@@ -162,10 +178,14 @@ int main(int argc, char** argv) {
     auto waitWarmPoolFull = [&]() {
       for (int i = 0; i < 2000 && warmPool().first < kWarmPool; ++i) usleep(1000);
     };
+    auto idle = [&]() {
+      if (idleMs > 0) usleep(useconds_t(idleMs) * 1000);
+    };
     // create -> exec `echo hi` (pipelined) -> first output -> kill, each phase timed.
     auto run = [&](nodeagent::api::Node::Client& node, std::vector<double>* total,
                    std::vector<double>* createOut, std::vector<double>* execOut,
                    std::vector<double>* killOut) {
+      idle();
       auto t0 = Clock::now();
       auto create = node.createRequest();
       create.initSpec().setTemplate("python");
@@ -205,12 +225,14 @@ int main(int argc, char** argv) {
     uint64_t claimsBefore = warmPool().second;
     auto bwrapRun = [&]() {
       if (!haveBwrap) return;
+      idle();
       auto t = Clock::now();
       spawnAndWait(bwrap);
       bwrapUs.push_back(since(t));
     };
     auto runcRun = [&]() {
       if (!haveRunc) return;
+      idle();
       auto t = Clock::now();
       spawnAndWait({"runc", "run", "--bundle", bundle, "bench-" + std::to_string(counter++)});
       runcUs.push_back(since(t));
@@ -245,6 +267,8 @@ int main(int argc, char** argv) {
   nodeagent::bench::removeAgentPins("nodeagent-bench-cold");
   nodeagent::bench::removeAgentPins("nodeagent-bench-warm");
   spawnAndWait({"rm", "-rf", dir});
+  std::string cgroupOptions =
+      nodeagent::isolator::cgroup2SuperOptions(nodeagent::isolator::detectCgroupLayout().v2);
   Stats oursStats = summarize(oursUs), createStats = summarize(createUs),
         execStats = summarize(execUs), killStats = summarize(killUs);
   Stats warmStats = summarize(warmUs), warmCreateStats = summarize(warmCreateUs),
@@ -253,6 +277,8 @@ int main(int argc, char** argv) {
   Stats runcStats = haveRunc ? summarize(runcUs) : Stats{};
 
   printf("{\n  \"benchmark\": \"create_first_output_kill\",\n  \"iterations\": %d,\n", iterations);
+  printf("  \"idle_ms_before_each_run\": %d,\n  \"cgroup2_options\": \"%s\",\n", idleMs,
+         cgroupOptions.c_str());
   printf("  %s,\n", json("nodeagent", oursStats).c_str());
   printf("  %s,\n", json("nodeagent_create_phase", createStats).c_str());
   printf("  %s,\n", json("nodeagent_exec_phase", execStats).c_str());

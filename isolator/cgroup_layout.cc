@@ -4,10 +4,8 @@
 
 #include <kj/debug.h>
 
-#include <fstream>
-#include <sstream>
-
 #include "isolator/cgroup.h"
+#include "isolator/mountinfo.h"
 
 namespace nodeagent::isolator {
 namespace {
@@ -17,38 +15,6 @@ constexpr const char kCgroupMount[] = "/sys/fs/cgroup";
 bool isCgroup2(const char* path) {
   struct statfs fs;
   return statfs(path, &fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC;
-}
-
-// mountinfo escapes space, tab, newline and backslash as \ooo.
-std::string unescapeMountField(const std::string& field) {
-  std::string out;
-  for (size_t i = 0; i < field.size(); ++i) {
-    if (field[i] == '\\' && i + 3 < field.size()) {
-      int value = 0;
-      bool octal = true;
-      for (size_t j = 1; j <= 3; ++j) {
-        char c = field[i + j];
-        if (c < '0' || c > '7') octal = false;
-        value = value * 8 + (c - '0');
-      }
-      if (octal) {
-        out.push_back(char(value));
-        i += 3;
-        continue;
-      }
-    }
-    out.push_back(field[i]);
-  }
-  return out;
-}
-
-bool hasOption(const std::string& options, const char* name) {
-  std::stringstream in(options);
-  std::string option;
-  while (std::getline(in, option, ',')) {
-    if (option == name) return true;
-  }
-  return false;
 }
 
 }  // namespace
@@ -70,23 +36,11 @@ CgroupLayout detectCgroupLayout() {
   }
   layout.v2 = "/sys/fs/cgroup/unified";
 
-  // Fields: id parent major:minor root mountpoint options [optional...] - fstype source super.
-  std::ifstream in("/proc/self/mountinfo");
-  KJ_REQUIRE(in.good(), "cannot read /proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::string id, parent, device, root, mountPoint, options, field;
-    fields >> id >> parent >> device >> root >> mountPoint >> options;
-    while (fields >> field && field != "-") {
-    }
-    std::string fsType, source, superOptions;
-    fields >> fsType >> source >> superOptions;
+  for (const MountEntry& mount : readMountInfo()) {
     // Only whole hierarchies: a bind of a sub-cgroup is not the hierarchy's root.
-    if (fsType != "cgroup" || root != "/") continue;
-    std::string path = unescapeMountField(mountPoint);
+    if (mount.fsType != "cgroup" || mount.root != "/") continue;
     auto take = [&](const char* controller, std::string& slot) {
-      if (slot.empty() && hasOption(superOptions, controller)) slot = path;
+      if (slot.empty() && hasMountOption(mount.superOptions, controller)) slot = mount.mountPoint;
     };
     take("memory", layout.memory);
     take("pids", layout.pids);

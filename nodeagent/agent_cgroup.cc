@@ -9,6 +9,9 @@
 
 #include <kj/debug.h>
 
+#include "isolator/cgroup_dynmods.h"
+#include "util/log.h"
+
 namespace nodeagent {
 namespace {
 
@@ -56,6 +59,27 @@ void enterAgentCgroup(isolator::CgroupTree& tree, const AgentReservation& reserv
     }
     // cgroup.procs moves every thread of the process (v1 and v2).
     writeFile(dir + "/cgroup.procs", pid);
+  }
+}
+
+void favorCgroupMigrations(const isolator::CgroupTree& tree) {
+  const std::string& mount = tree.layout().v2;
+  isolator::DynmodsResult result;
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions(
+                      [&]() { result = isolator::favorDynamicModifications(mount); })) {
+    result = {isolator::DynmodsOutcome::kNotApplied, "", e->getDescription().cStr()};
+  }
+  switch (result.outcome) {
+    case isolator::DynmodsOutcome::kAlreadyOn:
+      break;
+    case isolator::DynmodsOutcome::kTurnedOn:
+      log::info("cgroup.favordynmods",
+                {{"mount", mount.c_str()}, {"options", result.superOptions.c_str()}});
+      break;
+    case isolator::DynmodsOutcome::kNotApplied:
+      log::warn("cgroup.favordynmods_not_applied",
+                {{"mount", mount.c_str()}, {"why", result.why.c_str()}});
+      break;
   }
 }
 

@@ -19,4 +19,8 @@ struct AgentReservation {
 // of `tree` that has the cpu or memory controller, and the v2 tree.
 void enterAgentCgroup(isolator::CgroupTree& tree, const AgentReservation& reservation);
 
+// Makes moves between cgroups cheap (isolator/cgroup_dynmods.h) and logs what
+// it found and did; a kernel that does not take the option costs a warning only.
+void favorCgroupMigrations(const isolator::CgroupTree& tree);
+
 }  // namespace nodeagent

@@ -128,6 +128,7 @@ void Supervisor::start() {
   seccomp_ = isolator::SeccompProgram::compileDefault();
   hostLock_ = lockCgroupRoot(config_.getCgroupRoot());
   cgroupTree_ = isolator::CgroupTree::open(config_.getCgroupRoot().cStr());
+  if (config_.getCgroupFavorDynmods()) favorCgroupMigrations(*KJ_ASSERT_NONNULL(cgroupTree_));
   if (config_.getAgentCgroup()) {
     enterAgentCgroup(*KJ_ASSERT_NONNULL(cgroupTree_), AgentReservation{});
   }

@@ -1,7 +1,9 @@
 // Privileged: the cgroup code on this host's real hierarchies (hybrid here, or pure v2),
 // with plain forked processes.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,6 +14,8 @@
 #include <sstream>
 
 #include "isolator/cgroup.h"
+#include "isolator/cgroup_dynmods.h"
+#include "isolator/mountinfo.h"
 #include "support/privileged.h"
 
 namespace nodeagent::isolator {
@@ -141,6 +145,53 @@ TEST(Cgroup, InvalidNamesNeverTouchTheFilesystem) {
   EXPECT_THROW(SandboxCgroup::create(*tree, "../../escape", "x", CgroupLimits()), kj::Exception);
   EXPECT_THROW(SandboxCgroup::create(*tree, tenant(), "..", CgroupLimits()), kj::Exception);
   EXPECT_FALSE(exists(tree->layout().v2 + "/escape"));
+}
+
+// Gives the cgroup2 mount exactly `options` (comma-separated, without rw/ro).
+void reconfigureCgroup2(const std::string& mount, const std::string& options) {
+  int fs = fspick(AT_FDCWD, mount.c_str(), FSPICK_CLOEXEC);
+  ASSERT_GE(fs, 0) << strerror(errno);
+  std::stringstream in(options);
+  std::string option;
+  while (std::getline(in, option, ',')) {
+    if (option.empty() || option == "rw" || option == "ro") continue;
+    ASSERT_EQ(fsconfig(fs, FSCONFIG_SET_FLAG, option.c_str(), nullptr, 0), 0)
+        << option << ": " << strerror(errno);
+  }
+  ASSERT_EQ(fsconfig(fs, FSCONFIG_CMD_RECONFIGURE, nullptr, nullptr, 0), 0) << strerror(errno);
+  close(fs);
+}
+
+TEST(CgroupDynmods, TurnsTheOptionOnAndKeepsTheMountsOtherOptions) {
+  NODEAGENT_REQUIRE_ROOT();
+  std::string mount = detectCgroupLayout().v2;
+  std::string original = cgroup2SuperOptions(mount);
+  struct Restore {
+    std::string mount, options;
+    ~Restore() { reconfigureCgroup2(mount, options); }
+  } restore{mount, original};
+
+  // nsdelegate stands for any option the host set: a reconfigure that named
+  // only favordynmods would drop it.
+  reconfigureCgroup2(mount, "nsdelegate");
+  ASSERT_FALSE(hasMountOption(cgroup2SuperOptions(mount), "favordynmods"));
+
+  DynmodsResult first = favorDynamicModifications(mount);
+  EXPECT_EQ(first.outcome, DynmodsOutcome::kTurnedOn) << first.why;
+  std::string now = cgroup2SuperOptions(mount);
+  EXPECT_TRUE(hasMountOption(now, "favordynmods")) << now;
+  EXPECT_TRUE(hasMountOption(now, "nsdelegate")) << now;
+  EXPECT_EQ(first.superOptions, now);
+
+  DynmodsResult second = favorDynamicModifications(mount);
+  EXPECT_EQ(second.outcome, DynmodsOutcome::kAlreadyOn);
+  EXPECT_EQ(cgroup2SuperOptions(mount), now);
+}
+
+TEST(CgroupDynmods, OnlyCgroup2MountsAreTouched) {
+  NODEAGENT_REQUIRE_ROOT();
+  EXPECT_THROW(favorDynamicModifications("/proc"), kj::Exception);
+  EXPECT_THROW(favorDynamicModifications("/nonexistent-mount"), kj::Exception);
 }
 
 }  // namespace
