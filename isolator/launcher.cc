@@ -188,6 +188,30 @@ void validate(const LaunchSpec& spec) {
   }
 }
 
+// Puts the calling thread into a network namespace until destroyed. clone()
+// gives the child the calling thread's namespaces, so it starts in that one.
+class ThreadInNetns {
+ public:
+  explicit ThreadInNetns(int netns) {
+    int fd = checkSyscall(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC), "open",
+                          "/proc/thread-self/ns/net");
+    home_ = kj::AutoCloseFd(fd);
+    checkSyscall(setns(netns, CLONE_NEWNET), "setns", "the sandbox's network namespace");
+  }
+  ~ThreadInNetns() noexcept(false) {
+    // A thread left in a sandbox's namespace would do the agent's later work
+    // there; nothing can be trusted to continue.
+    if (setns(home_, CLONE_NEWNET) != 0) {
+      KJ_LOG(FATAL, "cannot return to the agent's network namespace", strerror(errno));
+      abort();
+    }
+  }
+  KJ_DISALLOW_COPY(ThreadInNetns);
+
+ private:
+  kj::AutoCloseFd home_;
+};
+
 [[noreturn]] void throwLaunchError(const LaunchSpec& spec, std::string message) {
   kj::throwFatalException(
       kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
@@ -274,23 +298,30 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
                        argv,           envp};
 
   ChildStack stack;  // freed after the child has exec'd or been reaped (see below)
-  // Block every signal across clone so no handler of the caller runs in the child; init
-  // sets up its own mask and dispositions.
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
   // CLONE_VM: the child shares our memory (on a stack of its own) until it
   // execs, like posix_spawn, instead of copying the agent's page tables; that
   // copy grows with the agent and cost milliseconds per launch. The child
   // touches nothing but `context` (which outlives it here) and does only
   // async-signal-safe syscalls. Unlike vfork we are not suspended: we must
   // write its id maps while it waits.
-  int pidfd = -1;
   int flags = CLONE_VM | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC |
-              CLONE_NEWNET | CLONE_PIDFD | SIGCHLD;
+              CLONE_PIDFD | SIGCHLD;
+  kj::Maybe<kj::Own<ThreadInNetns>> inNetns;
+  if (spec.netnsFd >= 0) {
+    inNetns = kj::heap<ThreadInNetns>(spec.netnsFd);
+  } else {
+    flags |= CLONE_NEWNET;
+  }
+  // Block every signal across clone so no handler of the caller runs in the child; init
+  // sets up its own mask and dispositions.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int pidfd = -1;
   long pid = clone(childEntry, stack.top(), flags, &context, &pidfd);
   int cloneErr = errno;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  inNetns = nullptr;  // this thread is back in the agent's namespace
   if (pid < 0) failSyscall("clone", cloneErr, "for sandbox " + spec.sandboxId);
 
   LaunchedSandbox sandbox;

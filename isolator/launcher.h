@@ -1,5 +1,5 @@
-// Starts a sandbox: clones its init into fresh user, mount, pid, uts, ipc, net and cgroup
-// namespaces, maps its uid range, puts it into its cgroup and waits until init has built
+// Starts a sandbox: clones its init into fresh user, mount, pid, uts, ipc, net (or one made
+// ahead, LaunchSpec::netnsFd) and cgroup namespaces, maps its uid range, puts it into its cgroup and waits until init has built
 // the sandbox's root (the Setup -> ready exchange of schema/init.capnp).
 //
 // Synchronous: launch() blocks for the few milliseconds setup takes (bounded by
@@ -46,6 +46,9 @@ struct LaunchSpec {
   // old socket there is replaced; the caller unlinks it once the sandbox ended. Its
   // directory must keep sandboxes out (the socket is mode 0600, owned by the caller).
   std::string controlSocketPath;
+  // A network namespace made ahead (NetnsPool) for the sandbox, or -1 for a new
+  // one made by the clone. Borrowed: the caller closes it after launch().
+  int netnsFd = -1;
   std::chrono::milliseconds setupTimeout{10000};
 };
 

@@ -129,6 +129,8 @@ void Supervisor::start() {
   hostLock_ = lockCgroupRoot(config_.getCgroupRoot());
   cgroupTree_ = isolator::CgroupTree::open(config_.getCgroupRoot().cStr());
   if (config_.getCgroupFavorDynmods()) favorCgroupMigrations(*KJ_ASSERT_NONNULL(cgroupTree_));
+  if (config_.getSpareNetns() > 0)
+    netnsPool_ = kj::heap<isolator::NetnsPool>(config_.getSpareNetns());
   if (config_.getAgentCgroup()) {
     enterAgentCgroup(*KJ_ASSERT_NONNULL(cgroupTree_), AgentReservation{});
   }
@@ -627,9 +629,13 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
   kj::Maybe<uint32_t> tenantWeight = tenantWeightOf(filled.getTenant());
   auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
   kj::String tenant = kj::str(filled.getTenant());
+  isolator::NetnsPool* netnsPool = nullptr;
+  KJ_IF_MAYBE (pool, netnsPool_) {
+    netnsPool = *pool;
+  }
 
   auto launched = launchWorker_->run([spec = kj::mv(spec), limits, tenantWeight, &tree,
-                                      tenant = kj::mv(tenant)]() mutable -> Launched {
+                                      tenant = kj::mv(tenant), netnsPool]() mutable -> Launched {
     // On the worker thread: blocking, and nothing here touches the loop's state.
     Launched out;
     out.cgroup = makeSandboxCgroup(tree, tenant, spec->sandboxId, limits, tenantWeight);
@@ -642,6 +648,9 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
     });
     makeDir(kj::StringPtr(spec->workDir.c_str()), 0700);
     spec->cgroup = out.cgroup.get();
+    kj::AutoCloseFd netns;  // the sandbox's alone from here: closed, never handed on again
+    if (netnsPool != nullptr) netns = netnsPool->take();
+    spec->netnsFd = netns.get();
     out.init = isolator::launch(*spec);
     int rootFd =
         open(kj::str("/proc/", out.init.pid, "/root").cStr(), O_PATH | O_DIRECTORY | O_CLOEXEC);

@@ -11,6 +11,7 @@
 
 #include "ebpf/cpu_meter.h"
 #include "isolator/cgroup.h"
+#include "isolator/netns_pool.h"
 #include "isolator/seccomp_profile.h"
 #include "loop/uring_event_port.h"
 #include "nodeagent/capacity_gate.h"
@@ -240,7 +241,8 @@ class Supervisor {
   struct ErrorLogger : public kj::TaskSet::ErrorHandler {
     void taskFailed(kj::Exception&& e) override;
   } errorLogger_;
-  kj::Own<LaunchWorker> launchWorker_;  // before tasks_: its promises go first
+  kj::Maybe<kj::Own<isolator::NetnsPool>> netnsPool_;  // outlives the launch worker
+  kj::Own<LaunchWorker> launchWorker_;                 // before tasks_: its promises go first
   kj::TaskSet tasks_;
 };
 

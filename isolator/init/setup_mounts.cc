@@ -182,6 +182,8 @@ void loopbackUp() {
   memset(&ifr, 0, sizeof(ifr));
   strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
   KJ_SYSCALL(ioctl(fd, SIOCGIFFLAGS, &ifr), "lo");
+  // A namespace the agent made ahead has it up already, and is not ours to change.
+  if (ifr.ifr_flags & IFF_UP) return;
   ifr.ifr_flags = short(ifr.ifr_flags | IFF_UP | IFF_RUNNING);
   KJ_SYSCALL(ioctl(fd, SIOCSIFFLAGS, &ifr), "lo");
 }

@@ -119,6 +119,7 @@ TestSandbox::TestSandbox(SandboxOptions options) {
   spec_.initStderrFd = STDERR_FILENO;
   spec_.controlSocketPath = scratchDir() + "/" + id + ".sock";
   spec_.seccompFilter = seccompFilter();
+  spec_.netnsFd = options.netnsFd;
   try {
     launched_ = launch(spec_);
   } catch (...) {

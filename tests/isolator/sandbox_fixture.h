@@ -36,6 +36,7 @@ struct SandboxOptions {
   uint64_t diskBytes = 64ull << 20;
   std::string hostname = "sbx-test";
   std::string skeleton;  // default: skeletonDir()
+  int netnsFd = -1;      // a network namespace made ahead (LaunchSpec::netnsFd)
 };
 
 class TestSandbox {

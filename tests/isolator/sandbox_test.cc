@@ -3,7 +3,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/nsfs.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -20,6 +23,7 @@
 
 #include "isolator/file_util.h"
 #include "isolator/launcher.h"
+#include "isolator/netns_pool.h"
 #include "support/privileged.h"
 #include "tests/isolator/sandbox_fixture.h"
 
@@ -160,6 +164,69 @@ TEST(Sandbox, HostnameAndIdentity) {
                "python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); "
                "s.listen(); c=socket.create_connection(s.getsockname()); print('ok')\""),
             "");
+}
+
+ino_t inodeOf(int fd) {
+  struct stat st;
+  EXPECT_EQ(fstat(fd, &st), 0);
+  return st.st_ino;
+}
+
+ino_t inodeOf(const std::string& path) {
+  struct stat st;
+  EXPECT_EQ(stat(path.c_str(), &st), 0) << path;
+  return st.st_ino;
+}
+
+TEST(NetnsPool, KeepsItsSparesReadyAndHandsEachOutOnce) {
+  NODEAGENT_REQUIRE_ROOT();
+  const ino_t host = inodeOf("/proc/thread-self/ns/net");
+  NetnsPool pool(2);
+  ASSERT_EQ(pool.waitReady(2, std::chrono::seconds(10)), 2u) << pool.lastError();
+  kj::AutoCloseFd a = pool.take();
+  kj::AutoCloseFd b = pool.take();
+  ASSERT_GE(a.get(), 0);
+  ASSERT_GE(b.get(), 0);
+  EXPECT_EQ(ioctl(a, NS_GET_NSTYPE), CLONE_NEWNET);
+  std::set<ino_t> seen = {inodeOf(a), inodeOf(b), host};
+  EXPECT_EQ(seen.size(), 3u);  // two new namespaces, neither the host's
+  // Taking wakes the pool's thread: it makes replacements, never the same ones.
+  ASSERT_EQ(pool.waitReady(2, std::chrono::seconds(10)), 2u) << pool.lastError();
+  kj::AutoCloseFd c = pool.take();
+  ASSERT_GE(c.get(), 0);
+  EXPECT_TRUE(seen.insert(inodeOf(c)).second);
+  // Only the pool's own thread moves between namespaces.
+  EXPECT_EQ(inodeOf("/proc/thread-self/ns/net"), host);
+}
+
+TEST(NetnsPool, ASandboxInAReadyNamespaceHasLoopbackAndLowPortsAndCannotReconfigureIt) {
+  NODEAGENT_REQUIRE_ROOT();
+  const ino_t host = inodeOf("/proc/thread-self/ns/net");
+  NetnsPool pool(1);
+  ASSERT_EQ(pool.waitReady(1, std::chrono::seconds(10)), 1u) << pool.lastError();
+  kj::AutoCloseFd netns = pool.take();
+  SandboxOptions options;
+  options.netnsFd = netns.get();
+  TestSandbox sandbox(options);
+  EXPECT_EQ(inodeOf("/proc/" + std::to_string(sandbox.launched().pid) + "/ns/net"), inodeOf(netns));
+  // The launching thread went back to the host's namespace.
+  EXPECT_EQ(inodeOf("/proc/thread-self/ns/net"), host);
+  EXPECT_EQ(sh(sandbox, "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '"), "lo\n");
+  // Port 80 on loopback, as the sandbox's root and as an ordinary user (uid 1000).
+  EXPECT_EQ(sh(sandbox,
+               "python3 -c \"\nimport os, socket\nfor uid in (0, 1000):\n"
+               "  pid = os.fork()\n  if pid == 0:\n    os.setuid(uid)\n"
+               "    s = socket.socket(); s.bind(('127.0.0.1', 80)); s.listen()\n"
+               "    c = socket.create_connection(('127.0.0.1', 80)); os._exit(0)\n"
+               "  print(uid, os.waitpid(pid, 0)[1])\n\""),
+            "0 0\n1000 0\n");
+  // Taking loopback down needs CAP_NET_ADMIN over the namespace, which the
+  // sandbox's root does not have.
+  EXPECT_EQ(sh(sandbox,
+               "python3 -c \"\nimport fcntl, socket, struct\ns = socket.socket()\n"
+               "try:\n  fcntl.ioctl(s, 0x8914, struct.pack('16sh22x', b'lo', 0))\n"
+               "  print('changed')\nexcept OSError as e:\n  print(e.errno)\n\""),
+            "1\n");
 }
 
 TEST(Sandbox, HostUidIsTheMappedRange) {

@@ -1,0 +1,102 @@
+#include "isolator/netns_pool.h"
+
+#include <fcntl.h>
+#include <net/if.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <kj/debug.h>
+
+#include "isolator/file_util.h"
+
+namespace nodeagent::isolator {
+namespace {
+
+// After a failure (say, user.max_net_namespaces reached) the thread waits this
+// long before it tries again; launches make their own meanwhile.
+constexpr std::chrono::seconds kRetryDelay{1};
+
+void bringLoopbackUp() {
+  int fd = checkSyscall(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket", "loopback");
+  kj::AutoCloseFd sock(fd);
+  ifreq ifr{};
+  strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  checkSyscall(ioctl(fd, SIOCGIFFLAGS, &ifr), "SIOCGIFFLAGS", "lo");
+  ifr.ifr_flags = short(ifr.ifr_flags | IFF_UP | IFF_RUNNING);
+  checkSyscall(ioctl(fd, SIOCSIFFLAGS, &ifr), "SIOCSIFFLAGS", "lo");
+}
+
+}  // namespace
+
+kj::AutoCloseFd makeSandboxNetns() {
+  checkSyscall(unshare(CLONE_NEWNET), "unshare", "CLONE_NEWNET");
+  bringLoopbackUp();
+  // /proc/sys/net shows the namespace of the thread that opens the file.
+  kj::AutoCloseFd sys = openDirectory("/proc/sys/net/ipv4");
+  writeFileAt(sys, "ip_unprivileged_port_start", "0", "/proc/sys/net/ipv4");
+  int fd = checkSyscall(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC), "open",
+                        "/proc/thread-self/ns/net");
+  return kj::AutoCloseFd(fd);
+}
+
+NetnsPool::NetnsPool(size_t spares) : spares_(spares), thread_([this]() { run(); }) {}
+
+NetnsPool::~NetnsPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  changed_.notify_all();
+  thread_.join();
+}
+
+kj::AutoCloseFd NetnsPool::take() {
+  kj::AutoCloseFd out;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (ready_.empty()) return out;
+    out = kj::mv(ready_.back());
+    ready_.pop_back();
+  }
+  changed_.notify_all();
+  return out;
+}
+
+size_t NetnsPool::waitReady(size_t count, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait_for(lock, timeout, [&]() { return ready_.size() >= count; });
+  return ready_.size();
+}
+
+std::string NetnsPool::lastError() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return lastError_;
+}
+
+void NetnsPool::run() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    changed_.wait(lock, [&]() { return stopping_ || ready_.size() < spares_; });
+    if (stopping_) return;
+    lock.unlock();
+    kj::AutoCloseFd made;
+    std::string error;
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { made = makeSandboxNetns(); })) {
+      error = e->getDescription().cStr();
+    }
+    lock.lock();
+    if (made.get() >= 0) {
+      ready_.push_back(kj::mv(made));
+      lastError_.clear();
+      changed_.notify_all();
+    } else {
+      lastError_ = error;
+      changed_.wait_for(lock, kRetryDelay, [&]() { return stopping_; });
+    }
+  }
+}
+
+}  // namespace nodeagent::isolator
