@@ -182,6 +182,7 @@ void validate(const LaunchSpec& spec) {
              spec.hostname.c_str());
   KJ_REQUIRE(spec.diskBytes > 0, "diskBytes must be positive");
   KJ_REQUIRE(spec.seccompFilter.size() > 0, "a sandbox needs a seccomp filter");
+  KJ_REQUIRE(spec.seed != nullptr, "a sandbox needs its skeleton's seed");
   for (const std::string* path : {&spec.initPath, &spec.skeletonDir, &spec.usrDir, &spec.workDir}) {
     if (path->empty() || (*path)[0] != '/')
       failSyscall("launch: path must be absolute", EINVAL, *path);
@@ -355,6 +356,16 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   setup.setDiskBytes(spec.diskBytes);
   setup.setWorkDir(spec.workDir);
   setup.setSeccompFilter(spec.seccompFilter);
+  auto seed = setup.initSeed(spec.seed->size());
+  for (size_t i = 0; i < spec.seed->size(); ++i) {
+    const SeedEntry& from = (*spec.seed)[i];
+    auto to = seed[i];
+    to.setPath(from.path);
+    to.setMode(from.mode);
+    to.setDirectory(from.directory);
+    to.setContent(
+        kj::arrayPtr(reinterpret_cast<const kj::byte*>(from.content.data()), from.content.size()));
+  }
   sendInitMessage(sandbox.control, message);
 
   auto deadline = Clock::now() + spec.setupTimeout;

@@ -1,6 +1,7 @@
 // Starts a sandbox: clones its init into fresh user, mount, pid, uts, ipc, net (or one made
-// ahead, LaunchSpec::netnsFd) and cgroup namespaces, maps its uid range, puts it into its cgroup and waits until init has built
-// the sandbox's root (the Setup -> ready exchange of schema/init.capnp).
+// ahead, LaunchSpec::netnsFd) and cgroup namespaces, maps its uid range, puts it into its cgroup
+// and waits until init has built the sandbox's root (the Setup -> ready exchange of
+// schema/init.capnp).
 //
 // Synchronous: launch() blocks for the few milliseconds setup takes (bounded by
 // LaunchSpec::setupTimeout). Safe to call from a multi-threaded process.
@@ -19,6 +20,9 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "isolator/skeleton_seed.h"
 
 namespace nodeagent::isolator {
 
@@ -41,6 +45,9 @@ struct LaunchSpec {
   // The BPF program every process of the sandbox runs under (SeccompProgram::bytes());
   // required. Must stay valid during launch().
   kj::ArrayPtr<const kj::byte> seccompFilter;
+  // The skeleton's seed (readSkeletonSeed(skeletonDir)); required. Borrowed like
+  // seccompFilter.
+  const std::vector<SeedEntry>* seed = nullptr;
   int initStderrFd = -1;  // init's stderr (its diagnostics); -1 = /dev/null
   // Where init listens for a restarted agent (reconnectInit()); empty = nowhere. Any
   // old socket there is replaced; the caller unlinks it once the sandbox ended. Its

@@ -9,6 +9,7 @@
 #include <kj/debug.h>
 #include <kj/io.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 
@@ -195,6 +196,66 @@ void prepareSkeleton(const std::string& dir, const std::string& usrDir,
     if (err == EEXIST || err == ENOTEMPTY) return;
     failSyscall("rename", err, tmp + " to " + dir);
   }
+}
+
+namespace {
+
+void readSeedBelow(int dirFd, const std::string& prefix, std::vector<SeedEntry>& out) {
+  int dupFd = checkSyscall(fcntl(dirFd, F_DUPFD_CLOEXEC, 0), "dup", prefix);
+  DIR* dir = fdopendir(dupFd);
+  if (dir == nullptr) {
+    int err = errno;
+    close(dupFd);
+    failSyscall("fdopendir", err, prefix);
+  }
+  KJ_DEFER(closedir(dir));
+  std::vector<std::string> names;
+  while (struct dirent* entry = readdir(dir)) {
+    // Symlinks stay in the lower layer; skipping them unseen keeps this quick
+    // (etc/alternatives holds hundreds).
+    if (entry->d_type == DT_LNK) continue;
+    std::string name = entry->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());  // the same seed whatever the directory order
+  for (const std::string& name : names) {
+    std::string path = prefix.empty() ? name : prefix + "/" + name;
+    struct stat st;
+    checkSyscall(fstatat(dirFd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW), "stat", path);
+    SeedEntry entry;
+    entry.path = path;
+    entry.mode = st.st_mode & 07777;
+    if (S_ISDIR(st.st_mode)) {
+      if (path == "root") entry.mode = 0700;
+      entry.directory = true;
+      out.push_back(entry);
+      int child =
+          checkSyscall(openat(dirFd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC),
+                       "open", path);
+      kj::AutoCloseFd owned(child);
+      readSeedBelow(child, path, out);
+    } else if (S_ISREG(st.st_mode) && uint64_t(st.st_size) <= kSkeletonCopyUpLimit) {
+      int file = checkSyscall(openat(dirFd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC),
+                              "open", path);
+      kj::AutoCloseFd owned(file);
+      char buf[16384];
+      for (;;) {
+        ssize_t n = checkSyscall(read(file, buf, sizeof(buf)), "read", path);
+        if (n == 0) break;
+        entry.content.append(buf, size_t(n));
+      }
+      out.push_back(std::move(entry));
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<SeedEntry> readSkeletonSeed(const std::string& dir) {
+  kj::AutoCloseFd root = openDirectory(dir);
+  std::vector<SeedEntry> out;
+  readSeedBelow(root, "", out);
+  return out;
 }
 
 }  // namespace nodeagent::isolator

@@ -4,6 +4,9 @@
 #pragma once
 
 #include <string>
+#include <vector>
+
+#include "isolator/skeleton_seed.h"
 
 namespace nodeagent::isolator {
 
@@ -24,5 +27,10 @@ void prepareSkeleton(const std::string& dir, const std::string& usrDir = "/usr",
 // smaller ones (and all directories) into the sandbox's upper layer so that they are
 // owned by the sandbox's root and editable in place.
 constexpr size_t kSkeletonCopyUpLimit = 64 * 1024;
+
+// The skeleton's directories and regular files up to kSkeletonCopyUpLimit, in
+// tree order, with their modes and contents (skeleton_seed.h). The top-level
+// "root" is 0700 in the seed: the host side keeps it traversable for the overlay.
+std::vector<SeedEntry> readSkeletonSeed(const std::string& dir);
 
 }  // namespace nodeagent::isolator

@@ -143,12 +143,19 @@ void Supervisor::start() {
     resolvConf = (*network)->resolvConf();
   }
   for (auto t : effectiveTemplates(config_)) {
-    TemplateInfo info{
-        kj::str(t.getName()), kj::str(t.getUsrDir()), kj::str(stateDir, "/templates/", t.getName()),
-        t.getMemoryBytes(),   t.getCpuMillis(),       t.getCpuSustainedMillis(),
-        t.getPidsMax(),       t.getDiskBytes(),       t.getTimeoutSeconds(),
-        t.getEgressMbps()};
+    TemplateInfo info{kj::str(t.getName()),
+                      kj::str(t.getUsrDir()),
+                      kj::str(stateDir, "/templates/", t.getName()),
+                      t.getMemoryBytes(),
+                      t.getCpuMillis(),
+                      t.getCpuSustainedMillis(),
+                      t.getPidsMax(),
+                      t.getDiskBytes(),
+                      t.getTimeoutSeconds(),
+                      t.getEgressMbps(),
+                      {}};
     isolator::prepareSkeleton(info.skeletonDir.cStr(), info.usrDir.cStr(), resolvConf);
+    info.seed = isolator::readSkeletonSeed(info.skeletonDir.cStr());
     templates_.add(kj::mv(info));
   }
   makeDir(kj::str(stateDir, "/control"), 0700);
@@ -625,6 +632,7 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
   spec->diskBytes = filled.getDiskBytes();
   spec->controlSocketPath = controlSocketPath.cStr();
   spec->seccompFilter = seccomp_.bytes();  // the supervisor outlives the worker's work
+  spec->seed = &tmpl.seed;                 // so do its templates
   isolator::CgroupLimits limits = cgroupLimitsOf(filled);
   kj::Maybe<uint32_t> tenantWeight = tenantWeightOf(filled.getTenant());
   auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);

@@ -4,6 +4,7 @@
 #include <deque>
 #include <map>
 #include <string>
+#include <vector>
 
 #include <kj/async.h>
 #include <kj/string.h>
@@ -13,6 +14,7 @@
 #include "isolator/cgroup.h"
 #include "isolator/netns_pool.h"
 #include "isolator/seccomp_profile.h"
+#include "isolator/skeleton_seed.h"
 #include "loop/uring_event_port.h"
 #include "nodeagent/capacity_gate.h"
 #include "nodeagent/launch_worker.h"
@@ -146,6 +148,7 @@ class Supervisor {
     uint64_t diskBytes;
     uint32_t timeoutSeconds;
     uint32_t egressMbps;
+    std::vector<isolator::SeedEntry> seed;  // of skeletonDir, read once at start
   };
 
   struct WarmPool {

@@ -21,6 +21,14 @@ struct Setup {
   diskBytes @3 :UInt64;     # size of the tmpfs holding the writable layers
   workDir @4 :Text;         # host dir for the tmpfs mount point (created by the agent)
   seccompFilter @5 :Data;   # BPF program (struct sock_filter[]) init installs on itself
+  seed @6 :List(SeedEntry); # what init recreates in the upper layer (isolator/skeleton_seed.h)
+}
+
+struct SeedEntry {
+  path @0 :Text;            # relative, parents listed before children; no "..", no leading "/"
+  mode @1 :UInt32;          # permission bits
+  directory @2 :Bool;
+  content @3 :Data;         # files only
 }
 
 struct Request {

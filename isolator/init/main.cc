@@ -81,6 +81,12 @@ SetupConfig readSetup(int fd) {
     config.diskBytes = setup.getDiskBytes();
     auto filter = setup.getSeccompFilter();
     config.seccompFilter = kj::heapArray<kj::byte>(filter.begin(), filter.size());
+    for (auto entry : setup.getSeed()) {
+      auto content = entry.getContent();
+      config.seed.push_back(SeedEntry{entry.getPath().cStr(), mode_t(entry.getMode()),
+                                      entry.getDirectory(),
+                                      std::string(content.asChars().begin(), content.size())});
+    }
     return config;
   }
   KJ_FAIL_REQUIRE("control socket closed before Setup");

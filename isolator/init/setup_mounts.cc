@@ -1,6 +1,5 @@
 #include "isolator/init/setup_mounts.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -19,7 +18,6 @@
 
 #include "isolator/file_util.h"
 #include "isolator/init/proc_masks.h"
-#include "isolator/template.h"
 
 namespace nodeagent::isolator::init {
 namespace {
@@ -67,71 +65,46 @@ void requireOverlaySafe(const std::string& path) {
              "path cannot be used in overlay options", path.c_str());
 }
 
-void copyFileAt(int fromDir, int toDir, const char* name, mode_t mode) {
-  int in;
-  KJ_SYSCALL(in = openat(fromDir, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), name);
-  kj::AutoCloseFd input(in);
-  int out;
-  KJ_SYSCALL(out = openat(toDir, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode), name);
-  kj::AutoCloseFd output(out);
-  KJ_SYSCALL(fchmod(out, mode), name);
-  char buf[16384];
-  for (;;) {
-    ssize_t n;
-    KJ_SYSCALL(n = read(in, buf, sizeof(buf)), name);
-    if (n == 0) break;
-    for (ssize_t done = 0; done < n;) {
-      ssize_t w;
-      KJ_SYSCALL(w = write(out, buf + done, size_t(n - done)), name);
-      done += w;
-    }
+// A seed path: relative, and no component may be "." or ".." (the agent's own
+// list; checked so that a bad one fails setup rather than writing elsewhere).
+void requireSeedPath(const std::string& path) {
+  bool ok = !path.empty() && path[0] != '/' && path.back() != '/';
+  size_t start = 0;
+  while (ok && start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string::npos) end = path.size();
+    std::string part = path.substr(start, end - start);
+    ok = !part.empty() && part != "." && part != "..";
+    start = end + 1;
   }
+  KJ_REQUIRE(ok, "bad seed path", path);
 }
 
-// The skeleton's files belong to host root, which is unmapped in the sandbox: they would
-// show as "nobody" and even the sandbox's root could not change them. Copying the
-// directories (and small files) into the upper layer, where init creates them as the
-// sandbox's root, makes the merged tree the sandbox's own. Symlinks and big files (the
-// CA bundle) stay shared in the lower layer.
-void materialize(int lowerDir, int upperDir, bool top) {
-  int dupFd;
-  KJ_SYSCALL(dupFd = fcntl(lowerDir, F_DUPFD_CLOEXEC, 0));
-  DIR* dir = fdopendir(dupFd);
-  if (dir == nullptr) {
-    close(dupFd);
-    KJ_FAIL_SYSCALL("fdopendir", errno);
-  }
-  KJ_DEFER(closedir(dir));
-  while (struct dirent* entry = readdir(dir)) {
-    const char* name = entry->d_name;
-    if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) continue;
-    // Symlinks stay in the lower layer; skipping them without a stat keeps setup fast
-    // (etc/alternatives holds hundreds).
-    if (entry->d_type == DT_LNK) continue;
-    struct stat st;
-    KJ_SYSCALL(fstatat(lowerDir, name, &st, AT_SYMLINK_NOFOLLOW), name);
-    mode_t mode = st.st_mode & 07777;
-    if (S_ISDIR(st.st_mode)) {
-      // The host-side skeleton keeps /root traversable for the overlay; the sandbox's is private.
-      if (top && strcmp(name, "root") == 0) mode = 0700;
-      KJ_SYSCALL(mkdirat(upperDir, name, mode), name);
-      KJ_SYSCALL(fchmodat(upperDir, name, mode, 0), name);
-      int lowerChild, upperChild;
-      KJ_SYSCALL(lowerChild = openat(lowerDir, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC), name);
-      kj::AutoCloseFd lowerOwned(lowerChild);
-      KJ_SYSCALL(upperChild = openat(upperDir, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC), name);
-      kj::AutoCloseFd upperOwned(upperChild);
-      materialize(lowerChild, upperChild, false);
-    } else if (S_ISREG(st.st_mode) && uint64_t(st.st_size) <= kSkeletonCopyUpLimit) {
-      copyFileAt(lowerDir, upperDir, name, mode);
+// Recreates the skeleton's seed in the upper layer (skeleton_seed.h). The layer
+// is a fresh tmpfs nothing else can reach yet; O_NOFOLLOW and O_EXCL all the same.
+void plantSeed(const std::string& upper, const std::vector<SeedEntry>& seed) {
+  kj::AutoCloseFd dir = openDirectory(upper);
+  mode_t previous = umask(0);  // the seed's modes, exactly
+  KJ_DEFER(umask(previous));
+  for (const SeedEntry& entry : seed) {
+    requireSeedPath(entry.path);
+    const char* path = entry.path.c_str();
+    if (entry.directory) {
+      checkSyscall(mkdirat(dir, path, entry.mode & 07777), "mkdir", entry.path);
+      continue;
+    }
+    int fd = checkSyscall(
+        openat(dir, path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, entry.mode & 07777),
+        "create", entry.path);
+    kj::AutoCloseFd file(fd);
+    const char* data = entry.content.data();
+    size_t size = entry.content.size();
+    while (size > 0) {
+      ssize_t n = checkSyscall(write(fd, data, size), "write", entry.path);
+      data += n;
+      size -= size_t(n);
     }
   }
-}
-
-void materializeSkeleton(const std::string& skeleton, const std::string& upper) {
-  kj::AutoCloseFd lower = openDirectory(skeleton);
-  kj::AutoCloseFd up = openDirectory(upper);
-  materialize(lower, up, true);
 }
 
 void bindDevice(const std::string& dev, const char* name) {
@@ -196,6 +169,7 @@ void setupSandbox(const SetupConfig& config) {
   requireOverlaySafe(config.usrDir);
   requireOverlaySafe(config.workDir);
 
+  openDirectory(config.skeletonDir);  // a missing one named as such, not by a file below it
   // Nothing mounted from here on may propagate back to the host.
   doMount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, "");
 
@@ -207,7 +181,7 @@ void setupSandbox(const SetupConfig& config) {
   for (const char* name : {"upper", "work", "usr-upper", "usr-work", "root"}) {
     makeDir(work + "/" + name, 0755);
   }
-  materializeSkeleton(config.skeletonDir, work + "/upper");
+  plantSeed(work + "/upper", config.seed);
   writeFile(work + "/upper/etc/hostname", config.hostname + "\n", O_TRUNC, 0644);
   writeFile(work + "/upper/etc/hosts", "127.0.1.1\t" + config.hostname + "\n", O_APPEND, 0644);
 

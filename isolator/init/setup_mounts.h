@@ -7,6 +7,9 @@
 #include <cstdint>
 
 #include <string>
+#include <vector>
+
+#include "isolator/skeleton_seed.h"
 
 namespace nodeagent::isolator::init {
 
@@ -17,6 +20,7 @@ struct SetupConfig {
   std::string workDir;
   uint64_t diskBytes = 0;
   kj::Array<kj::byte> seccompFilter;  // installed by main() after setup, not here
+  std::vector<SeedEntry> seed;        // planted in the upper layer
 };
 
 // Throws kj::Exception naming the step that failed.

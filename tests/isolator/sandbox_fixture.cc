@@ -70,6 +70,11 @@ const std::string& skeletonDir() {
   return dir;
 }
 
+const std::vector<SeedEntry>& skeletonSeed() {
+  static std::vector<SeedEntry> seed = readSkeletonSeed(skeletonDir());
+  return seed;
+}
+
 std::string testTenant() {
   return "t" + std::to_string(getpid());
 }
@@ -120,6 +125,14 @@ TestSandbox::TestSandbox(SandboxOptions options) {
   spec_.controlSocketPath = scratchDir() + "/" + id + ".sock";
   spec_.seccompFilter = seccompFilter();
   spec_.netnsFd = options.netnsFd;
+  if (options.seed) {
+    seed_ = *options.seed;
+  } else if (options.skeleton.empty()) {
+    seed_ = skeletonSeed();
+  } else if (access(options.skeleton.c_str(), F_OK) == 0) {
+    seed_ = readSkeletonSeed(options.skeleton);
+  }
+  spec_.seed = &seed_;
   try {
     launched_ = launch(spec_);
   } catch (...) {

@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "isolator/cgroup.h"
 #include "isolator/launcher.h"
@@ -21,6 +22,8 @@ constexpr const char kTestCgroupRoot[] = "nodeagent-isotest";
 const std::string& scratchDir();
 // The skeleton, prepared once per process.
 const std::string& skeletonDir();
+// readSkeletonSeed(skeletonDir()), once per process.
+const std::vector<SeedEntry>& skeletonSeed();
 // "t<pid>": one tenant per test process, so parallel test binaries do not collide.
 std::string testTenant();
 // The nodeagent-init binary: $NODEAGENT_BIN_DIR/nodeagent-init.
@@ -37,6 +40,9 @@ struct SandboxOptions {
   std::string hostname = "sbx-test";
   std::string skeleton;  // default: skeletonDir()
   int netnsFd = -1;      // a network namespace made ahead (LaunchSpec::netnsFd)
+  // Default: the skeleton's (none for a skeleton that does not exist, so that
+  // init is the one to report it).
+  std::optional<std::vector<SeedEntry>> seed;
 };
 
 class TestSandbox {
@@ -61,6 +67,7 @@ class TestSandbox {
  private:
   kj::Own<CgroupTree> tree_;
   kj::Own<SandboxCgroup> cgroup_;
+  std::vector<SeedEntry> seed_;
   LaunchSpec spec_;
   LaunchedSandbox launched_;
   kj::AutoCloseFd reconnected_;

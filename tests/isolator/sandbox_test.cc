@@ -543,6 +543,38 @@ TEST(Sandbox, SetupFailureIsReported) {
   }
 }
 
+TEST(Sandbox, ASeedPathOutsideTheUpperLayerFailsSetup) {
+  NODEAGENT_REQUIRE_ROOT();
+  for (const char* path : {"../escape", "/etc/escape", "etc/../../escape", "etc//x", ""}) {
+    SandboxOptions options;
+    options.seed = skeletonSeed();
+    options.seed->push_back(SeedEntry{path, 0644, false, "x"});
+    try {
+      TestSandbox sandbox(options);
+      ADD_FAILURE() << "launch should fail for " << path;
+    } catch (const kj::Exception& e) {
+      std::string message = e.getDescription().cStr();
+      EXPECT_NE(message.find("bad seed path"), std::string::npos) << message;
+    }
+  }
+  struct stat st;
+  EXPECT_NE(stat((scratchDir() + "/escape").c_str(), &st), 0);
+}
+
+TEST(Sandbox, TheSkeletonsFilesAreTheSandboxRootsOwn) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  // Planted from the seed: owned by the sandbox's root, the skeleton's modes.
+  EXPECT_EQ(sh(sandbox, "stat -c '%u %a' /etc /etc/passwd /tmp /root /var/tmp"),
+            "0 755\n0 644\n0 1777\n0 700\n0 1777\n");
+  EXPECT_EQ(sh(sandbox,
+               "echo 'extra:x:2000:2000::/tmp:/bin/sh' >> /etc/passwd && "
+               "grep -c . /etc/passwd && mkdir /etc/mine && echo ok"),
+            "4\nok\n");
+  // Symlinks stay the skeleton's, in the shared lower layer.
+  EXPECT_EQ(sh(sandbox, "readlink /bin"), "usr/bin\n");
+}
+
 TEST(Sandbox, ABrokenSeccompProgramFailsSetup) {
   NODEAGENT_REQUIRE_ROOT();
   auto tree = CgroupTree::open(kTestCgroupRoot);
@@ -562,6 +594,7 @@ TEST(Sandbox, ABrokenSeccompProgramFailsSetup) {
     spec.workDir = scratchDir() + "/work-" + spec.sandboxId;
     spec.diskBytes = 1 << 20;
     spec.seccompFilter = filter;
+    spec.seed = &skeletonSeed();
     try {
       launch(spec);
       ADD_FAILURE() << "launch should fail";
@@ -587,6 +620,7 @@ TEST(Sandbox, BadInitPathIsReported) {
   spec.workDir = scratchDir() + "/work-" + spec.sandboxId;
   spec.diskBytes = 1 << 20;
   spec.seccompFilter = seccompFilter();
+  spec.seed = &skeletonSeed();
   try {
     launch(spec);
     ADD_FAILURE() << "launch should fail";
@@ -646,6 +680,7 @@ TEST(Sandbox, InvalidSpecsAreRejectedBeforeCloning) {
   spec.workDir = scratchDir() + "/never-created";
   spec.diskBytes = 1 << 20;
   spec.seccompFilter = seccompFilter();
+  spec.seed = &skeletonSeed();
   LaunchSpec bad = spec;
   bad.hostname = "evil\n1.2.3.4 bank.example";
   EXPECT_THROW(launch(bad), kj::Exception);
@@ -657,6 +692,9 @@ TEST(Sandbox, InvalidSpecsAreRejectedBeforeCloning) {
   EXPECT_THROW(launch(bad), kj::Exception);
   bad = spec;
   bad.seccompFilter = nullptr;  // never an unfiltered sandbox
+  EXPECT_THROW(launch(bad), kj::Exception);
+  bad = spec;
+  bad.seed = nullptr;  // a root the sandbox could not write to
   EXPECT_THROW(launch(bad), kj::Exception);
   struct stat st;
   EXPECT_NE(stat(spec.workDir.c_str(), &st), 0);

@@ -6,6 +6,7 @@
 #include <kj/exception.h>
 
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "isolator/file_util.h"
@@ -45,6 +46,40 @@ class SkeletonTest : public ::testing::Test {
 
   std::string base_, dir_;
 };
+
+TEST_F(SkeletonTest, SeedHoldsDirectoriesAndSmallFilesParentsFirst) {
+  prepareSkeleton(dir_);
+  // A big file and a symlink stay in the lower layer only.
+  {
+    std::ofstream big(dir_ + "/etc/big");
+    big << std::string(kSkeletonCopyUpLimit + 1, 'x');
+  }
+  ASSERT_EQ(symlink("passwd", (dir_ + "/etc/passwd-link").c_str()), 0);
+  std::vector<SeedEntry> seed = readSkeletonSeed(dir_);
+  std::map<std::string, const SeedEntry*> byPath;
+  for (size_t i = 0; i < seed.size(); ++i) {
+    const SeedEntry& entry = seed[i];
+    byPath[entry.path] = &entry;
+    size_t slash = entry.path.rfind('/');
+    if (slash != std::string::npos) {
+      auto parent = byPath.find(entry.path.substr(0, slash));
+      ASSERT_NE(parent, byPath.end()) << entry.path << " before its directory";
+      EXPECT_TRUE(parent->second->directory);
+    }
+  }
+  ASSERT_TRUE(byPath.count("etc/passwd"));
+  EXPECT_FALSE(byPath["etc/passwd"]->directory);
+  EXPECT_EQ(byPath["etc/passwd"]->content, slurp(dir_ + "/etc/passwd"));
+  EXPECT_EQ(byPath["etc/passwd"]->mode, 0644u);
+  ASSERT_TRUE(byPath.count("tmp"));
+  EXPECT_EQ(byPath["tmp"]->mode, 01777u);
+  ASSERT_TRUE(byPath.count("root"));
+  EXPECT_EQ(byPath["root"]->mode, 0700u);  // private in the sandbox, traversable on the host
+  EXPECT_EQ(byPath.count("etc/big"), 0u);
+  EXPECT_EQ(byPath.count("etc/passwd-link"), 0u);
+  EXPECT_EQ(byPath.count("bin"), 0u);
+  EXPECT_EQ(byPath.count("etc/alternatives"), 1u);
+}
 
 TEST_F(SkeletonTest, HasLinksDirsAndItsOwnEtc) {
   prepareSkeleton(dir_);
