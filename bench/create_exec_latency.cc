@@ -239,9 +239,13 @@ int main(int argc, char** argv) {
     };
     // One of each per round, the order rotating, so that no subject always
     // runs right after the same one (runc evicts much of the caches; a cold
-    // create leaves its teardown running for a millisecond or two).
+    // create leaves its teardown running for a millisecond or two). Every
+    // subject starts once the warm agent has refilled its pool: a refill is a
+    // whole launch in the background, which would otherwise land on whichever
+    // subject runs next.
     for (int i = 0; i < iterations; ++i) {
       for (int k = 0; k < 4; ++k) {
+        waitWarmPoolFull();
         switch ((i + k) % 4) {
           case 0:
             ours(true);
