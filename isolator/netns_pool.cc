@@ -11,6 +11,7 @@
 #include <kj/debug.h>
 
 #include "isolator/file_util.h"
+#include "isolator/netlink.h"
 
 namespace nodeagent::isolator {
 namespace {
@@ -34,9 +35,7 @@ void bringLoopbackUp() {
 kj::AutoCloseFd makeSandboxNetns() {
   checkSyscall(unshare(CLONE_NEWNET), "unshare", "CLONE_NEWNET");
   bringLoopbackUp();
-  // /proc/sys/net shows the namespace of the thread that opens the file.
-  kj::AutoCloseFd sys = openDirectory("/proc/sys/net/ipv4");
-  writeFileAt(sys, "ip_unprivileged_port_start", "0", "/proc/sys/net/ipv4");
+  writeSysctl("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
   int fd = checkSyscall(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC), "open",
                         "/proc/thread-self/ns/net");
   return kj::AutoCloseFd(fd);
