@@ -79,6 +79,9 @@ std::string readFileAt(int dirfd, const char* name, const std::string& where) {
 
 void makeDirectories(const std::string& path, mode_t mode) {
   if (path.empty()) return;
+  // Usually only the last component is missing, or none: one mkdir then.
+  if (mkdir(path.c_str(), mode) == 0 || errno == EEXIST) return;
+  if (errno != ENOENT) failSyscall("mkdir", errno, path);
   size_t pos = 0;
   while (pos != std::string::npos) {
     pos = path.find('/', pos + 1);
