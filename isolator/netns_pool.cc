@@ -20,6 +20,11 @@ namespace {
 // long before it tries again; launches make their own meanwhile.
 constexpr std::chrono::seconds kRetryDelay{1};
 
+// A replacement is made this long after the last take, not at once: making one
+// keeps a CPU busy for most of a millisecond, and right after a take that is
+// the CPU the launch that took it (or its first exec) wants.
+constexpr std::chrono::milliseconds kRefillDelay{20};
+
 void bringLoopbackUp() {
   int fd = checkSyscall(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket", "loopback");
   kj::AutoCloseFd sock(fd);
@@ -60,6 +65,7 @@ kj::AutoCloseFd NetnsPool::take() {
     out = kj::mv(ready_.back());
     ready_.pop_back();
   }
+  lastTake_ = std::chrono::steady_clock::now();
   changed_.notify_all();
   return out;
 }
@@ -79,6 +85,12 @@ void NetnsPool::run() {
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
     changed_.wait(lock, [&]() { return stopping_ || ready_.size() < spares_; });
+    if (stopping_) return;
+    // Takes push the refill back; an empty pool refills at once.
+    while (!stopping_ && !ready_.empty() &&
+           std::chrono::steady_clock::now() < lastTake_ + kRefillDelay) {
+      changed_.wait_until(lock, lastTake_ + kRefillDelay);
+    }
     if (stopping_) return;
     lock.unlock();
     kj::AutoCloseFd made;

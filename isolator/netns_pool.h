@@ -51,6 +51,7 @@ class NetnsPool {
   std::vector<kj::AutoCloseFd> ready_;
   bool stopping_ = false;
   std::string lastError_;
+  std::chrono::steady_clock::time_point lastTake_;
   std::thread thread_;  // last: starts once everything above exists
 };
 
