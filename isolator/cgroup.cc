@@ -245,6 +245,13 @@ void CgroupTree::ensureTenant(kj::StringPtr tenant) {
     makeCgroupDir(tenantDir);
     if (controllers) enableV2Controllers(h, tenantDir);
   }
+  std::lock_guard<std::mutex> lock(ensuredMutex_);
+  ensured_.insert(tenant.cStr());
+}
+
+bool CgroupTree::tenantEnsured(kj::StringPtr tenant) const {
+  std::lock_guard<std::mutex> lock(ensuredMutex_);
+  return ensured_.count(tenant.cStr()) != 0;
 }
 
 void CgroupTree::setTenantWeight(kj::StringPtr tenant, uint32_t weight) {
@@ -312,12 +319,12 @@ kj::Own<SandboxCgroup> SandboxCgroup::create(CgroupTree& tree, kj::StringPtr ten
   requireValidName("tenant", tenant);
   requireValidName("sandbox", sandboxId);
   validateLimits(limits);
-  // The tenant's dirs usually exist (made for an earlier sandbox), so the first attempt
-  // goes straight for the leaves: ensureTenant() is a dozen mkdirs (more reads and
-  // writes on v2). ENOENT means they do not, or that a concurrent remove() of the
-  // tenant's last sandbox deleted one meanwhile: ensure them and retry.
+  // Once this process has ensured the tenant's dirs (and on v2 their controllers), the
+  // first attempt goes straight for the leaves: ensureTenant() is a dozen mkdirs (more
+  // reads and writes on v2). ENOENT means the dirs went since (a concurrent remove() of
+  // the tenant's last sandbox deletes them): ensure them and retry.
   for (int attempt = 0;; ++attempt) {
-    if (attempt > 0) tree.ensureTenant(tenant);
+    if (attempt > 0 || !tree.tenantEnsured(tenant)) tree.ensureTenant(tenant);
     std::vector<Leaf> leaves;
     bool raced = false;
     {

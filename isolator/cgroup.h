@@ -15,6 +15,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <mutex>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -88,6 +90,9 @@ class CgroupTree {
   // Creates "<root>/sandboxes/<tenant>" in every hierarchy (and on v2 enables the
   // controllers along the way).
   void ensureTenant(kj::StringPtr tenant);
+  // Whether ensureTenant() succeeded for `tenant` in this process (its dirs may
+  // have been removed since). Thread-safe, as ensureTenant() is.
+  bool tenantEnsured(kj::StringPtr tenant) const;
 
   // Fair share between tenants: cpu.weight (v2) or cpu.shares (v1) on the tenant's dir.
   void setTenantWeight(kj::StringPtr tenant, uint32_t weight);
@@ -104,6 +109,8 @@ class CgroupTree {
   CgroupLayout layout_;
   std::string rootName_;
   std::vector<CgroupHierarchy> hierarchies_;
+  mutable std::mutex ensuredMutex_;
+  std::set<std::string> ensured_;  // tenants ensureTenant() has done
 };
 
 // How killAll() stops everything. kAuto: cgroup.kill on v2; on hybrid freeze the v1

@@ -25,6 +25,7 @@
 #include "isolator/child_stack.h"
 #include "isolator/file_util.h"
 #include "isolator/init_protocol.h"
+#include "isolator/template.h"
 #include "schema/init.capnp.h"
 
 #ifndef P_PIDFD
@@ -36,6 +37,8 @@
 
 namespace nodeagent::isolator {
 namespace {
+
+static_assert(2 * kMaxSeedBytes <= kMaxInitMessageBytes, "a Setup message must carry any seed");
 
 using Clock = std::chrono::steady_clock;
 

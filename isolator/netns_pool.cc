@@ -1,17 +1,14 @@
 #include "isolator/netns_pool.h"
 
 #include <fcntl.h>
-#include <net/if.h>
 #include <sched.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <kj/debug.h>
 
 #include "isolator/file_util.h"
-#include "isolator/netlink.h"
+#include "isolator/sandbox_netns.h"
 
 namespace nodeagent::isolator {
 namespace {
@@ -25,22 +22,22 @@ constexpr std::chrono::seconds kRetryDelay{1};
 // the CPU the launch that took it (or its first exec) wants.
 constexpr std::chrono::milliseconds kRefillDelay{20};
 
-void bringLoopbackUp() {
-  int fd = checkSyscall(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket", "loopback");
-  kj::AutoCloseFd sock(fd);
-  ifreq ifr{};
-  strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-  checkSyscall(ioctl(fd, SIOCGIFFLAGS, &ifr), "SIOCGIFFLAGS", "lo");
-  ifr.ifr_flags = short(ifr.ifr_flags | IFF_UP | IFF_RUNNING);
-  checkSyscall(ioctl(fd, SIOCSIFFLAGS, &ifr), "SIOCSIFFLAGS", "lo");
-}
-
 }  // namespace
 
 kj::AutoCloseFd makeSandboxNetns() {
+  int home = checkSyscall(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC), "open",
+                          "/proc/thread-self/ns/net");
+  kj::AutoCloseFd homeFd(home);
   checkSyscall(unshare(CLONE_NEWNET), "unshare", "CLONE_NEWNET");
-  bringLoopbackUp();
-  writeSysctl("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
+  // Back home whatever happens: a thread left in the namespace would keep it
+  // alive after its sandbox is gone.
+  KJ_DEFER({
+    if (setns(home, CLONE_NEWNET) != 0) {
+      KJ_LOG(FATAL, "cannot return to the agent's network namespace", strerror(errno));
+      abort();
+    }
+  });
+  prepareSandboxNetns();
   int fd = checkSyscall(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC), "open",
                         "/proc/thread-self/ns/net");
   return kj::AutoCloseFd(fd);
@@ -64,8 +61,8 @@ kj::AutoCloseFd NetnsPool::take() {
     if (ready_.empty()) return out;
     out = kj::mv(ready_.back());
     ready_.pop_back();
+    lastTake_ = std::chrono::steady_clock::now();
   }
-  lastTake_ = std::chrono::steady_clock::now();
   changed_.notify_all();
   return out;
 }

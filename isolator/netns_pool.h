@@ -21,9 +21,9 @@
 
 namespace nodeagent::isolator {
 
-// Moves the calling thread into a new network namespace, sets it up as a
-// sandbox's (loopback up, low ports open) and returns an fd that holds it.
-// The thread stays in the new namespace: call it on a thread kept for this.
+// Makes a network namespace set up as a sandbox's (sandbox_netns.h) and returns
+// an fd that holds it. The calling thread passes through it and returns to its
+// own namespace (or the process aborts).
 kj::AutoCloseFd makeSandboxNetns();
 
 class NetnsPool {

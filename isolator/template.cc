@@ -225,6 +225,10 @@ void readSeedBelow(int dirFd, const std::string& prefix, std::vector<SeedEntry>&
     SeedEntry entry;
     entry.path = path;
     entry.mode = st.st_mode & 07777;
+    // What others may not read stays in the lower layer, where the sandbox
+    // (others, to host root's files) cannot read it either.
+    mode_t needed = S_ISDIR(st.st_mode) ? (S_IROTH | S_IXOTH) : S_IROTH;
+    if ((st.st_mode & needed) != needed) continue;
     if (S_ISDIR(st.st_mode)) {
       if (path == "root") entry.mode = 0700;
       entry.directory = true;
@@ -255,6 +259,11 @@ std::vector<SeedEntry> readSkeletonSeed(const std::string& dir) {
   kj::AutoCloseFd root = openDirectory(dir);
   std::vector<SeedEntry> out;
   readSeedBelow(root, "", out);
+  size_t bytes = 0;
+  for (const SeedEntry& entry : out) bytes += entry.path.size() + entry.content.size();
+  KJ_REQUIRE(bytes <= kMaxSeedBytes,
+             "the skeleton's small files add up to more than a Setup message carries", dir, bytes,
+             kMaxSeedBytes);
   return out;
 }
 

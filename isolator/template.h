@@ -28,9 +28,15 @@ void prepareSkeleton(const std::string& dir, const std::string& usrDir = "/usr",
 // owned by the sandbox's root and editable in place.
 constexpr size_t kSkeletonCopyUpLimit = 64 * 1024;
 
+// What a seed may hold in all (paths and contents): it travels in every Setup
+// message, whose limit (init_protocol.h) is twice this.
+constexpr size_t kMaxSeedBytes = 128 * 1024;
+
 // The skeleton's directories and regular files up to kSkeletonCopyUpLimit, in
-// tree order, with their modes and contents (skeleton_seed.h). The top-level
-// "root" is 0700 in the seed: the host side keeps it traversable for the overlay.
+// tree order, with their modes and contents (skeleton_seed.h), leaving out what
+// others may not read. The top-level "root" is 0700 in the seed: the host side
+// keeps it traversable for the overlay. Throws past kMaxSeedBytes. Read at the
+// agent's start: later changes to the skeleton reach new sandboxes after a restart.
 std::vector<SeedEntry> readSkeletonSeed(const std::string& dir);
 
 }  // namespace nodeagent::isolator

@@ -2,11 +2,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <net/if.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -18,6 +15,7 @@
 
 #include "isolator/file_util.h"
 #include "isolator/init/proc_masks.h"
+#include "isolator/sandbox_netns.h"
 
 namespace nodeagent::isolator::init {
 namespace {
@@ -147,20 +145,6 @@ void pivotInto(const std::string& root) {
   checkSyscall(chdir("/"), "chdir", "/");
 }
 
-void loopbackUp() {
-  int fd;
-  KJ_SYSCALL(fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  kj::AutoCloseFd sock(fd);
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof(ifr));
-  strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-  KJ_SYSCALL(ioctl(fd, SIOCGIFFLAGS, &ifr), "lo");
-  // A namespace the agent made ahead has it up already, and is not ours to change.
-  if (ifr.ifr_flags & IFF_UP) return;
-  ifr.ifr_flags = short(ifr.ifr_flags | IFF_UP | IFF_RUNNING);
-  KJ_SYSCALL(ioctl(fd, SIOCSIFFLAGS, &ifr), "lo");
-}
-
 }  // namespace
 
 void setupSandbox(const SetupConfig& config) {
@@ -170,6 +154,9 @@ void setupSandbox(const SetupConfig& config) {
   requireOverlaySafe(config.workDir);
 
   openDirectory(config.skeletonDir);  // a missing one named as such, not by a file below it
+  // A namespace made ahead by the agent is set up already, and not ours to change;
+  // one of our own is set up the same way, while the host's /proc/sys is writable.
+  if (!loopbackIsUp()) prepareSandboxNetns();
   // Nothing mounted from here on may propagate back to the host.
   doMount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, "");
 
@@ -199,7 +186,6 @@ void setupSandbox(const SetupConfig& config) {
   pivotInto(root);
 
   KJ_SYSCALL(sethostname(config.hostname.data(), config.hostname.size()));
-  loopbackUp();
   KJ_SYSCALL(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
   // Sandbox processes run as the namespace's root: without this they could ptrace init
   // (and take its control socket). Exec'd children are dumpable again.

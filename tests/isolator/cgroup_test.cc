@@ -137,6 +137,17 @@ TEST(Cgroup, TenantDirStaysWhileOtherSandboxesExist) {
   for (const CgroupHierarchy& h : tree->hierarchies()) {
     EXPECT_FALSE(exists(tree->tenantPath(h, tenant()))) << h.mount;
   }
+  // The tree remembers having made the tenant's dirs; their removal since is
+  // noticed and they are made again (with the controllers, on v2).
+  EXPECT_TRUE(tree->tenantEnsured(tenant()));
+  CgroupLimits limits;
+  limits.memoryBytes = 64ull << 20;
+  limits.pidsMax = 32;
+  auto three = SandboxCgroup::create(*tree, tenant(), "three", limits);
+  for (const CgroupHierarchy& h : tree->hierarchies()) {
+    EXPECT_TRUE(exists(tree->sandboxPath(h, tenant(), "three"))) << h.mount;
+  }
+  three->remove();
 }
 
 TEST(Cgroup, InvalidNamesNeverTouchTheFilesystem) {
@@ -149,8 +160,9 @@ TEST(Cgroup, InvalidNamesNeverTouchTheFilesystem) {
 
 // Gives the cgroup2 mount exactly `options` (comma-separated, without rw/ro).
 void reconfigureCgroup2(const std::string& mount, const std::string& options) {
-  int fs = fspick(AT_FDCWD, mount.c_str(), FSPICK_CLOEXEC);
-  ASSERT_GE(fs, 0) << strerror(errno);
+  int fd = fspick(AT_FDCWD, mount.c_str(), FSPICK_CLOEXEC);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  kj::AutoCloseFd fs(fd);
   std::stringstream in(options);
   std::string option;
   while (std::getline(in, option, ',')) {
@@ -159,7 +171,6 @@ void reconfigureCgroup2(const std::string& mount, const std::string& options) {
         << option << ": " << strerror(errno);
   }
   ASSERT_EQ(fsconfig(fs, FSCONFIG_CMD_RECONFIGURE, nullptr, nullptr, 0), 0) << strerror(errno);
-  close(fs);
 }
 
 TEST(CgroupDynmods, TurnsTheOptionOnAndKeepsTheMountsOtherOptions) {
@@ -171,9 +182,16 @@ TEST(CgroupDynmods, TurnsTheOptionOnAndKeepsTheMountsOtherOptions) {
     ~Restore() { reconfigureCgroup2(mount, options); }
   } restore{mount, original};
 
-  // nsdelegate stands for any option the host set: a reconfigure that named
-  // only favordynmods would drop it.
-  reconfigureCgroup2(mount, "nsdelegate");
+  // The host's options stay (the host runs other things meanwhile), favordynmods
+  // goes, and nsdelegate joins if absent: it stands for any option the host set,
+  // which a reconfigure naming only favordynmods would drop.
+  std::string without = "nsdelegate";
+  std::stringstream in(original);
+  std::string option;
+  while (std::getline(in, option, ',')) {
+    if (option != "favordynmods" && option != "nsdelegate") without += "," + option;
+  }
+  reconfigureCgroup2(mount, without);
   ASSERT_FALSE(hasMountOption(cgroup2SuperOptions(mount), "favordynmods"));
 
   DynmodsResult first = favorDynamicModifications(mount);

@@ -55,6 +55,17 @@ TEST_F(SkeletonTest, SeedHoldsDirectoriesAndSmallFilesParentsFirst) {
     big << std::string(kSkeletonCopyUpLimit + 1, 'x');
   }
   ASSERT_EQ(symlink("passwd", (dir_ + "/etc/passwd-link").c_str()), 0);
+  // Nothing others may not read: the sandbox could not read it through the overlay.
+  {
+    std::ofstream secret(dir_ + "/etc/secret");
+    secret << "host only";
+  }
+  ASSERT_EQ(chmod((dir_ + "/etc/secret").c_str(), 0600), 0);
+  ASSERT_EQ(mkdir((dir_ + "/etc/private").c_str(), 0700), 0);
+  {
+    std::ofstream inside(dir_ + "/etc/private/file");
+    inside << "host only";
+  }
   std::vector<SeedEntry> seed = readSkeletonSeed(dir_);
   std::map<std::string, const SeedEntry*> byPath;
   for (size_t i = 0; i < seed.size(); ++i) {
@@ -79,6 +90,18 @@ TEST_F(SkeletonTest, SeedHoldsDirectoriesAndSmallFilesParentsFirst) {
   EXPECT_EQ(byPath.count("etc/passwd-link"), 0u);
   EXPECT_EQ(byPath.count("bin"), 0u);
   EXPECT_EQ(byPath.count("etc/alternatives"), 1u);
+  EXPECT_EQ(byPath.count("etc/secret"), 0u);
+  EXPECT_EQ(byPath.count("etc/private"), 0u);
+  EXPECT_EQ(byPath.count("etc/private/file"), 0u);
+}
+
+TEST_F(SkeletonTest, ASeedTooBigForASetupMessageIsRefused) {
+  prepareSkeleton(dir_);
+  for (int i = 0; i * kSkeletonCopyUpLimit <= kMaxSeedBytes; ++i) {
+    std::ofstream file(dir_ + "/etc/file" + std::to_string(i));
+    file << std::string(kSkeletonCopyUpLimit, 'x');
+  }
+  EXPECT_THROW(readSkeletonSeed(dir_), kj::Exception);
 }
 
 TEST_F(SkeletonTest, HasLinksDirsAndItsOwnEtc) {
