@@ -8,6 +8,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <future>
+
 #include <capnp/serialize.h>
 #include <kj/debug.h>
 
@@ -646,16 +648,27 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
                                       tenant = kj::mv(tenant), netnsPool]() mutable -> Launched {
     // On the worker thread: blocking, and nothing here touches the loop's state.
     Launched out;
-    out.cgroup = makeSandboxCgroup(tree, tenant, spec->sandboxId, limits, tenantWeight);
+    // The cgroups are made on a second thread while this one clones init (each
+    // takes about half a millisecond). init waits for them before it runs.
+    std::future<kj::Own<isolator::SandboxCgroup>> making = std::async(std::launch::async, [&]() {
+      return makeSandboxCgroup(tree, tenant, spec->sandboxId, limits, tenantWeight);
+    });
     KJ_ON_SCOPE_FAILURE({
       kj::runCatchingExceptions([&]() {
+        if (making.valid()) out.cgroup = making.get();  // made all the same: remove it
+      });
+      kj::runCatchingExceptions([&]() {
+        if (out.cgroup.get() == nullptr) return;
         out.cgroup->killAll();
         out.cgroup->remove();
       });
       rmdir(spec->workDir.c_str());
     });
     makeDir(kj::StringPtr(spec->workDir.c_str()), 0700);
-    spec->cgroup = out.cgroup.get();
+    spec->awaitCgroup = [&]() {
+      out.cgroup = making.get();
+      return out.cgroup.get();
+    };
     kj::AutoCloseFd netns;  // the sandbox's alone from here: closed, never handed on again
     if (netnsPool != nullptr) netns = netnsPool->take();
     spec->netnsFd = netns.get();
@@ -1053,6 +1066,12 @@ kj::Promise<void> Supervisor::endPools() {
       waits.add(sandbox->whenReleased().attach(kj::mv(sandbox)));
     }
   }
+  // A refill under way ends too: once init is ready, launch() sees the pools
+  // stopped and discards it. Without this wait the agent could exit first and
+  // leave that init running with nobody to end it.
+  KJ_IF_MAYBE (launch, poolLaunch_) {
+    waits.add(launch->addBranch());
+  }
   return kj::joinPromises(waits.releaseAsArray());
 }
 
@@ -1075,18 +1094,22 @@ void Supervisor::refillPools() {
     // Full: the next sandbox to end schedules another refill.
     if (uidSlots_.size() >= config_.getMaxSandboxes()) break;
     // One launch at a time; the next refill is scheduled when it is done.
-    tasks_.add(launchPoolSandbox(pool).then(
-        [this]() {
-          refillScheduled_ = false;
-          scheduleRefill(0 * kj::MILLISECONDS);
-        },
-        [this, name = kj::str(pool.templateName)](kj::Exception&& e) {
-          refillScheduled_ = false;
-          if (poolsStopped_) return;
-          log::warn("pool.fill_failed",
-                    {{"template", name.cStr()}, {"error", e.getDescription().cStr()}});
-          scheduleRefill(kPoolRetryDelay);
-        }));
+    auto done = launchPoolSandbox(pool)
+                    .then(
+                        [this]() {
+                          refillScheduled_ = false;
+                          scheduleRefill(0 * kj::MILLISECONDS);
+                        },
+                        [this, name = kj::str(pool.templateName)](kj::Exception&& e) {
+                          refillScheduled_ = false;
+                          if (poolsStopped_) return;
+                          log::warn("pool.fill_failed", {{"template", name.cStr()},
+                                                         {"error", e.getDescription().cStr()}});
+                          scheduleRefill(kPoolRetryDelay);
+                        })
+                    .fork();
+    tasks_.add(done.addBranch());
+    poolLaunch_ = kj::mv(done);
     return;
   }
   refillScheduled_ = false;

@@ -246,6 +246,7 @@ class Supervisor {
   } errorLogger_;
   kj::Maybe<kj::Own<isolator::NetnsPool>> netnsPool_;  // outlives the launch worker
   kj::Own<LaunchWorker> launchWorker_;                 // before tasks_: its promises go first
+  kj::Maybe<kj::ForkedPromise<void>> poolLaunch_;      // the latest refill launch; never rejects
   kj::TaskSet tasks_;
 };
 

@@ -339,5 +339,32 @@ TEST(WarmPoolStop, StoppingTheAgentEndsItsIdleSandboxesOnly) {
   EXPECT_EQ(agent.sbx({"exec", tenantSandbox, "--", "echo", "still here"}).out, "still here\n");
 }
 
+// A graceful stop while the pool is still filling: the launch under way ends
+// with the agent instead of leaving its init behind with nobody to end it.
+TEST(WarmPoolStop, StoppingWhileThePoolFillsLeavesNoPoolSandbox) {
+  NODEAGENT_REQUIRE_ROOT();
+  // Twenty launches one after another: one is nearly always under way.
+  AgentProcess agent({}, true, ",\"templates\": [{\"name\": \"python\", \"warmPool\": 20}]");
+  std::string poolDir = agent.cgroupDir("unified", "_pool", "");
+  auto poolSandboxes = [&]() {
+    std::vector<std::string> ids;
+    DIR* dir = opendir(poolDir.c_str());
+    if (dir == nullptr) return ids;
+    while (auto* e = readdir(dir)) {
+      if (std::string(e->d_name).rfind("sbx-", 0) == 0) ids.push_back(e->d_name);
+    }
+    closedir(dir);
+    return ids;
+  };
+  for (int i = 0; i < 5000 && poolSandboxes().size() < 3; ++i) usleep(1000);
+  ASSERT_GE(poolSandboxes().size(), 3u) << agent.log();
+  int status = agent.stop();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << agent.log();
+  // A cgroup goes only once nothing runs in it: none left means no init left.
+  for (int i = 0; i < 200 && !poolSandboxes().empty(); ++i) usleep(10000);
+  std::vector<std::string> left = poolSandboxes();
+  EXPECT_TRUE(left.empty()) << left.front() << " outlived the agent\n" << agent.log();
+}
+
 }  // namespace
 }  // namespace nodeagent::testing
