@@ -347,8 +347,7 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
 
   writeIdMap(sandbox.pid, "uid_map", spec);
   writeIdMap(sandbox.pid, "gid_map", spec);
-  SandboxCgroup* cgroup = spec.awaitCgroup ? spec.awaitCgroup() : spec.cgroup;
-  if (cgroup != nullptr) cgroup->addProcess(sandbox.pid);
+  if (spec.cgroup != nullptr) spec.cgroup->addProcess(sandbox.pid);
   char go = 'g';
   KJ_SYSCALL(send(sync, &go, 1, MSG_NOSIGNAL), "releasing init");
 

@@ -19,7 +19,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -43,11 +42,6 @@ struct LaunchSpec {
   std::string workDir;
   uint64_t diskBytes = 0;
   SandboxCgroup* cgroup = nullptr;  // may be null (no cgroup placement), e.g. in tests
-  // Instead of `cgroup`: called once init is cloned and before it may run, for the
-  // cgroup to move it into (null: none). The caller can make the cgroups on another
-  // thread meanwhile; init still runs nothing outside them. If it throws, the launch
-  // fails with that and leaves nothing running.
-  std::function<SandboxCgroup*()> awaitCgroup;
   // The BPF program every process of the sandbox runs under (SeccompProgram::bytes());
   // required. Must stay valid during launch().
   kj::ArrayPtr<const kj::byte> seccompFilter;

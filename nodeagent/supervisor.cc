@@ -8,8 +8,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <future>
-
 #include <capnp/serialize.h>
 #include <kj/debug.h>
 
@@ -648,27 +646,16 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
                                       tenant = kj::mv(tenant), netnsPool]() mutable -> Launched {
     // On the worker thread: blocking, and nothing here touches the loop's state.
     Launched out;
-    // The cgroups are made on a second thread while this one clones init (each
-    // takes about half a millisecond). init waits for them before it runs.
-    std::future<kj::Own<isolator::SandboxCgroup>> making = std::async(std::launch::async, [&]() {
-      return makeSandboxCgroup(tree, tenant, spec->sandboxId, limits, tenantWeight);
-    });
+    out.cgroup = makeSandboxCgroup(tree, tenant, spec->sandboxId, limits, tenantWeight);
     KJ_ON_SCOPE_FAILURE({
       kj::runCatchingExceptions([&]() {
-        if (making.valid()) out.cgroup = making.get();  // made all the same: remove it
-      });
-      kj::runCatchingExceptions([&]() {
-        if (out.cgroup.get() == nullptr) return;
         out.cgroup->killAll();
         out.cgroup->remove();
       });
       rmdir(spec->workDir.c_str());
     });
     makeDir(kj::StringPtr(spec->workDir.c_str()), 0700);
-    spec->awaitCgroup = [&]() {
-      out.cgroup = making.get();
-      return out.cgroup.get();
-    };
+    spec->cgroup = out.cgroup.get();
     kj::AutoCloseFd netns;  // the sandbox's alone from here: closed, never handed on again
     if (netnsPool != nullptr) netns = netnsPool->take();
     spec->netnsFd = netns.get();

@@ -14,10 +14,8 @@
 
 #include <kj/debug.h>
 
-#include <algorithm>
 #include <atomic>
 #include <fstream>
-#include <future>
 #include <map>
 #include <set>
 #include <sstream>
@@ -658,78 +656,6 @@ TEST(Sandbox, BadInitPathIsReported) {
     std::string message = e.getDescription().cStr();
     EXPECT_NE(message.find("execveat(init): Permission denied"), std::string::npos) << message;
   }
-  rmdir(spec.workDir.c_str());
-}
-
-LaunchSpec plainSpec(const char* prefix) {
-  LaunchSpec spec;
-  spec.sandboxId = uniqueId(prefix);
-  spec.hostname = "x";
-  spec.uidBase = nextUidBase();
-  spec.uidCount = 65536;
-  spec.initPath = initPath();
-  spec.skeletonDir = skeletonDir();
-  spec.workDir = scratchDir() + "/work-" + spec.sandboxId;
-  spec.diskBytes = 1 << 20;
-  spec.seccompFilter = seccompFilter();
-  spec.seed = &skeletonSeed();
-  return spec;
-}
-
-// Host pids running as `uid` (the sandbox's root).
-std::vector<pid_t> processesOf(uint32_t uid) {
-  std::vector<pid_t> out;
-  DIR* proc = opendir("/proc");
-  while (struct dirent* entry = readdir(proc)) {
-    pid_t pid = atoi(entry->d_name);
-    if (pid > 0 && procStatusField(pid, "Uid").rfind(std::to_string(uid) + "\t", 0) == 0) {
-      out.push_back(pid);
-    }
-  }
-  closedir(proc);
-  return out;
-}
-
-TEST(Sandbox, TheCgroupMayBeMadeWhileInitIsCloned) {
-  NODEAGENT_REQUIRE_ROOT();
-  auto tree = CgroupTree::open(kTestCgroupRoot);
-  LaunchSpec spec = plainSpec("late");
-  std::future<kj::Own<SandboxCgroup>> making = std::async(std::launch::async, [&]() {
-    return SandboxCgroup::create(*tree, testTenant(), spec.sandboxId, CgroupLimits());
-  });
-  kj::Own<SandboxCgroup> cgroup;
-  spec.awaitCgroup = [&]() {
-    cgroup = making.get();
-    return cgroup.get();
-  };
-  LaunchedSandbox launched = launch(spec);
-  ASSERT_NE(cgroup.get(), nullptr);
-  std::vector<pid_t> members = cgroup->pids();
-  EXPECT_EQ(members, std::vector<pid_t>{launched.pid});
-  // And what it spawns.
-  InitClient client(launched.control);
-  auto p = client.spawn({"sleep", "1000"});
-  ASSERT_TRUE(p.has_value());
-  members = cgroup->pids();
-  EXPECT_NE(std::find(members.begin(), members.end(), hostPidOf(p->pidfd)), members.end());
-  cgroup->killAll();
-  reap(launched);
-  cgroup->remove();
-  rmdir(spec.workDir.c_str());
-}
-
-TEST(Sandbox, ACgroupThatFailsFailsTheLaunchAndLeavesNothingRunning) {
-  NODEAGENT_REQUIRE_ROOT();
-  LaunchSpec spec = plainSpec("nocg");
-  spec.awaitCgroup = []() -> SandboxCgroup* { KJ_FAIL_REQUIRE("no cgroup for this one"); };
-  try {
-    launch(spec);
-    ADD_FAILURE() << "launch should fail";
-  } catch (const kj::Exception& e) {
-    std::string message = e.getDescription().cStr();
-    EXPECT_NE(message.find("no cgroup for this one"), std::string::npos) << message;
-  }
-  EXPECT_EQ(processesOf(spec.uidBase), std::vector<pid_t>{});
   rmdir(spec.workDir.c_str());
 }
 
