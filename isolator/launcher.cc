@@ -25,6 +25,7 @@
 #include "isolator/child_stack.h"
 #include "isolator/file_util.h"
 #include "isolator/init_protocol.h"
+#include "isolator/netns_pool.h"
 #include "isolator/template.h"
 #include "schema/init.capnp.h"
 
@@ -192,30 +193,6 @@ void validate(const LaunchSpec& spec) {
   }
 }
 
-// Puts the calling thread into a network namespace until destroyed. clone()
-// gives the child the calling thread's namespaces, so it starts in that one.
-class ThreadInNetns {
- public:
-  explicit ThreadInNetns(int netns) {
-    int fd = checkSyscall(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC), "open",
-                          "/proc/thread-self/ns/net");
-    home_ = kj::AutoCloseFd(fd);
-    checkSyscall(setns(netns, CLONE_NEWNET), "setns", "the sandbox's network namespace");
-  }
-  ~ThreadInNetns() noexcept(false) {
-    // A thread left in a sandbox's namespace would do the agent's later work
-    // there; nothing can be trusted to continue.
-    if (setns(home_, CLONE_NEWNET) != 0) {
-      KJ_LOG(FATAL, "cannot return to the agent's network namespace", strerror(errno));
-      abort();
-    }
-  }
-  KJ_DISALLOW_COPY(ThreadInNetns);
-
- private:
-  kj::AutoCloseFd home_;
-};
-
 [[noreturn]] void throwLaunchError(const LaunchSpec& spec, std::string message) {
   kj::throwFatalException(
       kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
@@ -310,9 +287,12 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   // write its id maps while it waits.
   int flags = CLONE_VM | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC |
               CLONE_PIDFD | SIGCHLD;
-  kj::Maybe<kj::Own<ThreadInNetns>> inNetns;
+  // clone() gives the child the calling thread's namespaces: this thread
+  // enters the one made ahead for just that long.
+  kj::Maybe<kj::Own<ThreadNetnsHome>> inNetns;
   if (spec.netnsFd >= 0) {
-    inNetns = kj::heap<ThreadInNetns>(spec.netnsFd);
+    inNetns = kj::heap<ThreadNetnsHome>();
+    checkSyscall(setns(spec.netnsFd, CLONE_NEWNET), "setns", "the sandbox's network namespace");
   } else {
     flags |= CLONE_NEWNET;
   }

@@ -24,19 +24,22 @@ constexpr std::chrono::milliseconds kRefillDelay{20};
 
 }  // namespace
 
+ThreadNetnsHome::ThreadNetnsHome() {
+  int fd = checkSyscall(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC), "open",
+                        "/proc/thread-self/ns/net");
+  home_ = kj::AutoCloseFd(fd);
+}
+
+ThreadNetnsHome::~ThreadNetnsHome() {
+  if (setns(home_, CLONE_NEWNET) != 0) {
+    KJ_LOG(FATAL, "cannot return to the agent's network namespace", strerror(errno));
+    abort();
+  }
+}
+
 kj::AutoCloseFd makeSandboxNetns() {
-  int home = checkSyscall(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC), "open",
-                          "/proc/thread-self/ns/net");
-  kj::AutoCloseFd homeFd(home);
+  ThreadNetnsHome home;
   checkSyscall(unshare(CLONE_NEWNET), "unshare", "CLONE_NEWNET");
-  // Back home whatever happens: a thread left in the namespace would keep it
-  // alive after its sandbox is gone.
-  KJ_DEFER({
-    if (setns(home, CLONE_NEWNET) != 0) {
-      KJ_LOG(FATAL, "cannot return to the agent's network namespace", strerror(errno));
-      abort();
-    }
-  });
   prepareSandboxNetns();
   int fd = checkSyscall(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC), "open",
                         "/proc/thread-self/ns/net");

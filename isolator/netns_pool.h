@@ -21,6 +21,20 @@
 
 namespace nodeagent::isolator {
 
+// Remembers the calling thread's network namespace and puts the thread back
+// there when destroyed. If it cannot, the process aborts: a thread left in a
+// sandbox's namespace would do the agent's later work there, and would keep
+// that namespace alive after its sandbox.
+class ThreadNetnsHome {
+ public:
+  ThreadNetnsHome();
+  ~ThreadNetnsHome();
+  KJ_DISALLOW_COPY(ThreadNetnsHome);
+
+ private:
+  kj::AutoCloseFd home_;
+};
+
 // Makes a network namespace set up as a sandbox's (sandbox_netns.h) and returns
 // an fd that holds it. The calling thread passes through it and returns to its
 // own namespace (or the process aborts).
