@@ -25,6 +25,9 @@ using Clock = std::chrono::steady_clock;
 
 constexpr const char* kV2Controllers[] = {"cpu", "memory", "pids"};
 
+// What a new cgroup's CPU period is, on v1 and v2.
+constexpr uint32_t kDefaultCpuPeriodMicros = 100000;
+
 // The token list of cgroup.controllers / cgroup.subtree_control.
 bool hasToken(const std::string& list, const char* token) {
   std::istringstream in(list);
@@ -93,7 +96,9 @@ void writeOptional(int dirfd, const char* name, const std::string& value, bool r
   failSyscall("write", err, where + "/" + name + " (\"" + value + "\")");
 }
 
-void setV2Limits(const SandboxCgroup::Leaf& leaf, const CgroupLimits& limits) {
+// `fresh`: the leaf was just made and holds the kernel's defaults (no CPU burst,
+// a 100 ms period, no quota), so writes that would only restore them are skipped.
+void setV2Limits(const SandboxCgroup::Leaf& leaf, const CgroupLimits& limits, bool fresh) {
   int dir = leaf.dir.get();
   const std::string& where = leaf.path;
   writeFileAt(dir, "memory.max",
@@ -105,13 +110,15 @@ void setV2Limits(const SandboxCgroup::Leaf& leaf, const CgroupLimits& limits) {
     uint64_t quota =
         std::max<uint64_t>(1000, uint64_t(limits.cpuMillis) * limits.cpuPeriodMicros / 1000);
     // Burst must not exceed the quota, so clear it before a quota change.
-    writeOptional(dir, "cpu.max.burst", "0", false, where);
+    if (!fresh) writeOptional(dir, "cpu.max.burst", "0", false, where);
     writeFileAt(dir, "cpu.max", std::to_string(quota) + " " + period, where);
   } else {
     writeFileAt(dir, "cpu.max", "max " + period, where);
   }
-  writeOptional(dir, "cpu.max.burst", std::to_string(limits.cpuBurstMicros),
-                limits.cpuBurstMicros != 0, where);
+  if (!fresh || limits.cpuBurstMicros != 0) {
+    writeOptional(dir, "cpu.max.burst", std::to_string(limits.cpuBurstMicros),
+                  limits.cpuBurstMicros != 0, where);
+  }
   if (limits.cpuWeight) {
     writeFileAt(dir, "cpu.weight", std::to_string(limits.cpuWeight), where);
   }
@@ -131,15 +138,18 @@ void setV1MemoryLimit(const SandboxCgroup::Leaf& leaf, uint64_t bytes) {
   if (hasMemsw) writeFileAt(dir, "memory.memsw.limit_in_bytes", value, leaf.path);
 }
 
-void setV1CpuLimits(const SandboxCgroup::Leaf& leaf, const CgroupLimits& limits) {
+// `fresh` as for setV2Limits.
+void setV1CpuLimits(const SandboxCgroup::Leaf& leaf, const CgroupLimits& limits, bool fresh) {
   int dir = leaf.dir.get();
-  writeOptional(dir, "cpu.cfs_burst_us", "0", false, leaf.path);
-  writeFileAt(dir, "cpu.cfs_period_us", std::to_string(limits.cpuPeriodMicros), leaf.path);
+  if (!fresh) writeOptional(dir, "cpu.cfs_burst_us", "0", false, leaf.path);
+  if (!fresh || limits.cpuPeriodMicros != kDefaultCpuPeriodMicros) {
+    writeFileAt(dir, "cpu.cfs_period_us", std::to_string(limits.cpuPeriodMicros), leaf.path);
+  }
   if (limits.cpuMillis) {
     uint64_t quota =
         std::max<uint64_t>(1000, uint64_t(limits.cpuMillis) * limits.cpuPeriodMicros / 1000);
     writeFileAt(dir, "cpu.cfs_quota_us", std::to_string(quota), leaf.path);
-  } else {
+  } else if (!fresh) {
     writeFileAt(dir, "cpu.cfs_quota_us", "-1", leaf.path);
   }
   if (limits.cpuBurstMicros) {
@@ -350,7 +360,7 @@ kj::Own<SandboxCgroup> SandboxCgroup::create(CgroupTree& tree, kj::StringPtr ten
         auto cgroup = kj::heap<SandboxCgroup>(tree, std::string(tenant.cStr()),
                                               std::string(sandboxId.cStr()), std::move(leaves));
         KJ_ON_SCOPE_FAILURE(for (Leaf& leaf : cgroup->leaves_) rmdir(leaf.path.c_str()));
-        cgroup->setLimits(limits);
+        cgroup->applyLimits(limits, /*fresh=*/true);
         return cgroup;
       }
     }
@@ -397,17 +407,21 @@ void SandboxCgroup::addProcessToV1(pid_t pid) {
 }
 
 void SandboxCgroup::setLimits(const CgroupLimits& limits) {
+  applyLimits(limits, /*fresh=*/false);
+}
+
+void SandboxCgroup::applyLimits(const CgroupLimits& limits, bool fresh) {
   KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
   validateLimits(limits);
   if (tree_.mode() == CgroupMode::kV2) {
-    setV2Limits(leaves_.front(), limits);
+    setV2Limits(leaves_.front(), limits, fresh);
     return;
   }
   setV1MemoryLimit(*findLeaf(&CgroupHierarchy::memory), limits.memoryBytes);
   const Leaf& pids = *findLeaf(&CgroupHierarchy::pids);
   writeFileAt(pids.dir, "pids.max", limits.pidsMax ? std::to_string(limits.pidsMax) : "max",
               pids.path);
-  setV1CpuLimits(*findLeaf(&CgroupHierarchy::cpu), limits);
+  setV1CpuLimits(*findLeaf(&CgroupHierarchy::cpu), limits, fresh);
 }
 
 std::vector<pid_t> SandboxCgroup::pids() const {

@@ -178,6 +178,8 @@ class SandboxCgroup {
   void remove(std::chrono::milliseconds timeout = std::chrono::milliseconds(2000));
 
  private:
+  // setLimits(); `fresh`: on leaves just made, skipping writes of the kernel's defaults.
+  void applyLimits(const CgroupLimits& limits, bool fresh);
   const Leaf* findLeaf(bool CgroupHierarchy::*controller) const;
   // The v1 freezer leaf on hybrid hosts, null on v2 (which freezes through its leaf).
   const Leaf* v1Freezer() const;

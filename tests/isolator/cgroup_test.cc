@@ -123,6 +123,51 @@ TEST(Cgroup, CreateLimitStatsKillRemove) {
   EXPECT_THROW(cgroup->pids(), kj::Exception);
 }
 
+// The CPU files of a sandbox's cgroup: "quota period burst" on both layouts.
+std::string cpuSettings(CgroupTree& tree, const std::string& sandbox) {
+  auto trim = [](std::string v) {
+    while (!v.empty() && (v.back() == '\n' || v.back() == ' ')) v.pop_back();
+    return v;
+  };
+  for (const CgroupHierarchy& h : tree.hierarchies()) {
+    if (!h.cpu) continue;
+    std::string leaf = tree.sandboxPath(h, tenant(), sandbox);
+    if (h.v2) {
+      return trim(slurp(leaf + "/cpu.max")) + " " + trim(slurp(leaf + "/cpu.max.burst"));
+    }
+    return trim(slurp(leaf + "/cpu.cfs_quota_us")) + " " +
+           trim(slurp(leaf + "/cpu.cfs_period_us")) + " " + trim(slurp(leaf + "/cpu.cfs_burst_us"));
+  }
+  return "";
+}
+
+TEST(Cgroup, CpuLimitsOnANewCgroupAndAfterChanges) {
+  NODEAGENT_REQUIRE_ROOT();
+  auto tree = CgroupTree::open(kRoot);
+  bool v2 = tree->mode() == CgroupMode::kV2;
+  CgroupLimits limits;
+  limits.cpuMillis = 500;
+  limits.cpuPeriodMicros = 50000;
+  limits.cpuBurstMicros = 7000;
+  auto cgroup = SandboxCgroup::create(*tree, tenant(), "cpu1", limits);
+  EXPECT_EQ(cpuSettings(*tree, "cpu1"), "25000 50000 7000");
+  // No quota: the defaults, whatever was set before.
+  limits.cpuMillis = 0;
+  limits.cpuBurstMicros = 0;
+  limits.cpuPeriodMicros = 100000;
+  cgroup->setLimits(limits);
+  EXPECT_EQ(cpuSettings(*tree, "cpu1"), v2 ? "max 100000 0" : "-1 100000 0");
+  // A new cgroup with the default period and no burst.
+  limits.cpuMillis = 250;
+  auto other = SandboxCgroup::create(*tree, tenant(), "cpu2", limits);
+  EXPECT_EQ(cpuSettings(*tree, "cpu2"), "25000 100000 0");
+  auto none = SandboxCgroup::create(*tree, tenant(), "cpu3", CgroupLimits());
+  EXPECT_EQ(cpuSettings(*tree, "cpu3"), v2 ? "max 100000 0" : "-1 100000 0");
+  cgroup->remove();
+  other->remove();
+  none->remove();
+}
+
 TEST(Cgroup, TenantDirStaysWhileOtherSandboxesExist) {
   NODEAGENT_REQUIRE_ROOT();
   auto tree = CgroupTree::open(kRoot);
