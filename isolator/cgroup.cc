@@ -399,13 +399,6 @@ void SandboxCgroup::addProcess(pid_t pid) {
   }
 }
 
-void SandboxCgroup::addProcessToV1(pid_t pid) {
-  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
-  for (const Leaf& leaf : leaves_) {
-    if (!leaf.hierarchy.v2) writeFileAt(leaf.dir, "cgroup.procs", std::to_string(pid), leaf.path);
-  }
-}
-
 void SandboxCgroup::setLimits(const CgroupLimits& limits) {
   applyLimits(limits, /*fresh=*/false);
 }

@@ -142,15 +142,11 @@ class SandboxCgroup {
   const std::string& tenant() const { return tenant_; }
   const std::string& sandboxId() const { return sandboxId_; }
   const std::string& v2Path() const { return leaves_.front().path; }
-  // An O_DIRECTORY fd of the v2 leaf (for CLONE_INTO_CGROUP or BPF attach).
+  // An O_DIRECTORY fd of the v2 leaf (for BPF attach).
   int v2Fd() const { return leaves_.front().dir.get(); }
 
   // Moves `pid` (a host pid) into the leaf of every hierarchy.
   void addProcess(pid_t pid);
-  // The same for the v1 hierarchies only (none on pure v2), for a process that was
-  // created directly in the v2 leaf with clone3(CLONE_INTO_CGROUP, v2Fd()). That avoids a
-  // cgroup migration, which costs an RCU grace period (milliseconds).
-  void addProcessToV1(pid_t pid);
   void setLimits(const CgroupLimits& limits);
   // Host pids in the sandbox (from the v2 leaf).
   std::vector<pid_t> pids() const;

@@ -8,25 +8,12 @@
 #include <kj/debug.h>
 #include <kj/io.h>
 
-#include <sstream>
 #include <vector>
 
 #include "isolator/mountinfo.h"
 
 namespace nodeagent::isolator {
 namespace {
-
-std::vector<std::string> splitOptions(const std::string& options) {
-  std::vector<std::string> out;
-  std::stringstream in(options);
-  std::string option;
-  while (std::getline(in, option, ',')) {
-    // rw/ro belong to the superblock's flags, which a reconfigure leaves alone
-    // unless told; the rest are the cgroup2 options proper.
-    if (!option.empty() && option != "rw" && option != "ro") out.push_back(option);
-  }
-  return out;
-}
 
 DynmodsResult notApplied(const std::string& mountPoint, std::string why) {
   return {DynmodsOutcome::kNotApplied, cgroup2SuperOptions(mountPoint), std::move(why)};
@@ -64,9 +51,12 @@ DynmodsResult favorDynamicModifications(const std::string& mountPoint) {
   kj::AutoCloseFd fs(fd);
   // A reconfigure applies exactly the options it is given: repeat the current
   // ones. If any is refused nothing is applied, so nothing is lost either.
-  std::vector<std::string> options = splitOptions(before);
+  std::vector<std::string> options = splitMountOptions(before);
   options.push_back("favordynmods");
   for (const std::string& option : options) {
+    // rw/ro belong to the superblock's flags, which a reconfigure leaves alone
+    // unless told; the rest are the cgroup2 options proper.
+    if (option == "rw" || option == "ro") continue;
     if (!setOption(fs, option)) {
       return notApplied(mountPoint, "fsconfig " + option + ": " + strerror(errno));
     }

@@ -54,10 +54,18 @@ std::vector<MountEntry> readMountInfo() {
   return out;
 }
 
-bool hasMountOption(const std::string& options, const char* name) {
+std::vector<std::string> splitMountOptions(const std::string& options) {
+  std::vector<std::string> out;
   std::stringstream in(options);
   std::string option;
   while (std::getline(in, option, ',')) {
+    if (!option.empty()) out.push_back(option);
+  }
+  return out;
+}
+
+bool hasMountOption(const std::string& options, const char* name) {
+  for (const std::string& option : splitMountOptions(options)) {
     if (option == name) return true;
   }
   return false;

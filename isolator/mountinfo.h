@@ -18,6 +18,9 @@ struct MountEntry {
 // is the mount that is visible.
 std::vector<MountEntry> readMountInfo();
 
+// A comma-separated option list ("rw,nsdelegate") as its options, empty ones left out.
+std::vector<std::string> splitMountOptions(const std::string& options);
+
 // Whether a comma-separated option list holds `name` exactly.
 bool hasMountOption(const std::string& options, const char* name);
 
