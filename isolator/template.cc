@@ -50,6 +50,19 @@ constexpr const char kNsswitch[] =
 
 constexpr const char kHostCaBundle[] = "/etc/ssl/certs/ca-certificates.crt";
 
+// The dynamic loader's index of the host's libraries. Without it every exec of a
+// dynamic program in a sandbox probes a dozen directories for each library before
+// it finds libc (about 0.1 ms here). It describes the host's /usr, so only a
+// skeleton over that /usr gets it.
+constexpr const char kHostLoaderCache[] = "/etc/ld.so.cache";
+constexpr const char kLoaderCachePath[] = "etc/ld.so.cache";
+
+// Files that stay in the lower layer although they are small: the sandbox only
+// reads them, and a copy per sandbox would cost its size in every sandbox's tmpfs.
+bool lowerLayerOnly(const std::string& path) {
+  return path == kLoaderCachePath;
+}
+
 void makeDir(const std::string& path, mode_t mode) {
   checkSyscall(mkdir(path.c_str(), mode), "mkdir", path);
   // Not subject to the umask: the sandbox sees exactly these modes.
@@ -76,22 +89,30 @@ void writeNewFile(const std::string& path, const std::string& content, mode_t mo
   writeNewFile(path, content.data(), content.size(), mode);
 }
 
-// Copies a regular file's bytes (not its owner or mode).
-void copyFile(const char* from, const std::string& to) {
-  int in = open(from, O_RDONLY | O_CLOEXEC);
+// A whole file's bytes, or null if it does not exist.
+kj::Maybe<std::string> readWholeFile(const char* path) {
+  int in = open(path, O_RDONLY | O_CLOEXEC);
   if (in < 0) {
-    if (errno == ENOENT) return;  // a host without CA certificates gets none
-    failSyscall("open", errno, from);
+    if (errno == ENOENT) return nullptr;
+    failSyscall("open", errno, path);
   }
   kj::AutoCloseFd owned(in);
   std::string content;
   char buf[65536];
   for (;;) {
-    ssize_t n = checkSyscall(read(in, buf, sizeof(buf)), "read", from);
+    ssize_t n = checkSyscall(read(in, buf, sizeof(buf)), "read", path);
     if (n == 0) break;
     content.append(buf, size_t(n));
   }
-  writeNewFile(to, content, 0644);
+  return kj::mv(content);
+}
+
+// Copies a regular file's bytes (not its owner or mode); a missing source (a host
+// without CA certificates, say) copies nothing.
+void copyFile(const char* from, const std::string& to) {
+  KJ_IF_MAYBE (content, readWholeFile(from)) {
+    writeNewFile(to, *content, 0644);
+  }
 }
 
 bool isDirectory(const std::string& path) {
@@ -151,20 +172,32 @@ void buildSkeleton(const std::string& root, const std::string& usrDir,
   makeSymlink("../usr/lib/os-release", etc + "/os-release");
   copyFile(kHostCaBundle, etc + "/ssl/certs/ca-certificates.crt");
   copyAlternatives(etc + "/alternatives");
+  if (usrDir == "/usr") copyFile(kHostLoaderCache, root + "/" + kLoaderCachePath);
 }
 
 }  // namespace
 
-// Swaps in a new resolv.conf by rename: sandboxes see the old or the new file.
-static void updateResolvConf(const std::string& dir, const std::string& resolvConf) {
-  std::string path = dir + "/etc/resolv.conf";
+// Swaps in new content by rename, if it changed: sandboxes see the old or the new file.
+static void replaceFile(const std::string& path, const std::string& content) {
   std::ifstream in(path);
   std::string current((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (current == resolvConf) return;
+  if (in.is_open() && current == content) return;
   std::string tmp = path + ".new";
   unlink(tmp.c_str());
-  writeNewFile(tmp, resolvConf);
+  writeNewFile(tmp, content);
   if (rename(tmp.c_str(), path.c_str()) != 0) failSyscall("rename", errno, tmp + " to " + path);
+}
+
+// What follows the host on every start: the node's resolver, and the loader's cache,
+// which a package upgrade rewrites. A stale cache is only slower: the loader falls
+// back to its search when a listed file is gone.
+static void refreshSkeleton(const std::string& dir, const std::string& usrDir,
+                            const std::string& resolvConf) {
+  replaceFile(dir + "/etc/resolv.conf", resolvConf);
+  if (usrDir != "/usr") return;
+  KJ_IF_MAYBE (cache, readWholeFile(kHostLoaderCache)) {
+    replaceFile(dir + "/" + kLoaderCachePath, *cache);
+  }
 }
 
 void prepareSkeleton(const std::string& dir, const std::string& usrDir,
@@ -174,7 +207,7 @@ void prepareSkeleton(const std::string& dir, const std::string& usrDir,
   struct stat st;
   if (lstat(dir.c_str(), &st) == 0) {
     if (!S_ISDIR(st.st_mode)) failSyscall("prepare skeleton", ENOTDIR, dir);
-    updateResolvConf(dir, resolvConf);
+    refreshSkeleton(dir, usrDir, resolvConf);
     return;
   }
   makeDirectories(dir.substr(0, dir.rfind('/')), 0755);
@@ -220,6 +253,7 @@ void readSeedBelow(int dirFd, const std::string& prefix, std::vector<SeedEntry>&
   std::sort(names.begin(), names.end());  // the same seed whatever the directory order
   for (const std::string& name : names) {
     std::string path = prefix.empty() ? name : prefix + "/" + name;
+    if (lowerLayerOnly(path)) continue;
     struct stat st;
     checkSyscall(fstatat(dirFd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW), "stat", path);
     SeedEntry entry;

@@ -603,6 +603,17 @@ TEST(Sandbox, TheSkeletonsFilesAreTheSandboxRootsOwn) {
   EXPECT_EQ(sh(sandbox, "readlink /bin"), "usr/bin\n");
 }
 
+TEST(Sandbox, DynamicProgramsFindTheirLibrariesThroughTheLoaderCache) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  // Without /etc/ld.so.cache the loader walks its whole search path per library.
+  std::string trace = sh(sandbox, "LD_DEBUG=libs /bin/true 2>&1");
+  EXPECT_NE(trace.find("search cache=/etc/ld.so.cache"), std::string::npos) << trace;
+  EXPECT_EQ(trace.find("search path="), std::string::npos) << trace;
+  // Read-only for the sandbox: it stays in the shared lower layer, not the seed.
+  EXPECT_EQ(sh(sandbox, "stat -c %u /etc/ld.so.cache"), "65534\n");
+}
+
 TEST(Sandbox, ABrokenSeccompProgramFailsSetup) {
   NODEAGENT_REQUIRE_ROOT();
   auto tree = CgroupTree::open(kTestCgroupRoot);

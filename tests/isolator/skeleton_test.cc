@@ -176,6 +176,25 @@ TEST_F(SkeletonTest, IdempotentAndRecoversFromACrashedBuild) {
   EXPECT_EQ(modeOf(dir_ + "/etc/resolv.conf"), 0100644u);
 }
 
+TEST_F(SkeletonTest, CarriesTheHostsLoaderCacheOutsideTheSeedAndRefreshesIt) {
+  ASSERT_EQ(access("/etc/ld.so.cache", R_OK), 0) << "a Debian host has a loader cache";
+  prepareSkeleton(dir_);
+  EXPECT_EQ(slurp(dir_ + "/etc/ld.so.cache"), slurp("/etc/ld.so.cache"));
+  EXPECT_EQ(modeOf(dir_ + "/etc/ld.so.cache") & 07777, 0644u);
+  for (const SeedEntry& entry : readSkeletonSeed(dir_)) EXPECT_NE(entry.path, "etc/ld.so.cache");
+  // A package upgrade rewrites the host's cache; the next start picks it up.
+  {
+    std::ofstream stale(dir_ + "/etc/ld.so.cache", std::ios::trunc);
+    stale << "stale";
+  }
+  prepareSkeleton(dir_);
+  EXPECT_EQ(slurp(dir_ + "/etc/ld.so.cache"), slurp("/etc/ld.so.cache"));
+  // It describes the host's /usr only.
+  std::string other = base_ + "/templates/other";
+  prepareSkeleton(other, "/opt/image/usr");
+  EXPECT_EQ(modeOf(other + "/etc/ld.so.cache"), 0u);
+}
+
 TEST_F(SkeletonTest, RejectsRelativeOrFilePaths) {
   EXPECT_THROW(prepareSkeleton("relative/dir"), kj::Exception);
   std::string file = base_ + "/file";
