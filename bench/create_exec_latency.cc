@@ -7,7 +7,7 @@
 // Prints one JSON object.
 //
 //   build/bin/bench-create-exec [--iterations N] [--agent-bin DIR] [--idle-ms N]
-//                           [--keep-cgroup-options]
+//                           [--keep-cgroup-options] [--init-exec]
 //
 // --idle-ms: the machine idles this long before each timed run (of every
 // subject), as a node does between creates that are not back to back. Some
@@ -16,6 +16,8 @@
 // --keep-cgroup-options: the agents leave the cgroup2 mount's options alone
 // ("cgroupFavorDynmods": false), to measure a host without favordynmods (clear
 // it first: the option outlives the agent that set it).
+// --init-exec: the agents exec each init instead of forking it from their
+// zygote ("initZygote": false), to measure what the zygote saves.
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -70,6 +72,7 @@ int main(int argc, char** argv) {
   int iterations = 100;
   int idleMs = 0;
   bool keepCgroupOptions = false;
+  bool initExec = false;
   std::string binDir = nodeagent::bench::ownBinDir();
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -77,6 +80,7 @@ int main(int argc, char** argv) {
     if (a == "--agent-bin" && i + 1 < argc) binDir = argv[++i];
     if (a == "--idle-ms" && i + 1 < argc) idleMs = atoi(argv[++i]);
     if (a == "--keep-cgroup-options") keepCgroupOptions = true;
+    if (a == "--init-exec") initExec = true;
   }
   if (geteuid() != 0) {
     fprintf(stderr, "bench-create-exec needs root\n");
@@ -135,7 +139,8 @@ int main(int argc, char** argv) {
   // Each agent has its own cgroup root and uid range, as separate hosts
   // would (and neither disturbs an agent already running on this one).
   std::string common = std::string("\"maxSandboxes\": 100, \"cgroupFavorDynmods\": ") +
-                       (keepCgroupOptions ? "false" : "true");
+                       (keepCgroupOptions ? "false" : "true") +
+                       ", \"initZygote\": " + (initExec ? "false" : "true");
   writeConfig(dir + "/cold.json",
               "{\"cgroupRoot\": \"nodeagent-bench-cold\", \"uidBase\": 200000000, " + common + "}");
   pid_t agent = startAgent({binDir + "/nodeagent", "--config", dir + "/cold.json", "--state-dir",
@@ -281,6 +286,7 @@ int main(int argc, char** argv) {
   Stats runcStats = haveRunc ? summarize(runcUs) : Stats{};
 
   printf("{\n  \"benchmark\": \"create_first_output_kill\",\n  \"iterations\": %d,\n", iterations);
+  printf("  \"init_started_by\": \"%s\",\n", initExec ? "exec" : "zygote");
   printf("  \"idle_ms_before_each_run\": %d,\n  \"cgroup2_options\": \"%s\",\n", idleMs,
          cgroupOptions.c_str());
   printf("  %s,\n", json("nodeagent", oursStats).c_str());

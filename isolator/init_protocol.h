@@ -19,7 +19,8 @@
 namespace nodeagent::isolator {
 
 constexpr size_t kMaxInitMessageBytes = 256 * 1024;
-constexpr size_t kMaxInitMessageFds = 4;
+// The most any message carries: a zygote request (sync, control, stderr, netns, listener).
+constexpr size_t kMaxInitMessageFds = 5;
 
 // The flat serialization of `message`; throws if it exceeds kMaxInitMessageBytes.
 kj::Array<kj::byte> encodeInitMessage(capnp::MessageBuilder& message);

@@ -24,9 +24,11 @@
 #include "isolator/cgroup.h"
 #include "isolator/child_stack.h"
 #include "isolator/file_util.h"
+#include "isolator/init_entry.h"
 #include "isolator/init_protocol.h"
 #include "isolator/netns_pool.h"
 #include "isolator/template.h"
+#include "isolator/zygote.h"
 #include "schema/init.capnp.h"
 
 #ifndef P_PIDFD
@@ -43,88 +45,28 @@ static_assert(2 * kMaxSeedBytes <= kMaxInitMessageBytes, "a Setup message must c
 
 using Clock = std::chrono::steady_clock;
 
-// Steps of the child between clone and exec, reported with errno if one fails.
-enum ChildStep : int32_t {
-  kStepSetgroups = 1,
-  kStepSetgid,
-  kStepSetuid,
-  kStepCgroupNamespace,
-  kStepStdio,
-  kStepExec,
-};
-
-const char* childStepName(int32_t step) {
-  switch (step) {
-    case kStepSetgroups:
-      return "setgroups";
-    case kStepSetgid:
-      return "setresgid";
-    case kStepSetuid:
-      return "setresuid";
-    case kStepCgroupNamespace:
-      return "unshare(CLONE_NEWCGROUP)";
-    case kStepStdio:
-      return "dup2";
-    case kStepExec:
-      return "execveat(init)";
-  }
-  return "unknown step";
-}
-
-struct ChildFailure {
-  int32_t step;
-  int32_t err;
-};
-
 // Everything the child needs, prepared before clone: it must not allocate.
 struct ChildContext {
-  int sync;
-  int control;
+  InitEntryFds fds;
   // The agent's ends of the same two socket pairs: the child's copies (it has
   // a copy of the whole fd table) go at once, so that an agent that dies
   // before releasing it gives it EOF instead of leaving it waiting forever
   // (and holding every fd the agent had, its listening socket too).
   int agentSync;
   int agentControl;
-  int listener;  // -1: none
   int init;
-  int devNull;
-  int stderrFd;
   char* const* argv;
   char* const* envp;
 };
 
-[[noreturn]] void failChild(const ChildContext& c, int32_t step) {
-  ChildFailure failure{step, errno};
-  ssize_t ignored = write(c.sync, &failure, sizeof(failure));
-  (void)ignored;
-  _exit(127);
-}
-
-// Runs in the clone3 child. The parent may be multi-threaded and other threads may have
+// Runs in the clone child. The parent may be multi-threaded and other threads may have
 // held locks (malloc, stdio) at clone time, so only raw system calls from here to exec.
 [[noreturn]] void runChild(const ChildContext& c) {
   close(c.agentSync);
   close(c.agentControl);
-  // Wait until the parent has written our uid/gid maps and placed us in our cgroups.
-  char go;
-  if (read(c.sync, &go, 1) != 1) _exit(126);
-  // Become the sandbox's root (host uidBase) so exec keeps the namespace capabilities,
-  // and shed the agent's supplementary groups.
-  if (syscall(SYS_setgroups, 0, nullptr) != 0) failChild(c, kStepSetgroups);
-  if (syscall(SYS_setresgid, 0, 0, 0) != 0) failChild(c, kStepSetgid);
-  if (syscall(SYS_setresuid, 0, 0, 0) != 0) failChild(c, kStepSetuid);
-  // Now that we are in the sandbox's cgroups, they become the namespace's root.
-  if (unshare(CLONE_NEWCGROUP) != 0) failChild(c, kStepCgroupNamespace);
-  // All sources are >= 10 (see launch()), so these cannot clobber each other.
-  if (dup2(c.devNull, 0) < 0 || dup2(c.devNull, 1) < 0 || dup2(c.stderrFd, 2) < 0 ||
-      dup2(c.control, 3) < 0 || (c.listener >= 0 && dup2(c.listener, 4) < 0)) {
-    failChild(c, kStepStdio);
-  }
-  // Whatever the agent leaked without O_CLOEXEC stays out of the sandbox.
-  syscall(SYS_close_range, c.listener >= 0 ? 5u : 4u, ~0u, CLOSE_RANGE_CLOEXEC);
+  enterSandboxAsInit(c.fds, CLOSE_RANGE_CLOEXEC);
   syscall(SYS_execveat, c.init, "", c.argv, c.envp, AT_EMPTY_PATH);
-  failChild(c, kStepExec);
+  failInitEntry(c.fds.sync, kStepExec);
 }
 
 int childEntry(void* context) {
@@ -269,48 +211,52 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
     stderrCopy = kj::AutoCloseFd(fd);
   }
 
+  InitEntryFds entry{childSync, childControl, listener.get(), devNull,
+                     stderrCopy.get() >= 0 ? stderrCopy.get() : devNull.get()};
+  LaunchedSandbox sandbox;
+  // The exec path's child runs on `stack` and reads `context` (both in our memory) until
+  // it has exec'd or been reaped: they live as long as this function.
+  ChildStack stack;
   static char argv0[] = "nodeagent-init";
   char* argv[] = {argv0, nullptr};
   char* envp[] = {nullptr};
-  ChildContext context{childSync,      childControl,
-                       sync,           control,
-                       listener.get(), init,
-                       devNull,        stderrCopy.get() >= 0 ? stderrCopy.get() : devNull.get(),
-                       argv,           envp};
-
-  ChildStack stack;  // freed after the child has exec'd or been reaped (see below)
-  // CLONE_VM: the child shares our memory (on a stack of its own) until it
-  // execs, like posix_spawn, instead of copying the agent's page tables; that
-  // copy grows with the agent and cost milliseconds per launch. The child
-  // touches nothing but `context` (which outlives it here) and does only
-  // async-signal-safe syscalls. Unlike vfork we are not suspended: we must
-  // write its id maps while it waits.
-  int flags = CLONE_VM | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC |
-              CLONE_PIDFD | SIGCHLD;
-  // clone() gives the child the calling thread's namespaces: this thread
-  // enters the one made ahead for just that long.
-  kj::Maybe<kj::Own<ThreadNetnsHome>> inNetns;
-  if (spec.netnsFd >= 0) {
-    inNetns = kj::heap<ThreadNetnsHome>();
-    checkSyscall(setns(spec.netnsFd, CLONE_NEWNET), "setns", "the sandbox's network namespace");
+  ChildContext context{entry, sync, control, init, argv, envp};
+  if (spec.zygote != nullptr) {
+    Zygote::Started started = spec.zygote->start(entry, spec.netnsFd);
+    sandbox.pid = started.pid;
+    sandbox.pidfd = kj::mv(started.pidfd);
   } else {
-    flags |= CLONE_NEWNET;
+    // CLONE_VM: the child shares our memory (on a stack of its own) until it
+    // execs, like posix_spawn, instead of copying the agent's page tables; that
+    // copy grows with the agent and cost milliseconds per launch. The child
+    // touches nothing but `context` (which outlives it here) and does only
+    // async-signal-safe syscalls. Unlike vfork we are not suspended: we must
+    // write its id maps while it waits.
+    int flags = CLONE_VM | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS |
+                CLONE_NEWIPC | CLONE_PIDFD | SIGCHLD;
+    // clone() gives the child the calling thread's namespaces: this thread
+    // enters the one made ahead for just that long.
+    kj::Maybe<kj::Own<ThreadNetnsHome>> inNetns;
+    if (spec.netnsFd >= 0) {
+      inNetns = kj::heap<ThreadNetnsHome>();
+      checkSyscall(setns(spec.netnsFd, CLONE_NEWNET), "setns", "the sandbox's network namespace");
+    } else {
+      flags |= CLONE_NEWNET;
+    }
+    // Block every signal across clone so no handler of the caller runs in the child; init
+    // sets up its own mask and dispositions.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int pidfd = -1;
+    long pid = clone(childEntry, stack.top(), flags, &context, &pidfd);
+    int cloneErr = errno;
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    inNetns = nullptr;  // this thread is back in the agent's namespace
+    if (pid < 0) failSyscall("clone", cloneErr, "for sandbox " + spec.sandboxId);
+    sandbox.pid = pid_t(pid);
+    sandbox.pidfd = kj::AutoCloseFd(pidfd);
   }
-  // Block every signal across clone so no handler of the caller runs in the child; init
-  // sets up its own mask and dispositions.
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  int pidfd = -1;
-  long pid = clone(childEntry, stack.top(), flags, &context, &pidfd);
-  int cloneErr = errno;
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  inNetns = nullptr;  // this thread is back in the agent's namespace
-  if (pid < 0) failSyscall("clone", cloneErr, "for sandbox " + spec.sandboxId);
-
-  LaunchedSandbox sandbox;
-  sandbox.pid = pid_t(pid);
-  sandbox.pidfd = kj::AutoCloseFd(pidfd);
   sandbox.control = kj::mv(control);
   bool reaped = false;
   KJ_ON_SCOPE_FAILURE({
@@ -381,13 +327,13 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
       }
     } else {
       // init is gone. If it never got to exec, the child told us why on the sync socket.
-      ChildFailure failure{0, 0};
+      InitEntryFailure failure{0, 0};
       ssize_t got = recv(sync, &failure, sizeof(failure), MSG_DONTWAIT);
       reaped = true;
       int status = killAndReap(sandbox);
       if (got == ssize_t(sizeof(failure))) {
-        throwLaunchError(spec,
-                         std::string(childStepName(failure.step)) + ": " + strerror(failure.err));
+        throwLaunchError(
+            spec, std::string(initEntryStepName(failure.step)) + ": " + strerror(failure.err));
       }
       throwLaunchError(spec, "init exited during setup (" + describeWaitStatus(status) + ")");
     }

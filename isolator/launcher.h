@@ -27,6 +27,7 @@
 namespace nodeagent::isolator {
 
 class SandboxCgroup;
+class Zygote;
 
 struct LaunchSpec {
   std::string sandboxId;
@@ -56,6 +57,9 @@ struct LaunchSpec {
   // A network namespace made ahead (NetnsPool) for the sandbox, or -1 for a new
   // one made by the clone. Borrowed: the caller closes it after launch().
   int netnsFd = -1;
+  // Where init comes from: forked by this zygote (which runs initPath's code), or, when
+  // null, cloned from the caller and exec'd from initPath.
+  Zygote* zygote = nullptr;
   std::chrono::milliseconds setupTimeout{10000};
 };
 

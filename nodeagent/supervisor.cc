@@ -134,6 +134,12 @@ void Supervisor::start() {
   if (config_.getAgentCgroup()) {
     enterAgentCgroup(*KJ_ASSERT_NONNULL(cgroupTree_), AgentReservation{});
   }
+  // After entering the agent's cgroup: new inits are born in the zygote's.
+  if (config_.getInitZygote()) {
+    kj::String initPath =
+        config_.getInitPath().size() > 0 ? kj::str(config_.getInitPath()) : defaultInitPath();
+    zygote_ = kj::heap<isolator::Zygote>(initPath.cStr(), STDERR_FILENO);
+  }
   loadTenantWeights();
   loadTenantRequests();
   startCpuMeter();
@@ -633,6 +639,9 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
   spec->controlSocketPath = controlSocketPath.cStr();
   spec->seccompFilter = seccomp_.bytes();  // the supervisor outlives the worker's work
   spec->seed = &tmpl.seed;                 // so do its templates
+  KJ_IF_MAYBE (zygote, zygote_) {
+    spec->zygote = *zygote;  // and its zygote
+  }
   isolator::CgroupLimits limits = cgroupLimitsOf(filled);
   kj::Maybe<uint32_t> tenantWeight = tenantWeightOf(filled.getTenant());
   auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);

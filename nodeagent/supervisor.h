@@ -15,6 +15,7 @@
 #include "isolator/netns_pool.h"
 #include "isolator/seccomp_profile.h"
 #include "isolator/skeleton_seed.h"
+#include "isolator/zygote.h"
 #include "loop/uring_event_port.h"
 #include "nodeagent/capacity_gate.h"
 #include "nodeagent/launch_worker.h"
@@ -245,6 +246,7 @@ class Supervisor {
     void taskFailed(kj::Exception&& e) override;
   } errorLogger_;
   kj::Maybe<kj::Own<isolator::NetnsPool>> netnsPool_;  // outlives the launch worker
+  kj::Maybe<kj::Own<isolator::Zygote>> zygote_;        // so does this
   kj::Own<LaunchWorker> launchWorker_;                 // before tasks_: its promises go first
   kj::Maybe<kj::ForkedPromise<void>> poolLaunch_;      // the latest refill launch; never rejects
   kj::TaskSet tasks_;

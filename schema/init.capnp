@@ -89,3 +89,22 @@ struct Adopted {
   waitStatus @6 :Int32;     # when exited
   cpuNs @7 :UInt64;         # when exited, as in Exited
 }
+
+# The zygote: nodeagent-init started with the argument "zygote" by the agent,
+# as root in the host's namespaces (isolator/zygote.h). It starts each new
+# init by fork, so a launch skips init's exec and start-up. One request per
+# datagram on its socket (fd 3), one reply each; it exits when the agent
+# closes the socket.
+
+struct ZygoteRequest {
+  newNetwork @0 :Bool;      # else the fds carry a network namespace for init
+  hasListener @1 :Bool;
+  # fds: [sync, control, stderr, network namespace (unless newNetwork), listener (if hasListener)]
+}
+
+struct ZygoteReply {
+  union {
+    started @0 :Int32;      # init's pid in the host's pid namespace; fds: [its pidfd]
+    failed @1 :Text;
+  }
+}

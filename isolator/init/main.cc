@@ -10,8 +10,12 @@
 // If the agent goes away, init keeps running and reaping: sandboxes outlive the agent.
 // A restarted agent reconnects through the listening socket on fd 4 (if any) and
 // resyncs (see ProcessTable).
+//
+// `nodeagent-init zygote` is the zygote instead (isolator/zygote.h): it forks inits,
+// which start here, at run(), with the same fds an exec'd init finds.
 #include <fcntl.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -26,6 +30,7 @@
 #include "isolator/init/seccomp_install.h"
 #include "isolator/init/server.h"
 #include "isolator/init/setup_mounts.h"
+#include "isolator/init/zygote_server.h"
 #include "isolator/init_protocol.h"
 #include "schema/init.capnp.h"
 
@@ -137,8 +142,11 @@ int run() {
 }  // namespace
 }  // namespace nodeagent::isolator::init
 
-int main() {
+int main(int argc, char** argv) {
   try {
+    if (argc == 2 && strcmp(argv[1], "zygote") == 0) {
+      return nodeagent::isolator::init::serveZygote(&nodeagent::isolator::init::run, argv[1]);
+    }
     return nodeagent::isolator::init::run();
   } catch (const kj::Exception& e) {
     nodeagent::isolator::init::logError("fatal", e.getDescription().cStr());

@@ -102,6 +102,11 @@ kj::ArrayPtr<const kj::byte> seccompFilter() {
   return program.bytes();
 }
 
+Zygote& testZygote() {
+  static Zygote zygote(initPath(), STDERR_FILENO);
+  return zygote;
+}
+
 std::string uniqueId(const char* prefix) {
   static std::atomic<int> counter{0};
   return std::string(prefix) + "-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
@@ -125,6 +130,7 @@ TestSandbox::TestSandbox(SandboxOptions options) {
   spec_.controlSocketPath = scratchDir() + "/" + id + ".sock";
   spec_.seccompFilter = seccompFilter();
   spec_.netnsFd = options.netnsFd;
+  if (!options.execInit) spec_.zygote = &testZygote();
   if (options.seed) {
     seed_ = *options.seed;
   } else if (options.skeleton.empty()) {

@@ -12,6 +12,7 @@
 #include "isolator/cgroup.h"
 #include "isolator/launcher.h"
 #include "isolator/seccomp_profile.h"
+#include "isolator/zygote.h"
 #include "tests/isolator/init_client.h"
 
 namespace nodeagent::isolator::testing {
@@ -33,6 +34,8 @@ uint32_t nextUidBase();
 std::string uniqueId(const char* prefix);
 // The default seccomp program, compiled once per process.
 kj::ArrayPtr<const kj::byte> seccompFilter();
+// One zygote per process, started at first use, as the agent keeps one.
+Zygote& testZygote();
 
 struct SandboxOptions {
   CgroupLimits limits;
@@ -40,6 +43,8 @@ struct SandboxOptions {
   std::string hostname = "sbx-test";
   std::string skeleton;  // default: skeletonDir()
   int netnsFd = -1;      // a network namespace made ahead (LaunchSpec::netnsFd)
+  // How init starts: forked by testZygote() (the agent's default), or exec'd.
+  bool execInit = false;
   // Default: the skeleton's (none for a skeleton that does not exist, so that
   // init is the one to report it).
   std::optional<std::vector<SeedEntry>> seed;

@@ -685,12 +685,16 @@ TEST(Sandbox, ConcurrentLaunchesFromAThreadedCaller) {
       }
     });
   }
+  // Both ways to start init: the exec'd one clones this very process; the zygote serves
+  // the threads' requests one at a time.
   std::vector<std::thread> launchers;
   std::atomic<int> ok{0};
   for (int i = 0; i < 4; ++i) {
-    launchers.emplace_back([&] {
+    launchers.emplace_back([&, i] {
       for (int j = 0; j < 3; ++j) {
-        TestSandbox sandbox;
+        SandboxOptions options;
+        options.execInit = (i + j) % 2 == 0;
+        TestSandbox sandbox(options);
         if (sandbox.client().run({"echo", "hi"}).out == "hi\n") ++ok;
       }
     });
@@ -742,6 +746,7 @@ TEST(Sandbox, InvalidSpecsAreRejectedBeforeCloning) {
 TEST(Sandbox, NoFdLeaksInTheLauncher) {
   NODEAGENT_REQUIRE_ROOT();
   skeletonDir();
+  testZygote();
   int before = countOpenFds();
   {
     TestSandbox sandbox;
@@ -753,6 +758,153 @@ TEST(Sandbox, NoFdLeaksInTheLauncher) {
     EXPECT_EQ(countOpenFds(), expected);
   }
   EXPECT_EQ(countOpenFds(), before);
+}
+
+// ---------------------------------------------------------------------------------------
+// The zygote (isolator/zygote.h)
+
+std::string fdTarget(pid_t pid, const std::string& fd) {
+  char buf[256];
+  std::string link = "/proc/" + std::to_string(pid) + "/fd/" + fd;
+  ssize_t n = readlink(link.c_str(), buf, sizeof(buf));
+  return n < 0 ? "" : std::string(buf, size_t(n));
+}
+
+std::set<std::string> fdTargetsOf(pid_t pid) {
+  std::set<std::string> targets;
+  std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return targets;
+  while (struct dirent* e = readdir(d)) {
+    if (e->d_name[0] != '.') targets.insert(fdTarget(pid, e->d_name));
+  }
+  closedir(d);
+  return targets;
+}
+
+std::string netnsOf(pid_t pid) {
+  char buf[64];
+  std::string link = "/proc/" + std::to_string(pid) + "/ns/net";
+  ssize_t n = readlink(link.c_str(), buf, sizeof(buf));
+  return n < 0 ? "" : std::string(buf, size_t(n));
+}
+
+TEST(Zygote, ItsInitsAreTheCallersChildrenAndServeLikeExecdOnes) {
+  NODEAGENT_REQUIRE_ROOT();
+  for (bool execInit : {false, true}) {
+    SandboxOptions options;
+    options.execInit = execInit;
+    options.hostname = "forked-or-not";
+    TestSandbox sandbox(options);
+    pid_t host = hostPidOf(sandbox.launched().pidfd);
+    // The caller's child (CLONE_PARENT), so the caller reaps it, not the zygote.
+    EXPECT_EQ(procStatusField(host, "PPid"), std::to_string(getpid())) << execInit;
+    EXPECT_EQ(sh(sandbox, "hostname; id -u; echo $$"),
+              "forked-or-not\n0\n" + std::to_string(2) + "\n")
+        << execInit;
+    // Its command line reads as an exec'd init's, whichever way it started.
+    EXPECT_EQ(sh(sandbox, "ps -o args= -p 1"), "nodeagent-init\n") << execInit;
+    EXPECT_EQ(procStatusField(host, "Seccomp"), "2") << execInit;
+    EXPECT_EQ(procStatusField(host, "NoNewPrivs"), "1") << execInit;
+  }
+}
+
+TEST(Zygote, AnInitHoldsNothingOfTheZygotes) {
+  NODEAGENT_REQUIRE_ROOT();
+  TestSandbox sandbox;
+  pid_t zygote = testZygote().pid();
+  pid_t init = hostPidOf(sandbox.launched().pidfd);
+  std::set<std::string> initFds = fdTargetsOf(init);
+  ASSERT_FALSE(initFds.empty());
+  // Above all not its socket to the agent, which starts sandboxes as root.
+  std::string zygoteSocket = fdTarget(zygote, "3");
+  ASSERT_EQ(zygoteSocket.rfind("socket:", 0), 0u) << zygoteSocket;
+  // Shared by design: /dev/null, and the caller's stderr, where both write diagnostics.
+  std::string stderrTarget = fdTarget(getpid(), "2");
+  for (const std::string& target : fdTargetsOf(zygote)) {
+    if (target == "/dev/null" || target == stderrTarget) continue;
+    EXPECT_EQ(initFds.count(target), 0u) << target;
+  }
+  for (const std::string& target : initFds) {
+    EXPECT_EQ(target.rfind("net:", 0), std::string::npos) << target;  // no namespace fds
+  }
+}
+
+TEST(Zygote, ItReturnsToItsNetworkNamespaceAfterAPooledOne) {
+  NODEAGENT_REQUIRE_ROOT();
+  NetnsPool pool(1);
+  ASSERT_EQ(pool.waitReady(1, std::chrono::seconds(10)), 1u) << pool.lastError();
+  kj::AutoCloseFd netns = pool.take();
+  SandboxOptions options;
+  options.netnsFd = netns.get();
+  TestSandbox sandbox(options);
+  EXPECT_EQ(inodeOf("/proc/" + std::to_string(sandbox.launched().pid) + "/ns/net"), inodeOf(netns));
+  EXPECT_EQ(netnsOf(testZygote().pid()), netnsOf(getpid()));
+}
+
+TEST(Zygote, AZygoteThatDiedIsReplacedAtTheNextLaunch) {
+  NODEAGENT_REQUIRE_ROOT();
+  Zygote zygote(initPath(), STDERR_FILENO);
+  pid_t first = zygote.pid();
+  ASSERT_EQ(kill(first, SIGKILL), 0);
+  // Dead, and still the caller's to reap: the next start() does that and starts anew.
+  for (int i = 0; i < 200 && procStatusField(first, "State").rfind("Z", 0) != 0; ++i) {
+    usleep(5000);
+  }
+  std::vector<SeedEntry> seed = skeletonSeed();
+  auto tree = CgroupTree::open(kTestCgroupRoot);
+  std::string id = uniqueId("rezygote");
+  auto cgroup = SandboxCgroup::create(*tree, testTenant(), id, CgroupLimits{});
+  LaunchSpec spec;
+  spec.sandboxId = id;
+  spec.hostname = "again";
+  spec.uidBase = nextUidBase();
+  spec.uidCount = 65536;
+  spec.initPath = initPath();
+  spec.skeletonDir = skeletonDir();
+  spec.workDir = scratchDir() + "/work-" + id;
+  spec.diskBytes = 1 << 20;
+  spec.cgroup = cgroup.get();
+  spec.seccompFilter = seccompFilter();
+  spec.seed = &seed;
+  spec.zygote = &zygote;
+  LaunchedSandbox launched = launch(spec);
+  EXPECT_NE(zygote.pid(), first);
+  EXPECT_EQ(kill(first, 0), -1);  // reaped
+  InitClient client(launched.control);
+  EXPECT_EQ(client.run({"hostname"}).out, "again\n");
+  cgroup->killAll();
+  reap(launched);
+  cgroup->remove();
+  rmdir(spec.workDir.c_str());
+}
+
+TEST(Zygote, ItEndsWithItsOwnerWhileItsSandboxesRunOn) {
+  NODEAGENT_REQUIRE_ROOT();
+  auto zygote = kj::heap<Zygote>(initPath(), STDERR_FILENO);
+  pid_t zygotePid = zygote->pid();
+  SandboxOptions options;
+  TestSandbox sandbox(options);  // from testZygote(): start one of this zygote's too
+  std::vector<SeedEntry> seed = skeletonSeed();
+  std::string id = uniqueId("outlive");
+  auto cgroup = SandboxCgroup::create(sandbox.tree(), testTenant(), id, CgroupLimits{});
+  LaunchSpec spec = sandbox.spec();
+  spec.sandboxId = id;
+  spec.uidBase = nextUidBase();
+  spec.workDir = scratchDir() + "/work-" + id;
+  spec.controlSocketPath = "";
+  spec.cgroup = cgroup.get();
+  spec.seed = &seed;
+  spec.zygote = zygote.get();
+  LaunchedSandbox launched = launch(spec);
+  zygote = nullptr;
+  EXPECT_EQ(kill(zygotePid, 0), -1);  // ended and reaped
+  InitClient client(launched.control);
+  EXPECT_EQ(client.run({"echo", "still here"}).out, "still here\n");
+  cgroup->killAll();
+  reap(launched);
+  cgroup->remove();
+  rmdir(spec.workDir.c_str());
 }
 
 }  // namespace
