@@ -266,11 +266,17 @@ bool CgroupTree::tenantEnsured(kj::StringPtr tenant) const {
 
 void CgroupTree::setTenantWeight(kj::StringPtr tenant, uint32_t weight) {
   KJ_REQUIRE(weight >= 1 && weight <= 10000, "tenant weight must be 1..10000", weight);
-  ensureTenant(tenant);
+  if (!tenantEnsured(tenant)) ensureTenant(tenant);
   for (const CgroupHierarchy& h : hierarchies_) {
     if (!h.cpu) continue;
     std::string path = tenantPath(h, tenant);
-    kj::AutoCloseFd dir = openDirectory(path);
+    int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+      ensureTenant(tenant);  // removed since (removeTenantIfEmpty)
+      fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    }
+    if (fd < 0) failSyscall("open", errno, path);
+    kj::AutoCloseFd dir(fd);
     if (h.v2) {
       writeFileAt(dir, "cpu.weight", std::to_string(weight), path);
     } else {
@@ -312,6 +318,41 @@ void CgroupTree::removeIfEmpty() {
     rmdir((root + "/sandboxes").c_str());
     rmdir(root.c_str());
   }
+}
+
+bool CgroupTree::removeTenantIfEmpty(kj::StringPtr tenant) {
+  requireValidName("tenant", tenant);
+  {
+    // First: a create() from now on makes sure of the dirs itself.
+    std::lock_guard<std::mutex> lock(ensuredMutex_);
+    ensured_.erase(tenant.cStr());
+  }
+  bool gone = true;
+  // v1 first, the v2 dir (which BPF may reference) last.
+  for (auto h = hierarchies_.rbegin(); h != hierarchies_.rend(); ++h) {
+    std::string path = tenantPath(*h, tenant);
+    // ENOTEMPTY or EBUSY while a sandbox (or one being made) is in it.
+    if (rmdir(path.c_str()) != 0 && errno != ENOENT) gone = false;
+  }
+  return gone;
+}
+
+void CgroupTree::removeEmptyTenants() {
+  // In any hierarchy: a crash may have left a tenant's dirs in some only.
+  std::set<std::string> tenants;
+  for (const CgroupHierarchy& h : hierarchies_) {
+    std::string sandboxes = h.mount + "/" + rootName_ + "/sandboxes";
+    DIR* dir = opendir(sandboxes.c_str());
+    if (dir == nullptr) {
+      if (errno == ENOENT) continue;
+      failSyscall("opendir", errno, sandboxes);
+    }
+    KJ_DEFER(closedir(dir));
+    while (struct dirent* entry = readdir(dir)) {
+      if (entry->d_type == DT_DIR && isValidName(entry->d_name)) tenants.insert(entry->d_name);
+    }
+  }
+  for (const std::string& tenant : tenants) removeTenantIfEmpty(tenant);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -576,6 +617,7 @@ void SandboxCgroup::remove(std::chrono::milliseconds timeout) {
     it->dir = nullptr;
   }
   removed_ = true;
+  if (tree_.keepsEmptyTenants()) return;
   for (const CgroupHierarchy& h : tree_.hierarchies()) {
     // Fails while other sandboxes of the tenant exist, which is fine.
     rmdir(tree_.tenantPath(h, tenant_).c_str());

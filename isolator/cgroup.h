@@ -13,6 +13,7 @@
 #include <kj/memory.h>
 #include <kj/string.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
@@ -103,6 +104,19 @@ class CgroupTree {
   // Removes "<root>/sandboxes" and "<root>" wherever they are empty (uninstall, tests).
   void removeIfEmpty();
 
+  // By default SandboxCgroup::remove() takes the tenant's dirs along with its last
+  // sandbox. With keepEmptyTenants(true) they stay, and the caller removes them when it
+  // sees fit (removeTenantIfEmpty()): a tenant that just had a sandbox is likely to
+  // create the next soon, and making its dirs again costs a mkdir per hierarchy (with
+  // a dozen more calls to find the path) on that create.
+  void keepEmptyTenants(bool keep) { keepEmptyTenants_ = keep; }
+  bool keepsEmptyTenants() const { return keepEmptyTenants_; }
+  // Removes the tenant's dirs if no sandbox is left in them; true if they are gone.
+  // Thread-safe against create() on another thread, which makes them again if needed.
+  bool removeTenantIfEmpty(kj::StringPtr tenant);
+  // removeTenantIfEmpty() for every tenant dir there is, e.g. at start.
+  void removeEmptyTenants();
+
  private:
   void enableV2Controllers(const CgroupHierarchy& h, const std::string& path);
 
@@ -111,6 +125,7 @@ class CgroupTree {
   std::vector<CgroupHierarchy> hierarchies_;
   mutable std::mutex ensuredMutex_;
   std::set<std::string> ensured_;  // tenants ensureTenant() has done
+  std::atomic<bool> keepEmptyTenants_{false};
 };
 
 // How killAll() stops everything. kAuto: cgroup.kill on v2; on hybrid freeze the v1
@@ -169,8 +184,9 @@ class SandboxCgroup {
   void freeze();
   void thaw();
   bool frozen() const;
-  // Waits up to `timeout` for the cgroup to empty, then removes the leaves and the
-  // tenant dirs if now empty. Throws if processes remain. The object is spent afterwards.
+  // Waits up to `timeout` for the cgroup to empty, then removes the leaves and, unless
+  // the tree keepsEmptyTenants(), the tenant dirs if now empty. Throws if processes
+  // remain. The object is spent afterwards.
   void remove(std::chrono::milliseconds timeout = std::chrono::milliseconds(2000));
 
  private:

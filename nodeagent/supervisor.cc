@@ -128,6 +128,9 @@ void Supervisor::start() {
   seccomp_ = isolator::SeccompProgram::compileDefault();
   hostLock_ = lockCgroupRoot(config_.getCgroupRoot());
   cgroupTree_ = isolator::CgroupTree::open(config_.getCgroupRoot().cStr());
+  if (config_.getTenantCgroupLingerSeconds() > 0) {
+    KJ_ASSERT_NONNULL(cgroupTree_)->keepEmptyTenants(true);
+  }
   if (config_.getCgroupFavorDynmods()) favorCgroupMigrations(*KJ_ASSERT_NONNULL(cgroupTree_));
   if (config_.getSpareNetns() > 0)
     netnsPool_ = kj::heap<isolator::NetnsPool>(config_.getSpareNetns());
@@ -166,6 +169,8 @@ void Supervisor::start() {
   }
   makeDir(kj::str(stateDir, "/control"), 0700);
   adoptLeftovers();
+  // Tenants left without sandboxes while no agent ran (or within the last one's linger).
+  KJ_ASSERT_NONNULL(cgroupTree_)->removeEmptyTenants();
   // Sandboxes that ended while no agent ran leave their counters and
   // policies behind.
   kj::Vector<uint64_t> live;
@@ -979,6 +984,23 @@ void Supervisor::onEnded(SandboxRuntime& sandbox) {
   }
 }
 
+void Supervisor::scheduleTenantSweep(kj::StringPtr tenant) {
+  auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
+  if (!tree.keepsEmptyTenants() || !tenantSweeps_.insert(tenant.cStr()).second) return;
+  auto linger = config_.getTenantCgroupLingerSeconds() * kj::SECONDS;
+  tasks_.add(port_.timer().afterDelay(linger).then([this, &tree, tenant = kj::str(tenant)]() {
+    tenantSweeps_.erase(tenant.cStr());
+    for (auto& entry : live_) {
+      if (entry.second->record().getSpec().getTenant() == tenant) return;  // in use again
+    }
+    // A create of the tenant's on the launch worker just now makes the dirs again.
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { tree.removeTenantIfEmpty(tenant); })) {
+      log::warn("tenant.cgroup_cleanup_failed",
+                {{"tenant", tenant.cStr()}, {"error", e->getDescription().cStr()}});
+    }
+  }));
+}
+
 void Supervisor::onReleased(SandboxRuntime& sandbox) {
   // Its tasks have exited and what it held is free: hand its address,
   // capacity and uid range on.
@@ -1003,6 +1025,7 @@ void Supervisor::onReleased(SandboxRuntime& sandbox) {
   tasks_.add(port_.timer().afterDelay(kEndedRetention).then([this, id = kj::str(sandbox.id())]() {
     ended_.erase(id.cStr());
   }));
+  scheduleTenantSweep(sandbox.record().getSpec().getTenant());
   // An idle pool sandbox died: replace it, unhurried in case it keeps dying.
   // Any other end frees room a pool may be waiting for.
   scheduleRefill(dropFromPool(sandbox.id()) ? kPoolRetryDelay : kPoolRefillDelay);

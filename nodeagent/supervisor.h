@@ -3,6 +3,7 @@
 
 #include <deque>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -186,6 +187,9 @@ class Supervisor {
   kj::Promise<void> launchPoolSandbox(WarmPool& pool);
   uint32_t allocateUidSlot();
   void onEnded(SandboxRuntime& sandbox);
+  // Removes the tenant's cgroup dirs once they have been unused for
+  // tenantCgroupLingerSeconds.
+  void scheduleTenantSweep(kj::StringPtr tenant);
   void onReleased(SandboxRuntime& sandbox);
   void onExpired(SandboxRuntime& sandbox);
   void onCpuCapped(SandboxRuntime& sandbox);
@@ -233,6 +237,7 @@ class Supervisor {
   kj::Maybe<CapacityGate&> gate_;
   std::map<std::string, uint64_t> capacityTickets_;  // sandbox id -> gate ticket
   std::map<std::string, kj::Own<SandboxRuntime>> live_;
+  std::set<std::string> tenantSweeps_;  // tenants with a sweep scheduled
   std::map<std::string, kj::Own<SandboxRuntime>> ended_;
   std::map<uint32_t, std::string> uidSlots_;           // slot -> sandbox id
   std::map<std::string, uint32_t> tenantWeights_;      // tenants with a non-default weight

@@ -531,5 +531,39 @@ TEST_F(LifecycleTest, ReattachByPid) {
   agent().sbx({"kill", id});
 }
 
+// A tenant's cgroup dirs outlive its last sandbox for tenantCgroupLingerSeconds,
+// so that its next create need not make them again; then they go. Empty ones
+// left by an earlier agent go at start.
+TEST(TenantCgroups, StayForTheLingerAfterTheLastSandboxThenGo) {
+  NODEAGENT_REQUIRE_ROOT();
+  AgentProcess agent({}, true, ",\"tenantCgroupLingerSeconds\": 2");
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  std::string tenantDir = agent.cgroupDir("pids", "e2e", "");
+  std::string id = agent.create();
+  ASSERT_FALSE(id.empty());
+  ASSERT_EQ(agent.sbx({"kill", id}).exitCode, 0);
+  EXPECT_TRUE(waitGone(agent.cgroupDir("pids", "e2e", id)));
+  EXPECT_EQ(access(tenantDir.c_str(), F_OK), 0) << "gone with its last sandbox";
+  // A create within the linger uses them, and restarts the linger at its end.
+  std::string again = agent.create();
+  ASSERT_FALSE(again.empty());
+  EXPECT_EQ(agent.sbx({"exec", again, "--", "true"}).exitCode, 0);
+  ASSERT_EQ(agent.sbx({"kill", again}).exitCode, 0);
+  EXPECT_EQ(access(tenantDir.c_str(), F_OK), 0);
+  EXPECT_TRUE(waitGone(tenantDir, 6000)) << "still there after the linger";
+  for (const char* hierarchy : {"unified", "memory", "cpu"}) {
+    std::string dir = agent.cgroupDir(hierarchy, "e2e", "");
+    EXPECT_NE(access(dir.c_str(), F_OK), 0) << dir;
+  }
+
+  // Left behind empty (an agent stopped within its linger): removed at start.
+  agent.stop();
+  std::string stale = agent.cgroupDir("pids", "stale", "");
+  ASSERT_EQ(mkdir(stale.c_str(), 0755), 0) << stale;
+  agent.startAgain();
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  EXPECT_NE(access(stale.c_str(), F_OK), 0);
+}
+
 }  // namespace
 }  // namespace nodeagent::testing

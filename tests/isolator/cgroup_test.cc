@@ -195,6 +195,37 @@ TEST(Cgroup, TenantDirStaysWhileOtherSandboxesExist) {
   three->remove();
 }
 
+TEST(Cgroup, AKeptEmptyTenantStaysUntilRemovedAndIsMadeAgain) {
+  NODEAGENT_REQUIRE_ROOT();
+  auto tree = CgroupTree::open(kRoot);
+  tree->keepEmptyTenants(true);
+  auto one = SandboxCgroup::create(*tree, tenant(), "one", CgroupLimits());
+  EXPECT_FALSE(tree->removeTenantIfEmpty(tenant()));  // "one" is in it
+  for (const CgroupHierarchy& h : tree->hierarchies()) {
+    EXPECT_TRUE(exists(tree->sandboxPath(h, tenant(), "one"))) << h.mount;
+  }
+  one->remove();
+  for (const CgroupHierarchy& h : tree->hierarchies()) {
+    EXPECT_TRUE(exists(tree->tenantPath(h, tenant()))) << h.mount;
+  }
+  EXPECT_TRUE(tree->removeTenantIfEmpty(tenant()));
+  for (const CgroupHierarchy& h : tree->hierarchies()) {
+    EXPECT_FALSE(exists(tree->tenantPath(h, tenant()))) << h.mount;
+  }
+  EXPECT_FALSE(tree->tenantEnsured(tenant()));
+  // A weight, then a sandbox, make them again.
+  tree->setTenantWeight(tenant(), 300);
+  auto two = SandboxCgroup::create(*tree, tenant(), "two", CgroupLimits());
+  for (const CgroupHierarchy& h : tree->hierarchies()) {
+    EXPECT_TRUE(exists(tree->sandboxPath(h, tenant(), "two"))) << h.mount;
+  }
+  two->remove();
+  tree->removeEmptyTenants();
+  for (const CgroupHierarchy& h : tree->hierarchies()) {
+    EXPECT_FALSE(exists(tree->tenantPath(h, tenant()))) << h.mount;
+  }
+}
+
 TEST(Cgroup, InvalidNamesNeverTouchTheFilesystem) {
   NODEAGENT_REQUIRE_ROOT();
   auto tree = CgroupTree::open(kRoot);
