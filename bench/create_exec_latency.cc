@@ -136,19 +136,29 @@ int main(int argc, char** argv) {
     fputs(json.c_str(), f);
     fclose(f);
   };
-  // Each agent has its own cgroup root and uid range, as separate hosts
-  // would (and neither disturbs an agent already running on this one).
+  // Each agent has its own cgroup root, uid range and network (bridge, pools,
+  // DNS address), as separate hosts would (and neither disturbs an agent
+  // already running on this one). With one network the second agent to start
+  // could not bind its DNS server and ran without networking.
+  auto network = [](const char* bridge, int subnet) {
+    return ", \"network\": {\"bridge\": \"" + std::string(bridge) + "\", \"ipv4Pool\": \"10." +
+           std::to_string(subnet) + ".0.0/16\", \"ipv6Pool\": \"fd6e:" + std::to_string(subnet) +
+           "::/64\"}";
+  };
+  // Written only when asked for, so that an older agent (--agent-bin) takes the config.
   std::string common = std::string("\"maxSandboxes\": 100, \"cgroupFavorDynmods\": ") +
                        (keepCgroupOptions ? "false" : "true") +
-                       ", \"initZygote\": " + (initExec ? "false" : "true");
+                       (initExec ? ", \"initZygote\": false" : "");
   writeConfig(dir + "/cold.json",
-              "{\"cgroupRoot\": \"nodeagent-bench-cold\", \"uidBase\": 200000000, " + common + "}");
+              "{\"cgroupRoot\": \"nodeagent-bench-cold\", \"uidBase\": 200000000, " + common +
+                  network("nabbc0", 248) + "}");
   pid_t agent = startAgent({binDir + "/nodeagent", "--config", dir + "/cold.json", "--state-dir",
                             dir + "/state", "--listen", "unix:" + sock, "--log-level", "warn"});
   constexpr uint32_t kWarmPool = 4;
   std::string warmSock = dir + "/warm.sock";
   writeConfig(dir + "/warm.json",
               "{\"cgroupRoot\": \"nodeagent-bench-warm\", \"uidBase\": 300000000, " + common +
+                  network("nabbw0", 249) +
                   ", \"templates\": [{\"name\": \"python\", \"warmPool\": " +
                   std::to_string(kWarmPool) + "}]}");
   pid_t warmAgent =
@@ -275,6 +285,11 @@ int main(int argc, char** argv) {
   waitpid(warmAgent, nullptr, 0);
   nodeagent::bench::removeAgentPins("nodeagent-bench-cold");
   nodeagent::bench::removeAgentPins("nodeagent-bench-warm");
+  // The agents leave their bridges and NAT tables for the next run; this run's are its own.
+  for (const char* bridge : {"nabbc0", "nabbw0"}) {
+    spawnAndWait({"ip", "link", "del", bridge});
+    spawnAndWait({"nft", "delete", "table", "inet", std::string("nodeagent_") + bridge});
+  }
   spawnAndWait({"rm", "-rf", dir});
   std::string cgroupOptions =
       nodeagent::isolator::cgroup2SuperOptions(nodeagent::isolator::detectCgroupLayout().v2);
