@@ -241,6 +241,9 @@ void CgroupTree::enableV2Controllers(const CgroupHierarchy& h, const std::string
 
 void CgroupTree::ensureTenant(kj::StringPtr tenant) {
   requireValidName("tenant", tenant);
+  // Not interleaved with removeTenantIfEmpty(): it could take a dir between its mkdir
+  // and the controller writes below.
+  std::lock_guard<std::mutex> tenantDirs(tenantDirsMutex_);
   for (const CgroupHierarchy& h : hierarchies_) {
     std::string root = h.mount + "/" + rootName_;
     std::string sandboxes = root + "/sandboxes";
@@ -322,6 +325,7 @@ void CgroupTree::removeIfEmpty() {
 
 bool CgroupTree::removeTenantIfEmpty(kj::StringPtr tenant) {
   requireValidName("tenant", tenant);
+  std::lock_guard<std::mutex> tenantDirs(tenantDirsMutex_);
   {
     // First: a create() from now on makes sure of the dirs itself.
     std::lock_guard<std::mutex> lock(ensuredMutex_);

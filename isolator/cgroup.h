@@ -123,6 +123,7 @@ class CgroupTree {
   CgroupLayout layout_;
   std::string rootName_;
   std::vector<CgroupHierarchy> hierarchies_;
+  std::mutex tenantDirsMutex_;  // ensureTenant() against removeTenantIfEmpty()
   mutable std::mutex ensuredMutex_;
   std::set<std::string> ensured_;  // tenants ensureTenant() has done
   std::atomic<bool> keepEmptyTenants_{false};

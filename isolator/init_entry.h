@@ -22,6 +22,7 @@ enum InitEntryStep : int32_t {
   kStepSetuid,
   kStepCgroupNamespace,
   kStepStdio,
+  kStepCloseFds,
   kStepExec,
 };
 
@@ -42,6 +43,8 @@ inline const char* initEntryStepName(int32_t step) {
       return "unshare(CLONE_NEWCGROUP)";
     case kStepStdio:
       return "dup2";
+    case kStepCloseFds:
+      return "close_range";
     case kStepExec:
       return "execveat(init)";
   }
@@ -84,8 +87,11 @@ inline void enterSandboxAsInit(const InitEntryFds& fds, unsigned closeRangeFlags
     failInitEntry(fds.sync, kStepStdio);
   }
   // Whatever the agent (or the zygote) held stays out of the sandbox. The sync socket
-  // goes too: init reports through the control socket from here on.
-  syscall(SYS_close_range, fds.listener >= 0 ? 5u : 4u, ~0u, closeRangeFlags);
+  // goes too: init reports through the control socket from here on. If that cannot be
+  // done, the sandbox does not start.
+  if (syscall(SYS_close_range, fds.listener >= 0 ? 5u : 4u, ~0u, closeRangeFlags) != 0) {
+    failInitEntry(fds.sync, kStepCloseFds);
+  }
 }
 
 }  // namespace nodeagent::isolator

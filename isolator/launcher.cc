@@ -21,6 +21,8 @@
 #include <kj/debug.h>
 #include <kj/exception.h>
 
+#include <optional>
+
 #include "isolator/cgroup.h"
 #include "isolator/child_stack.h"
 #include "isolator/file_util.h"
@@ -191,8 +193,11 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   kj::AutoCloseFd sync(pair[0]);
   kj::AutoCloseFd childSync(pair[1]);
   int fd;
-  fd = checkSyscall(open(spec.initPath.c_str(), O_PATH | O_CLOEXEC), "open", spec.initPath);
-  kj::AutoCloseFd init(fd);
+  kj::AutoCloseFd init;  // the exec path's nodeagent-init, for execveat
+  if (spec.zygote == nullptr) {
+    fd = checkSyscall(open(spec.initPath.c_str(), O_PATH | O_CLOEXEC), "open", spec.initPath);
+    init = highFd(kj::AutoCloseFd(fd));
+  }
   KJ_SYSCALL(fd = open("/dev/null", O_RDWR | O_CLOEXEC));
   kj::AutoCloseFd devNull(fd);
   kj::AutoCloseFd listener;
@@ -203,7 +208,6 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
 
   childControl = highFd(kj::mv(childControl));
   childSync = highFd(kj::mv(childSync));
-  init = highFd(kj::mv(init));
   devNull = highFd(kj::mv(devNull));
   kj::AutoCloseFd stderrCopy;
   if (spec.initStderrFd >= 0) {
@@ -216,7 +220,7 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   LaunchedSandbox sandbox;
   // The exec path's child runs on `stack` and reads `context` (both in our memory) until
   // it has exec'd or been reaped: they live as long as this function.
-  ChildStack stack;
+  std::optional<ChildStack> stack;
   static char argv0[] = "nodeagent-init";
   char* argv[] = {argv0, nullptr};
   char* envp[] = {nullptr};
@@ -249,7 +253,7 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int pidfd = -1;
-    long pid = clone(childEntry, stack.top(), flags, &context, &pidfd);
+    long pid = clone(childEntry, stack.emplace().top(), flags, &context, &pidfd);
     int cloneErr = errno;
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
     inNetns = nullptr;  // this thread is back in the agent's namespace

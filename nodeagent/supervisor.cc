@@ -986,15 +986,27 @@ void Supervisor::onEnded(SandboxRuntime& sandbox) {
 
 void Supervisor::scheduleTenantSweep(kj::StringPtr tenant) {
   auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
-  if (!tree.keepsEmptyTenants() || !tenantSweeps_.insert(tenant.cStr()).second) return;
-  auto linger = config_.getTenantCgroupLingerSeconds() * kj::SECONDS;
-  tasks_.add(port_.timer().afterDelay(linger).then([this, &tree, tenant = kj::str(tenant)]() {
-    tenantSweeps_.erase(tenant.cStr());
+  if (!tree.keepsEmptyTenants()) return;
+  // The linger counts from the tenant's latest release; one timer per tenant.
+  auto [entry, first] = tenantSweeps_.insert_or_assign(tenant.cStr(), monotonicNowNs());
+  if (first)
+    sweepTenantLater(kj::str(tenant), config_.getTenantCgroupLingerSeconds() * kj::SECONDS);
+}
+
+void Supervisor::sweepTenantLater(kj::String tenant, kj::Duration delay) {
+  tasks_.add(port_.timer().afterDelay(delay).then([this, tenant = kj::mv(tenant)]() mutable {
+    auto it = tenantSweeps_.find(tenant.cStr());
+    if (it == tenantSweeps_.end()) return;
+    int64_t lingerNs = int64_t(config_.getTenantCgroupLingerSeconds()) * 1000000000;
+    int64_t leftNs = it->second + lingerNs - monotonicNowNs();
+    if (leftNs > 0) return sweepTenantLater(kj::mv(tenant), leftNs * kj::NANOSECONDS);
+    tenantSweeps_.erase(it);
     for (auto& entry : live_) {
       if (entry.second->record().getSpec().getTenant() == tenant) return;  // in use again
     }
     // A create of the tenant's on the launch worker just now makes the dirs again.
-    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { tree.removeTenantIfEmpty(tenant); })) {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions(
+                        [&]() { KJ_ASSERT_NONNULL(cgroupTree_)->removeTenantIfEmpty(tenant); })) {
       log::warn("tenant.cgroup_cleanup_failed",
                 {{"tenant", tenant.cStr()}, {"error", e->getDescription().cStr()}});
     }

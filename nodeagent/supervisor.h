@@ -190,6 +190,7 @@ class Supervisor {
   // Removes the tenant's cgroup dirs once they have been unused for
   // tenantCgroupLingerSeconds.
   void scheduleTenantSweep(kj::StringPtr tenant);
+  void sweepTenantLater(kj::String tenant, kj::Duration delay);
   void onReleased(SandboxRuntime& sandbox);
   void onExpired(SandboxRuntime& sandbox);
   void onCpuCapped(SandboxRuntime& sandbox);
@@ -237,7 +238,8 @@ class Supervisor {
   kj::Maybe<CapacityGate&> gate_;
   std::map<std::string, uint64_t> capacityTickets_;  // sandbox id -> gate ticket
   std::map<std::string, kj::Own<SandboxRuntime>> live_;
-  std::set<std::string> tenantSweeps_;  // tenants with a sweep scheduled
+  // Tenants with a sweep scheduled, and when each last released a sandbox.
+  std::map<std::string, int64_t> tenantSweeps_;
   std::map<std::string, kj::Own<SandboxRuntime>> ended_;
   std::map<uint32_t, std::string> uidSlots_;           // slot -> sandbox id
   std::map<std::string, uint32_t> tenantWeights_;      // tenants with a non-default weight

@@ -102,6 +102,15 @@ class ZygoteServer {
     long pid = syscall(SYS_clone3, &args, sizeof(args));
     if (pid == 0) becomeInit(fds);
     int cloneErr = errno;
+    if (pid > 0) {
+      // The agent learns of its new child before anything else can go wrong here: a child
+      // it never heard of would be a zombie it cannot reap.
+      kj::AutoCloseFd ownedPidfd(pidfd);
+      capnp::MallocMessageBuilder answer(64);
+      answer.initRoot<initproto::ZygoteReply>().setStarted(int32_t(pid));
+      int passed[] = {pidfd};
+      reply(answer, passed);
+    }
     // Back home, so that no namespace outlives its sandbox because the zygote sat in it.
     if (network >= 0 && setns(ownNetwork_, CLONE_NEWNET) != 0) {
       logError("zygote",
@@ -109,20 +118,26 @@ class ZygoteServer {
       _exit(1);  // the agent starts a new one
     }
     if (pid < 0) KJ_FAIL_SYSCALL("clone3(init)", cloneErr);
-    kj::AutoCloseFd ownedPidfd(pidfd);
-    capnp::MallocMessageBuilder answer(64);
-    answer.initRoot<initproto::ZygoteReply>().setStarted(int32_t(pid));
-    int passed[] = {pidfd};
-    reply(answer, passed);
   }
 
-  // The child: a copy of the zygote, holding copies of everything it has open.
+  // The child: a copy of the zygote, holding copies of everything it has open. It never
+  // returns into the zygote's loop, not even by an exception: fd 3 is init's control
+  // socket now.
   [[noreturn]] void becomeInit(const InitEntryFds& fds) {
     // First of all, the socket that could start sandboxes: never the sandbox's.
     close(kAgentSocket);
     enterSandboxAsInit(fds, 0);  // fds 0..4 in place, every other fd closed
     memset(modeArgument_, 0, strlen(modeArgument_));
-    exit(runInit_());
+    int status = 1;
+    try {
+      status = runInit_();
+    } catch (const kj::Exception& e) {
+      logError("fatal", e.getDescription().cStr());
+    } catch (...) {
+      logError("fatal", "unknown exception");
+    }
+    // Not exit(): no destructor of the zygote's statics should run in a sandbox's init.
+    _exit(status);
   }
 
   int (*runInit_)();

@@ -4,9 +4,11 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/nsfs.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -832,6 +834,46 @@ TEST(Zygote, AnInitHoldsNothingOfTheZygotes) {
   for (const std::string& target : initFds) {
     EXPECT_EQ(target.rfind("net:", 0), std::string::npos) << target;  // no namespace fds
   }
+}
+
+// An init that fails before its setup exits as an exec'd one would (status 1, nothing
+// sent), not back into the zygote's loop, which would take its control socket for the
+// zygote's.
+TEST(Zygote, AnInitThatFailsBeforeSetupExitsLikeAnExecdOne) {
+  NODEAGENT_REQUIRE_ROOT();
+  auto pairOf = [](kj::AutoCloseFd& ours, kj::AutoCloseFd& theirs) {
+    int fds[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds), 0);
+    ours = kj::AutoCloseFd(fds[0]);
+    theirs = kj::AutoCloseFd(fcntl(fds[1], F_DUPFD_CLOEXEC, 10));
+    close(fds[1]);
+  };
+  kj::AutoCloseFd control, childControl, sync, childSync;
+  pairOf(control, childControl);
+  pairOf(sync, childSync);
+  kj::AutoCloseFd devNull(open("/dev/null", O_RDWR | O_CLOEXEC));
+  kj::AutoCloseFd stderrCopy(fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 10));
+  Zygote::Started started = testZygote().start(
+      InitEntryFds{childSync, childControl, -1, devNull, stderrCopy}, /*netnsFd=*/-1);
+  childControl = nullptr;
+  childSync = nullptr;
+  std::string map = "0 " + std::to_string(nextUidBase()) + " 65536\n";
+  for (const char* file : {"uid_map", "gid_map"}) {
+    std::ofstream out("/proc/" + std::to_string(started.pid) + "/" + file);
+    out << map;
+  }
+  ASSERT_EQ(send(sync, "g", 1, MSG_NOSIGNAL), 1);
+  // Not a Setup: init cannot decode it and gives up.
+  const char garbage[16] = {'\xff', '\xff', '\xff', '\xff'};
+  ASSERT_EQ(send(control, garbage, sizeof(garbage), MSG_NOSIGNAL), ssize_t(sizeof(garbage)));
+  pollfd p{control, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 10000), 1);
+  char reply[256];
+  EXPECT_EQ(recv(control, reply, sizeof(reply), 0), 0) << "init answered instead of exiting";
+  siginfo_t info{};
+  ASSERT_EQ(waitid(idtype_t(P_PIDFD), id_t(started.pidfd.get()), &info, WEXITED), 0);
+  EXPECT_EQ(info.si_code, CLD_EXITED);
+  EXPECT_EQ(info.si_status, 1);
 }
 
 TEST(Zygote, AZygoteThatDiedIsReplacedAtTheNextLaunch) {
