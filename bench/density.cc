@@ -2,7 +2,10 @@
 // bubblewrap sandboxes (the kernel's own namespace cost plus a tiny process).
 // Prints one JSON object.
 //
-//   build/bin/bench-density [--sandboxes 500] [--idle-seconds 10]
+//   build/bin/bench-density [--sandboxes 500] [--idle-seconds 10] [--init-exec]
+//
+// --init-exec: the agent execs each init instead of forking it from its zygote
+// ("initZygote": false), to compare what an idle init costs either way.
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -93,11 +96,13 @@ double percentile(std::vector<double> v, double p) {
 int main(int argc, char** argv) {
   int count = 500;
   int idleSeconds = 10;
+  bool initExec = false;
   std::string binDir = nodeagent::bench::ownBinDir();
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--sandboxes" && i + 1 < argc) count = atoi(argv[++i]);
     if (a == "--idle-seconds" && i + 1 < argc) idleSeconds = atoi(argv[++i]);
+    if (a == "--init-exec") initExec = true;
   }
   if (geteuid() != 0) {
     fprintf(stderr, "bench-density needs root\n");
@@ -142,8 +147,8 @@ int main(int argc, char** argv) {
     std::string config = dir + "/density.json";
     FILE* f = fopen(config.c_str(), "w");
     KJ_ASSERT(f != nullptr, config);
-    fprintf(f, "{\"cgroupRoot\": \"%s\", \"uidBase\": 500000000, \"maxSandboxes\": %d}",
-            kCgroupRoot, count + 10);
+    fprintf(f, "{\"cgroupRoot\": \"%s\", \"uidBase\": 500000000, \"maxSandboxes\": %d%s}",
+            kCgroupRoot, count + 10, initExec ? ", \"initZygote\": false" : "");
     fclose(f);
     std::vector<std::string> a = {binDir + "/nodeagent", "--config",     config,
                                   "--state-dir",         dir + "/state", "--listen",
@@ -217,6 +222,7 @@ int main(int argc, char** argv) {
   (void)!system(rm.c_str());
 
   printf("{\n  \"benchmark\": \"density\",\n  \"sandboxes\": %d,\n", count);
+  printf("  \"init_started_by\": \"%s\",\n", initExec ? "exec" : "zygote");
   printf("  \"nodeagent_bytes_per_idle_sandbox\": %.0f,\n", oursPerSandbox);
   printf("  \"bwrap_bytes_per_idle_sandbox\": %.0f,\n", bwrapPerSandbox);
   printf("  \"ratio_vs_bwrap\": %.2f,\n", oursPerSandbox / bwrapPerSandbox);
