@@ -169,6 +169,22 @@ void validateLimits(const CgroupLimits& limits) {
   KJ_REQUIRE(limits.cpuBurstMicros == 0 || limits.cpuMillis != 0, "cpu burst needs a cpu quota");
 }
 
+// The child cgroups of `path` whose names we could have made, sorted; none if it is gone.
+std::vector<std::string> listCgroupNames(const std::string& path) {
+  std::vector<std::string> names;
+  DIR* dir = opendir(path.c_str());
+  if (dir == nullptr) {
+    if (errno == ENOENT) return names;
+    failSyscall("opendir", errno, path);
+  }
+  KJ_DEFER(closedir(dir));
+  while (struct dirent* entry = readdir(dir)) {
+    if (entry->d_type == DT_DIR && isValidName(entry->d_name)) names.push_back(entry->d_name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -292,22 +308,8 @@ void CgroupTree::setTenantWeight(kj::StringPtr tenant, uint32_t weight) {
 std::vector<std::pair<std::string, std::string>> CgroupTree::listSandboxes() const {
   std::vector<std::pair<std::string, std::string>> out;
   std::string sandboxes = hierarchies_.front().mount + "/" + rootName_ + "/sandboxes";
-  auto listDirs = [](const std::string& path) {
-    std::vector<std::string> names;
-    DIR* dir = opendir(path.c_str());
-    if (dir == nullptr) {
-      if (errno == ENOENT) return names;
-      failSyscall("opendir", errno, path);
-    }
-    KJ_DEFER(closedir(dir));
-    while (struct dirent* entry = readdir(dir)) {
-      if (entry->d_type == DT_DIR && isValidName(entry->d_name)) names.push_back(entry->d_name);
-    }
-    std::sort(names.begin(), names.end());
-    return names;
-  };
-  for (const std::string& tenant : listDirs(sandboxes)) {
-    for (const std::string& sandbox : listDirs(sandboxes + "/" + tenant)) {
+  for (const std::string& tenant : listCgroupNames(sandboxes)) {
+    for (const std::string& sandbox : listCgroupNames(sandboxes + "/" + tenant)) {
       out.emplace_back(tenant, sandbox);
     }
   }
@@ -345,15 +347,8 @@ void CgroupTree::removeEmptyTenants() {
   // In any hierarchy: a crash may have left a tenant's dirs in some only.
   std::set<std::string> tenants;
   for (const CgroupHierarchy& h : hierarchies_) {
-    std::string sandboxes = h.mount + "/" + rootName_ + "/sandboxes";
-    DIR* dir = opendir(sandboxes.c_str());
-    if (dir == nullptr) {
-      if (errno == ENOENT) continue;
-      failSyscall("opendir", errno, sandboxes);
-    }
-    KJ_DEFER(closedir(dir));
-    while (struct dirent* entry = readdir(dir)) {
-      if (entry->d_type == DT_DIR && isValidName(entry->d_name)) tenants.insert(entry->d_name);
+    for (std::string& tenant : listCgroupNames(h.mount + "/" + rootName_ + "/sandboxes")) {
+      tenants.insert(kj::mv(tenant));
     }
   }
   for (const std::string& tenant : tenants) removeTenantIfEmpty(tenant);

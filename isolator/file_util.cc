@@ -34,6 +34,13 @@ kj::AutoCloseFd tryOpenDirectory(const std::string& path) {
   return kj::AutoCloseFd(fd);
 }
 
+kj::AutoCloseFd moveFdAtOrAbove(kj::AutoCloseFd fd, int lowest) {
+  if (fd.get() >= lowest) return fd;
+  int moved = fcntl(fd.get(), F_DUPFD_CLOEXEC, lowest);
+  if (moved < 0) failSyscall("fcntl(F_DUPFD_CLOEXEC)", errno, std::to_string(fd.get()));
+  return kj::AutoCloseFd(moved);
+}
+
 int tryWriteFileAt(int dirfd, const char* name, const std::string& content) {
   int fd = openat(dirfd, name, O_WRONLY | O_TRUNC | O_CLOEXEC);
   if (fd < 0) return errno;

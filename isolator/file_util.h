@@ -31,6 +31,10 @@ kj::AutoCloseFd openDirectory(const std::string& path);
 // Like openDirectory, but returns an invalid fd when the path does not exist.
 kj::AutoCloseFd tryOpenDirectory(const std::string& path);
 
+// `fd` itself if it is >= `lowest`, else a close-on-exec duplicate >= `lowest` (and `fd`
+// is closed): e.g. to keep it clear of the numbers a child dup2()s onto.
+kj::AutoCloseFd moveFdAtOrAbove(kj::AutoCloseFd fd, int lowest);
+
 // Writes `content` to an existing file below `dirfd` with a single write(2): cgroup files
 // take one value per write. `where` names the directory in errors.
 void writeFileAt(int dirfd, const char* name, const std::string& content, const std::string& where);

@@ -51,8 +51,10 @@ inline const char* initEntryStepName(int32_t step) {
   return "unknown step";
 }
 
-// What init starts with: every source fd must be >= 10, so that the dup2s onto 0..4
-// cannot overwrite one another.
+// What init starts with: every source fd must be >= kInitEntryLowestSourceFd, so that
+// the dup2s onto 0..4 cannot overwrite one another (moveFdAtOrAbove() puts them there).
+constexpr int kInitEntryLowestSourceFd = 10;
+
 struct InitEntryFds {
   int sync;      // the launcher's "go" arrives here; failures go back
   int control;   // becomes fd 3

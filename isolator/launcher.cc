@@ -75,12 +75,9 @@ int childEntry(void* context) {
   runChild(*static_cast<const ChildContext*>(context));
 }
 
-// Moves an fd to >= 10 so that the child's dup2 onto 0..3 cannot overwrite a source.
+// Out of the way of the child's dup2s onto 0..4.
 kj::AutoCloseFd highFd(kj::AutoCloseFd fd) {
-  if (fd.get() >= 10) return fd;
-  int moved;
-  KJ_SYSCALL(moved = fcntl(fd.get(), F_DUPFD_CLOEXEC, 10));
-  return kj::AutoCloseFd(moved);
+  return moveFdAtOrAbove(kj::mv(fd), kInitEntryLowestSourceFd);
 }
 
 void writeIdMap(pid_t pid, const char* file, const LaunchSpec& spec) {
@@ -211,7 +208,7 @@ LaunchedSandbox launch(const LaunchSpec& spec) {
   devNull = highFd(kj::mv(devNull));
   kj::AutoCloseFd stderrCopy;
   if (spec.initStderrFd >= 0) {
-    KJ_SYSCALL(fd = fcntl(spec.initStderrFd, F_DUPFD_CLOEXEC, 10));
+    KJ_SYSCALL(fd = fcntl(spec.initStderrFd, F_DUPFD_CLOEXEC, kInitEntryLowestSourceFd));
     stderrCopy = kj::AutoCloseFd(fd);
   }
 

@@ -29,16 +29,9 @@ namespace {
 // The zygote answers at once; one that does not within this is stuck, and replaced.
 constexpr int kReplyTimeoutMs = 10000;
 
-// The zygote's socket sits at fd 3 of its process; moved above the standard fds
-// first, so that posix_spawn's dup2 onto 3 never finds the fd already there (a dup2
-// onto itself would keep FD_CLOEXEC).
-constexpr int kFirstHighFd = 10;
-
-kj::AutoCloseFd duplicateHigh(int fd) {
-  int moved;
-  KJ_SYSCALL(moved = fcntl(fd, F_DUPFD_CLOEXEC, kFirstHighFd));
-  return kj::AutoCloseFd(moved);
-}
+// The fds posix_spawn dup2()s onto 0..3 are kept above those numbers, so that no dup2
+// finds its fd already there (a dup2 onto itself would keep FD_CLOEXEC).
+constexpr int kLowestSourceFd = 10;
 
 // True when the zygote has gone (it died since the last request); nothing was forked then.
 bool hungUp(int socket) {
@@ -61,7 +54,11 @@ kj::Maybe<InitMessage> awaitReply(int socket) {
 }  // namespace
 
 Zygote::Zygote(std::string initPath, int stderrFd) : initPath_(kj::mv(initPath)) {
-  if (stderrFd >= 0) stderr_ = duplicateHigh(stderrFd);
+  if (stderrFd >= 0) {
+    int fd;
+    KJ_SYSCALL(fd = fcntl(stderrFd, F_DUPFD_CLOEXEC, kLowestSourceFd));
+    stderr_ = kj::AutoCloseFd(fd);
+  }
   *process_.lockExclusive() = spawn();
 }
 
@@ -77,8 +74,7 @@ Zygote::Process Zygote::spawn() {
   int pair[2];
   KJ_SYSCALL(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair));
   kj::AutoCloseFd ours(pair[0]);
-  kj::AutoCloseFd theirs = duplicateHigh(pair[1]);
-  close(pair[1]);
+  kj::AutoCloseFd theirs = moveFdAtOrAbove(kj::AutoCloseFd(pair[1]), kLowestSourceFd);
   configureInitSocket(ours);
   configureInitSocket(theirs);
 

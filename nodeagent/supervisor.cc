@@ -105,6 +105,8 @@ Supervisor::Supervisor(loop::UringEventPort& port, config::Config::Reader config
                        StoreWriter& writer, const NodeKey& key)
     : port_(port),
       config_(config),
+      initPath_(config.getInitPath().size() > 0 ? kj::str(config.getInitPath())
+                                                : defaultInitPath()),
       store_(store),
       writer_(writer),
       cgroupMode_(isolator::detectCgroupMode()),
@@ -138,11 +140,8 @@ void Supervisor::start() {
     enterAgentCgroup(*KJ_ASSERT_NONNULL(cgroupTree_), AgentReservation{});
   }
   // After entering the agent's cgroup: new inits are born in the zygote's.
-  if (config_.getInitZygote()) {
-    kj::String initPath =
-        config_.getInitPath().size() > 0 ? kj::str(config_.getInitPath()) : defaultInitPath();
-    zygote_ = kj::heap<isolator::Zygote>(initPath.cStr(), STDERR_FILENO);
-  }
+  if (config_.getInitZygote())
+    zygote_ = kj::heap<isolator::Zygote>(initPath_.cStr(), STDERR_FILENO);
   loadTenantWeights();
   loadTenantRequests();
   startCpuMeter();
@@ -632,8 +631,7 @@ kj::Promise<kj::Own<SandboxRuntime>> Supervisor::launch(kj::Own<capnp::MallocMes
   spec->hostname = id.cStr();
   spec->uidBase = uidBase;
   spec->uidCount = config_.getUidRangeSize();
-  spec->initPath =
-      config_.getInitPath().size() > 0 ? config_.getInitPath().cStr() : defaultInitPath().cStr();
+  spec->initPath = initPath_.cStr();
   spec->skeletonDir = tmpl.skeletonDir.cStr();
   spec->usrDir = tmpl.usrDir.cStr();
   kj::String workDir = kj::str(config_.getStateDir(), "/sandboxes/", id);

@@ -224,6 +224,7 @@ class Supervisor {
 
   loop::UringEventPort& port_;
   config::Config::Reader config_;
+  kj::String initPath_;  // config initPath, else nodeagent-init beside our own binary
   Store& store_;
   StoreWriter& writer_;
   kj::AutoCloseFd hostLock_;

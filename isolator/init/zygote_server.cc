@@ -15,6 +15,7 @@
 
 #include <string>
 
+#include "isolator/file_util.h"
 #include "isolator/init/control.h"
 #include "isolator/init_entry.h"
 #include "isolator/init_protocol.h"
@@ -25,21 +26,11 @@ namespace {
 
 constexpr int kAgentSocket = 3;
 
+// Where enterSandboxAsInit() wants its sources; received fds may land lower.
 kj::AutoCloseFd openHigh(const char* path, int flags) {
   int fd;
   KJ_SYSCALL(fd = open(path, flags | O_CLOEXEC), path);
-  kj::AutoCloseFd opened(fd);
-  int high;
-  KJ_SYSCALL(high = fcntl(fd, F_DUPFD_CLOEXEC, 10));
-  return kj::AutoCloseFd(high);
-}
-
-// Received fds may land on 4..9; enterSandboxAsInit() wants its sources >= 10.
-kj::AutoCloseFd moveHigh(kj::AutoCloseFd fd) {
-  if (fd.get() >= 10) return fd;
-  int high;
-  KJ_SYSCALL(high = fcntl(fd.get(), F_DUPFD_CLOEXEC, 10));
-  return kj::AutoCloseFd(high);
+  return moveFdAtOrAbove(kj::AutoCloseFd(fd), kInitEntryLowestSourceFd);
 }
 
 void reply(capnp::MessageBuilder& message, kj::ArrayPtr<const int> fds = nullptr) {
@@ -78,7 +69,7 @@ class ZygoteServer {
     auto request = message.reader->getRoot<initproto::ZygoteRequest>();
     size_t expected = 3 + (request.getNewNetwork() ? 0 : 1) + (request.getHasListener() ? 1 : 0);
     KJ_REQUIRE(message.fds.size() == expected, "wrong number of fds", message.fds.size(), expected);
-    for (auto& fd : message.fds) fd = moveHigh(kj::mv(fd));
+    for (auto& fd : message.fds) fd = moveFdAtOrAbove(kj::mv(fd), kInitEntryLowestSourceFd);
     size_t next = 3;
     int network = request.getNewNetwork() ? -1 : message.fds[next++].get();
     InitEntryFds fds{message.fds[0], message.fds[1],
