@@ -1,9 +1,10 @@
 // End-to-end latency harness: create a sandbox -> run `echo hi` -> its first
 // output arrives -> kill (answered), through the real agent, side by side with
 // bubblewrap and runc running the same command to its exit, in the same run. A second agent with a
-// warm pool
-// ("nodeagent_warm") serves every create from its pool: before each of its
-// iterations the harness waits, untimed, until the pool is full again.
+// warm pool ("nodeagent_warm") serves every create from its pool: before each
+// of its iterations the harness waits, untimed, until the pool is full again.
+// A fifth subject is the floor under them all: the host's posix_spawn of
+// /bin/echo to its first output, with no sandbox and no RPC.
 // Prints one JSON object.
 //
 //   build/bin/bench-create-exec [--iterations N] [--agent-bin DIR] [--idle-ms N]
@@ -167,7 +168,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 400 && access(sock.c_str(), F_OK) != 0; ++i) usleep(10000);
   for (int i = 0; i < 400 && access(warmSock.c_str(), F_OK) != 0; ++i) usleep(10000);
 
-  std::vector<double> oursUs, createUs, execUs, killUs, bwrapUs, runcUs;
+  std::vector<double> oursUs, createUs, execUs, killUs, bwrapUs, runcUs, hostUs;
   std::vector<double> warmUs, warmCreateUs, warmExecUs, warmKillUs;
   uint64_t warmClaims = 0;
   {
@@ -245,6 +246,11 @@ int main(int argc, char** argv) {
       spawnAndWait(bwrap);
       bwrapUs.push_back(since(t));
     };
+    auto hostRun = [&]() {
+      idle();
+      double us = nodeagent::bench::spawnToFirstOutputUs<Clock>({"/bin/echo", "hi"});
+      if (us >= 0) hostUs.push_back(us);
+    };
     auto runcRun = [&]() {
       if (!haveRunc) return;
       idle();
@@ -259,9 +265,9 @@ int main(int argc, char** argv) {
     // whole launch in the background, which would otherwise land on whichever
     // subject runs next.
     for (int i = 0; i < iterations; ++i) {
-      for (int k = 0; k < 4; ++k) {
+      for (int k = 0; k < 5; ++k) {
         waitWarmPoolFull();
-        switch ((i + k) % 4) {
+        switch ((i + k) % 5) {
           case 0:
             ours(true);
             break;
@@ -273,6 +279,9 @@ int main(int argc, char** argv) {
             break;
           case 3:
             runcRun();
+            break;
+          case 4:
+            hostRun();
             break;
         }
       }
@@ -299,6 +308,7 @@ int main(int argc, char** argv) {
         warmExecStats = summarize(warmExecUs), warmKillStats = summarize(warmKillUs);
   Stats bwrapStats = haveBwrap ? summarize(bwrapUs) : Stats{};
   Stats runcStats = haveRunc ? summarize(runcUs) : Stats{};
+  Stats hostStats = summarize(hostUs);
 
   printf("{\n  \"benchmark\": \"create_first_output_kill\",\n  \"iterations\": %d,\n", iterations);
   printf("  \"init_started_by\": \"%s\",\n", initExec ? "exec" : "zygote");
@@ -316,6 +326,7 @@ int main(int argc, char** argv) {
          static_cast<unsigned long long>(warmClaims));
   if (haveBwrap) printf("  %s,\n", json("bwrap", bwrapStats).c_str());
   if (haveRunc) printf("  %s,\n", json("runc", runcStats).c_str());
+  printf("  %s,\n", json("host_posix_spawn_echo_first_output", hostStats).c_str());
   printf("  \"ratio_p50_vs_bwrap\": %.2f,\n", haveBwrap ? oursStats.p50Us / bwrapStats.p50Us : 0.0);
   // A sandbox ready for work (no command run yet) against bwrap's whole run
   // of `echo` (which includes that command's exec): flattering to us.
@@ -323,6 +334,10 @@ int main(int argc, char** argv) {
          haveBwrap ? createStats.p50Us / bwrapStats.p50Us : 0.0);
   printf("  \"ratio_warm_p50_vs_bwrap\": %.2f,\n",
          haveBwrap ? warmStats.p50Us / bwrapStats.p50Us : 0.0);
+  // How far a run through the agent is above the bare program.
+  printf("  \"ratio_warm_p50_vs_host_spawn\": %.2f,\n", warmStats.p50Us / hostStats.p50Us);
+  printf("  \"ratio_warm_exec_phase_p50_vs_host_spawn\": %.2f,\n",
+         warmExecStats.p50Us / hostStats.p50Us);
   printf("  \"ratio_p50_vs_runc\": %.2f\n}\n", haveRunc ? oursStats.p50Us / runcStats.p50Us : 0.0);
   return 0;
 }

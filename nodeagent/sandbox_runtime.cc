@@ -24,6 +24,9 @@ constexpr kj::Duration kFreezeMaxPoll = 20 * kj::MILLISECONDS;
 constexpr kj::Duration kCgroupFirstPoll = 100 * kj::MICROSECONDS;
 constexpr kj::Duration kCgroupMaxPoll = 20 * kj::MILLISECONDS;
 constexpr int64_t kCgroupRemoveDeadlineNs = 200'000'000;
+// A claimed sandbox's pool cgroup is removed this long after the claim, so
+// that the tenant's first calls (an exec pipelined on the create) go first.
+constexpr kj::Duration kPoolCgroupRemoveDelay = 20 * kj::MILLISECONDS;
 
 }  // namespace
 
@@ -398,9 +401,10 @@ void SandboxRuntime::claim(state::SandboxRecord::Reader record,
     kill("claim-failed");
     kj::throwFatalException(kj::mv(*e));
   }
-  // The pool's cgroup goes after the reply: nothing runs in it any more.
+  // The pool's cgroup goes after the reply and the tenant's first calls:
+  // nothing runs in it any more.
   processWatches_.add(
-      port_.timer().afterDelay(0 * kj::NANOSECONDS).then([this, old = kj::mv(old)]() mutable {
+      port_.timer().afterDelay(kPoolCgroupRemoveDelay).then([this, old = kj::mv(old)]() mutable {
         auto& cgroup = *old;
         return removeCgroup(cgroup, kCgroupFirstPoll, monotonicNowNs() + kCgroupRemoveDeadlineNs)
             .attach(kj::mv(old));
@@ -408,11 +412,11 @@ void SandboxRuntime::claim(state::SandboxRecord::Reader record,
   record_->setRoot(record);
   startedMonoNs_ = monotonicNowNs();
   rpcRequests_ = 0;
-  // The tenant's usage starts at the claim.
+  // The tenant's usage starts at the claim, from nothing: no memory is
+  // charged to a cgroup made just now (charges stay where they were made).
   memoryByteSeconds_ = 0;
   memorySampledMonoNs_ = startedMonoNs_;
   memoryLastBytes_ = 0;
-  sampleMemory();
   egressBase_ = 0;
   kj::runCatchingExceptions([&]() { egressBase_ = egressSource_(); });
   egressBytes_ = 0;
