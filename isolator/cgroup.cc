@@ -316,6 +316,22 @@ std::vector<std::pair<std::string, std::string>> CgroupTree::listSandboxes() con
   return out;
 }
 
+bool CgroupTree::removeSandboxRemains(kj::StringPtr tenant, kj::StringPtr sandboxId) {
+  requireValidName("tenant", tenant);
+  requireValidName("sandbox", sandboxId);
+  bool whole = true;
+  for (const CgroupHierarchy& h : hierarchies_) {
+    whole = whole && access(sandboxPath(h, tenant, sandboxId).c_str(), F_OK) == 0;
+  }
+  if (whole) return false;
+  // v1 first, the v2 leaf (which BPF may reference) last, as SandboxCgroup::remove().
+  for (auto h = hierarchies_.rbegin(); h != hierarchies_.rend(); ++h) {
+    std::string path = sandboxPath(*h, tenant, sandboxId);
+    if (rmdir(path.c_str()) != 0 && errno != ENOENT) failSyscall("rmdir", errno, path);
+  }
+  return true;
+}
+
 void CgroupTree::removeIfEmpty() {
   for (const CgroupHierarchy& h : hierarchies_) {
     std::string root = h.mount + "/" + rootName_;

@@ -101,6 +101,14 @@ class CgroupTree {
   // (tenant, sandbox) pairs present in the v2 tree, e.g. to re-adopt after a restart.
   std::vector<std::pair<std::string, std::string>> listSandboxes() const;
 
+  // What is left of a sandbox cgroup whose removal stopped half way (an agent that
+  // stopped or died in a teardown): when some leaves are gone, removes the rest and
+  // returns true. A leaf goes only once no task is in it, and a task is in every
+  // hierarchy at once, so none of the rest holds one. False, touching nothing, when
+  // every leaf is there: that cgroup may hold tasks (adopt, kill and remove it).
+  // Throws if a remaining leaf cannot be removed.
+  bool removeSandboxRemains(kj::StringPtr tenant, kj::StringPtr sandboxId);
+
   // Removes "<root>/sandboxes" and "<root>" wherever they are empty (uninstall, tests).
   void removeIfEmpty();
 

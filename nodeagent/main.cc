@@ -45,25 +45,10 @@ void raiseFdLimit() {
   }
 }
 
-int run(int argc, char** argv) {
-  LoadedConfig config = loadConfigFromArgs(argc, argv);
+// Runs the agent until SIGTERM or SIGINT, then stops it gracefully; what it
+// made is gone when it returns.
+void serve(const LoadedConfig& config, loop::IoContext& io, int signalFd) {
   auto cfg = config.get();
-  log::Level level;
-  if (log::parseLevel(cfg.getLogLevel().cStr(), &level)) log::setLevel(level);
-
-  sigset_t stopSignals;
-  sigemptyset(&stopSignals);
-  sigaddset(&stopSignals, SIGTERM);
-  sigaddset(&stopSignals, SIGINT);
-  KJ_SYSCALL(sigprocmask(SIG_BLOCK, &stopSignals, nullptr));
-  signal(SIGPIPE, SIG_IGN);
-  int sfd;
-  KJ_SYSCALL(sfd = signalfd(-1, &stopSignals, SFD_CLOEXEC));
-  kj::AutoCloseFd signalFd(sfd);
-
-  raiseFdLimit();
-  loop::IoContext io;
-  io.port.setBusyPoll(cfg.getBusyPollMicros() * kj::MICROSECONDS);
   StoreOptions storeOptions;
   // Commits run on the StoreWriter's thread, off the event loop, so they can
   // afford full durability.
@@ -135,9 +120,9 @@ int run(int argc, char** argv) {
   KJ_IF_MAYBE (service, fleetService) {
     (*service)->leave().wait(io.waitScope);
   }
-  // Tenants' sandboxes keep running on the way out. (Until re-adoption
-  // exists, the next start ends them cleanly; see Supervisor.) Idle warm-pool
-  // sandboxes can serve no one without the agent: they end now.
+  // Tenants' sandboxes keep running on the way out, for the next agent to
+  // adopt. Idle warm-pool sandboxes can serve no one without the agent: they
+  // end now.
   supervisor.endPools().wait(io.waitScope);
   // Requests and memory samples since the last record live only in memory.
   supervisor.recordUsage("agent-stop");
@@ -146,6 +131,35 @@ int run(int argc, char** argv) {
   for (auto text : cfg.getListen()) {
     ListenAddress address = parseListenAddress(text);
     if (address.kind == ListenAddress::Kind::kUnix) unlink(address.path.cStr());
+  }
+}
+
+int run(int argc, char** argv) {
+  LoadedConfig config = loadConfigFromArgs(argc, argv);
+  auto cfg = config.get();
+  log::Level level;
+  if (log::parseLevel(cfg.getLogLevel().cStr(), &level)) log::setLevel(level);
+
+  sigset_t stopSignals;
+  sigemptyset(&stopSignals);
+  sigaddset(&stopSignals, SIGTERM);
+  sigaddset(&stopSignals, SIGINT);
+  KJ_SYSCALL(sigprocmask(SIG_BLOCK, &stopSignals, nullptr));
+  signal(SIGPIPE, SIG_IGN);
+  int sfd;
+  KJ_SYSCALL(sfd = signalfd(-1, &stopSignals, SFD_CLOEXEC));
+  kj::AutoCloseFd signalFd(sfd);
+
+  raiseFdLimit();
+  loop::IoContext io;
+  io.port.setBusyPoll(cfg.getBusyPollMicros() * kj::MICROSECONDS);
+  serve(config, io, signalFd.get());
+  // Whatever held a sandbox went with serve()'s scope. A runtime alive now is
+  // caught in a reference cycle, and an event it has queued would outlive
+  // the loop: say so plainly rather than fail in the loop's destructor.
+  if (size_t leaked = SandboxRuntime::liveCount(); leaked != 0) {
+    log::error("agent.sandbox_runtimes_leaked", {{"count", uint64_t(leaked)}});
+    return 1;
   }
   log::info("agent.stopped");
   return 0;

@@ -34,6 +34,8 @@ void SandboxRuntime::ErrorLogger::taskFailed(kj::Exception&& e) {
   log::error("sandbox.task_failed", {{"error", e.getDescription().cStr()}});
 }
 
+std::atomic<size_t> SandboxRuntime::liveCount_{0};
+
 SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks hooks)
     : port_(port),
       record_(kj::mv(parts.record)),
@@ -696,7 +698,9 @@ kj::Promise<void> SandboxRuntime::watchInit() {
     waitid(idtype_t(P_PIDFD), initPidfd_.get(), &info, WEXITED | WNOHANG);
     // What the sandbox held (mounts, cgroups, host paths) goes in a later
     // turn, after the answers finish() released are on their way: that
-    // teardown takes the kernel a millisecond or more.
+    // teardown takes the kernel a millisecond or more. The owner keeps the
+    // runtime until it is released; an owner that goes first (the agent
+    // stopping) cancels the rest, which the next agent's sweep finishes.
     processWatches_.add(port_.timer()
                             .afterDelay(0 * kj::NANOSECONDS)
                             .then([this]() { return releaseResources(); })
@@ -704,8 +708,7 @@ kj::Promise<void> SandboxRuntime::watchInit() {
                               released_ = true;
                               hooks_.released(*this);
                               releasedFulfiller_->fulfill();
-                            })
-                            .attach(kj::addRef(*this)));
+                            }));
   });
 }
 

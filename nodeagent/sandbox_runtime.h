@@ -3,6 +3,8 @@
 // hold references to it.
 #pragma once
 
+#include <atomic>
+
 #include <sys/types.h>
 
 #include <deque>
@@ -61,6 +63,10 @@ class SandboxRuntime final : public kj::Refcounted {
   SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks hooks);
   ~SandboxRuntime() noexcept(false);
   KJ_DISALLOW_COPY(SandboxRuntime);
+
+  // Runtimes in this process now: none once their owner is gone (the agent
+  // checks at exit; one left is a reference cycle).
+  static size_t liveCount() { return liveCount_.load(std::memory_order_relaxed); }
 
   kj::StringPtr id() const { return id_; }
   int cgroupV2Fd() const { return cgroup_->v2Fd(); }
@@ -146,6 +152,15 @@ class SandboxRuntime final : public kj::Refcounted {
   bool released() const { return released_; }
 
  private:
+  static std::atomic<size_t> liveCount_;
+  // Counts this runtime in liveCount_ from its first member to its last.
+  struct Counted {
+    Counted() { liveCount_.fetch_add(1); }
+    ~Counted() { liveCount_.fetch_sub(1); }
+    KJ_DISALLOW_COPY(Counted);
+  };
+  Counted counted_;
+
   enum class RunState { kRunning, kPausing, kPaused };
   struct EndedProcess {
     uint32_t pid;

@@ -356,7 +356,8 @@ void Supervisor::startCpuMeter() {
 
 void Supervisor::sweepOrphanCgroups() {
   // A sandbox whose create never reached the store (the agent died between
-  // launch and commit) has a cgroup and no running record: end it.
+  // launch and commit) has a cgroup and no running record: end it. So has
+  // one whose teardown an agent left half done.
   auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
   for (auto& [tenant, id] : tree.listSandboxes()) {
     KJ_IF_MAYBE (stored, store_.getSandbox(id.c_str())) {
@@ -364,9 +365,11 @@ void Supervisor::sweepOrphanCgroups() {
     }
     log::warn("sandbox.orphan_swept", {{"id", id.c_str()}, {"tenant", tenant.c_str()}});
     try {
-      auto cgroup = isolator::SandboxCgroup::adopt(tree, tenant.c_str(), id.c_str());
-      cgroup->killAll();
-      cgroup->remove();
+      if (!tree.removeSandboxRemains(tenant.c_str(), id.c_str())) {
+        auto cgroup = isolator::SandboxCgroup::adopt(tree, tenant.c_str(), id.c_str());
+        cgroup->killAll();
+        cgroup->remove();
+      }
     } catch (kj::Exception& e) {
       log::warn("sandbox.orphan_sweep_failed",
                 {{"id", id.c_str()}, {"error", e.getDescription().cStr()}});

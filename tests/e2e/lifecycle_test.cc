@@ -565,5 +565,31 @@ TEST(TenantCgroups, StayForTheLingerAfterTheLastSandboxThenGo) {
   EXPECT_NE(access(stale.c_str(), F_OK), 0);
 }
 
+// A graceful stop while an ended sandbox is still being torn down (here a
+// cgroup the test made inside its cgroup keeps that from going): the agent
+// still exits cleanly, and the next agent finishes the teardown.
+TEST(AgentStop, ExitsCleanlyWhileAnEndedSandboxIsStillBeingTornDown) {
+  NODEAGENT_REQUIRE_ROOT();
+  AgentProcess agent;
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  std::string id = agent.create();
+  ASSERT_FALSE(id.empty()) << agent.log();
+  std::string sandboxDir = agent.cgroupDir("unified", "e2e", id);
+  std::string busy = sandboxDir + "/busy";
+  ASSERT_EQ(mkdir(busy.c_str(), 0755), 0) << busy;
+  ASSERT_EQ(agent.sbx({"kill", id}).exitCode, 0);
+  // Init is gone by now; the agent retries the cgroup's removal for 200 ms.
+  usleep(50000);
+  int status = agent.stop();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << agent.log();
+  EXPECT_EQ(agent.log().find("agent.fatal"), std::string::npos) << agent.log();
+  EXPECT_EQ(access(sandboxDir.c_str(), F_OK), 0) << "the removal cannot have succeeded";
+
+  ASSERT_EQ(rmdir(busy.c_str()), 0) << busy;
+  agent.startAgain();
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  EXPECT_TRUE(waitGone(sandboxDir)) << agent.log();
+}
+
 }  // namespace
 }  // namespace nodeagent::testing

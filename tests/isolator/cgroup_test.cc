@@ -226,6 +226,37 @@ TEST(Cgroup, AKeptEmptyTenantStaysUntilRemovedAndIsMadeAgain) {
   }
 }
 
+// What an agent that stopped half way through a teardown leaves: some leaves
+// gone, the rest empty. The next agent's sweep removes the rest; a whole
+// cgroup (which may hold tasks) is left to adopt, kill and remove.
+TEST(Cgroup, RemainsOfAHalfRemovedSandboxGoAndAWholeOneIsLeftAlone) {
+  NODEAGENT_REQUIRE_ROOT();
+  auto tree = CgroupTree::open(kRoot);
+  auto whole = SandboxCgroup::create(*tree, tenant(), "whole", CgroupLimits());
+  EXPECT_FALSE(tree->removeSandboxRemains(tenant(), "whole"));
+  for (const CgroupHierarchy& h : tree->hierarchies()) {
+    EXPECT_TRUE(exists(tree->sandboxPath(h, tenant(), "whole"))) << h.mount;
+  }
+  whole->remove();
+  if (tree->hierarchies().size() < 2) return;  // pure v2: one leaf, never half removed
+
+  auto half = SandboxCgroup::create(*tree, tenant(), "half", CgroupLimits());
+  const CgroupHierarchy& v1 = tree->hierarchies().back();
+  ASSERT_FALSE(v1.v2);
+  ASSERT_EQ(rmdir(tree->sandboxPath(v1, tenant(), "half").c_str()), 0);
+  // A remaining leaf that cannot go (a child cgroup in it): a clear error.
+  std::string v2Leaf = tree->sandboxPath(tree->hierarchies().front(), tenant(), "half");
+  ASSERT_EQ(mkdir((v2Leaf + "/child").c_str(), 0755), 0);
+  EXPECT_THROW(tree->removeSandboxRemains(tenant(), "half"), kj::Exception);
+  EXPECT_TRUE(exists(v2Leaf));
+  ASSERT_EQ(rmdir((v2Leaf + "/child").c_str()), 0);
+  EXPECT_TRUE(tree->removeSandboxRemains(tenant(), "half"));
+  for (const CgroupHierarchy& h : tree->hierarchies()) {
+    EXPECT_FALSE(exists(tree->sandboxPath(h, tenant(), "half"))) << h.mount;
+  }
+  EXPECT_THROW(tree->removeSandboxRemains(tenant(), "../escape"), kj::Exception);
+}
+
 TEST(Cgroup, InvalidNamesNeverTouchTheFilesystem) {
   NODEAGENT_REQUIRE_ROOT();
   auto tree = CgroupTree::open(kRoot);
