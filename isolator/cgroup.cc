@@ -473,6 +473,21 @@ void SandboxCgroup::applyLimits(const CgroupLimits& limits, bool fresh) {
   setV1CpuLimits(*findLeaf(&CgroupHierarchy::cpu), limits, fresh);
 }
 
+void SandboxCgroup::setCpuQuota(uint32_t cpuMillis) {
+  KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
+  uint64_t period = kDefaultCpuPeriodMicros;
+  std::string quota =
+      cpuMillis ? std::to_string(std::max<uint64_t>(1000, cpuMillis * period / 1000)) : "";
+  if (tree_.mode() == CgroupMode::kV2) {
+    const Leaf& leaf = leaves_.front();
+    writeFileAt(leaf.dir, "cpu.max", (cpuMillis ? quota : "max") + " " + std::to_string(period),
+                leaf.path);
+    return;
+  }
+  const Leaf& cpu = *findLeaf(&CgroupHierarchy::cpu);
+  writeFileAt(cpu.dir, "cpu.cfs_quota_us", cpuMillis ? quota : "-1", cpu.path);
+}
+
 std::vector<pid_t> SandboxCgroup::pids() const {
   KJ_REQUIRE(!removed_, "sandbox cgroup was already removed", sandboxId_.c_str());
   const Leaf& leaf = leaves_.front();

@@ -172,6 +172,10 @@ class SandboxCgroup {
   // Moves `pid` (a host pid) into the leaf of every hierarchy.
   void addProcess(pid_t pid);
   void setLimits(const CgroupLimits& limits);
+  // The CPU quota alone (thousandths of a CPU per default period; 0 = none),
+  // the other limits untouched: what changes as a sandbox's burst credit
+  // comes and goes.
+  void setCpuQuota(uint32_t cpuMillis);
   // Host pids in the sandbox (from the v2 leaf).
   std::vector<pid_t> pids() const;
   bool populated() const;

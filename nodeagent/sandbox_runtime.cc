@@ -87,6 +87,7 @@ SandboxRuntime::SandboxRuntime(loop::UringEventPort& port, Parts parts, Hooks ho
   if (!parts.adopted) sampleMemory();
   armTimeout();
   armCpuCap();
+  armCpuCredit(parts.adopted ? CpuCredit::Start::kRestoreLevel : CpuCredit::Start::kFull);
 }
 
 void SandboxRuntime::adoptProcesses() {
@@ -424,6 +425,7 @@ void SandboxRuntime::claim(state::SandboxRecord::Reader record,
   egressBytes_ = 0;
   armTimeout();
   armCpuCap();
+  armCpuCredit(CpuCredit::Start::kFull);  // its new cgroup starts at the burst
 }
 
 void SandboxRuntime::admitRequest() {
@@ -537,6 +539,59 @@ kj::Promise<void> SandboxRuntime::watchCpuCap(uint64_t capNs) {
       int64_t(kj::min(kj::max(soonestNs, uint64_t(10'000'000)), uint64_t(1'000'000'000)));
   return port_.timer().afterDelay(delayNs * kj::NANOSECONDS).then([this, capNs]() {
     return watchCpuCap(capNs);
+  });
+}
+
+void SandboxRuntime::armCpuCredit(CpuCredit::Start start) {
+  auto spec = record().getSpec();
+  CpuCredit credit(spec.getCpuMillis(), spec.getCpuSustainedMillis(), spec.getCpuBurstSeconds(),
+                   start);
+  if (!credit.applies()) {
+    cpuCredit_ = nullptr;
+    cpuCreditTask_ = nullptr;
+    return;
+  }
+  cpuCredit_ = credit;
+  cpuCreditUsedNs_ = cpuUsedNs();
+  cpuCreditCheckedMonoNs_ = monotonicNowNs();
+  // The cgroup may hold the other quota (an adopted sandbox's last one).
+  KJ_IF_MAYBE (e,
+               kj::runCatchingExceptions([&]() { cgroup_->setCpuQuota(credit.quotaMillis()); })) {
+    log::warn("sandbox.cpu_quota_failed",
+              {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+  }
+  cpuCreditTask_ = port_.timer()
+                       .afterDelay(credit.nextCheckNs() * kj::NANOSECONDS)
+                       .then([this]() { return watchCpuCredit(); })
+                       .eagerlyEvaluate([this](kj::Exception&& e) {
+                         log::error("sandbox.cpu_credit_failed",
+                                    {{"id", id_.cStr()}, {"error", e.getDescription().cStr()}});
+                       });
+}
+
+kj::Promise<void> SandboxRuntime::watchCpuCredit() {
+  if (ended_ || pendingReason_.size() > 0) return kj::READY_NOW;
+  CpuCredit& credit = KJ_ASSERT_NONNULL(cpuCredit_);
+  uint64_t used = cpuUsedNs();
+  int64_t now = monotonicNowNs();
+  bool wasAtSustained = credit.atSustained();
+  credit.account(used - kj::min(used, cpuCreditUsedNs_),
+                 uint64_t(kj::max(now - cpuCreditCheckedMonoNs_, int64_t(0))));
+  cpuCreditUsedNs_ = kj::max(used, cpuCreditUsedNs_);
+  cpuCreditCheckedMonoNs_ = now;
+  if (credit.atSustained() != wasAtSustained) {
+    KJ_IF_MAYBE (e,
+                 kj::runCatchingExceptions([&]() { cgroup_->setCpuQuota(credit.quotaMillis()); })) {
+      log::warn("sandbox.cpu_quota_failed",
+                {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+    }
+    log::info(credit.atSustained() ? "sandbox.cpu_sustained" : "sandbox.cpu_burst",
+              {{"id", id_.cStr()},
+               {"quotaMillis", uint64_t(credit.quotaMillis())},
+               {"creditNs", credit.creditNs()}});
+  }
+  return port_.timer().afterDelay(credit.nextCheckNs() * kj::NANOSECONDS).then([this]() {
+    return watchCpuCredit();
   });
 }
 
@@ -728,9 +783,10 @@ void SandboxRuntime::finish() {
   ended_ = true;
   // A timeout or CPU cap that killed runs inside its own task: both go in a
   // later turn, not from under it.
-  processWatches_.add(port_.timer()
-                          .afterDelay(0 * kj::NANOSECONDS)
-                          .attach(kj::mv(timeoutTask_), kj::mv(cpuCapTask_)));
+  processWatches_.add(
+      port_.timer()
+          .afterDelay(0 * kj::NANOSECONDS)
+          .attach(kj::mv(timeoutTask_), kj::mv(cpuCapTask_), kj::mv(cpuCreditTask_)));
   auto rec = record_->getRoot<state::SandboxRecord>();
   rec.setState(api::SandboxState::STOPPED);
   rec.setEndedAtNs(unixNowNs());
@@ -803,6 +859,19 @@ void SandboxRuntime::fillUsage(api::Usage::Builder usage) {
   usage.setEgressBytes(egressBytes());
   usage.setCpuMeteredNs(meteredCpuNs());  // latched once the sandbox has ended
   usage.setExecs(execs_);
+  auto spec = record().getSpec();
+  usage.setCpuQuotaMillis(spec.getCpuMillis());
+  KJ_IF_MAYBE (credit, cpuCredit_) {
+    usage.setCpuQuotaMillis(credit->quotaMillis());
+    // The balance now, from the last check's: the quota changes only at a check.
+    CpuCredit now = *credit;
+    if (!ended_ && pendingReason_.size() == 0) {
+      uint64_t used = cpuUsedNs();
+      now.account(used - kj::min(used, cpuCreditUsedNs_),
+                  uint64_t(kj::max(monotonicNowNs() - cpuCreditCheckedMonoNs_, int64_t(0))));
+    }
+    usage.setCpuCreditNs(now.creditNs());
+  }
 }
 
 }  // namespace nodeagent

@@ -18,6 +18,7 @@
 #include "ebpf/cpu_meter.h"
 #include "isolator/cgroup.h"
 #include "loop/uring_event_port.h"
+#include "nodeagent/cpu_credit.h"
 #include "nodeagent/exec_process.h"
 #include "nodeagent/init_channel.h"
 #include "nodeagent/sandbox_fs.h"
@@ -176,6 +177,10 @@ class SandboxRuntime final : public kj::Refcounted {
   void armTimeout();
   void armCpuCap();
   kj::Promise<void> watchCpuCap(uint64_t capNs);
+  // The CPU quota follows the sandbox's burst credit (CpuCredit): checked
+  // when it could next change, set when it does.
+  void armCpuCredit(CpuCredit::Start start);
+  kj::Promise<void> watchCpuCredit();
   // CPU time so far: the eBPF meter's, or the cgroup's where it cannot run.
   uint64_t cpuUsedNs();
   void finish();
@@ -242,6 +247,10 @@ class SandboxRuntime final : public kj::Refcounted {
   std::deque<EndedProcess> endedProcesses_;      // oldest first
   kj::Promise<void> timeoutTask_ = nullptr;
   kj::Promise<void> cpuCapTask_ = nullptr;
+  kj::Maybe<CpuCredit> cpuCredit_;  // null when the sustained share is the burst
+  uint64_t cpuCreditUsedNs_ = 0;    // CPU time at the last check
+  int64_t cpuCreditCheckedMonoNs_ = 0;
+  kj::Promise<void> cpuCreditTask_ = nullptr;
   kj::Own<kj::PromiseFulfiller<void>> endedFulfiller_;
   kj::ForkedPromise<void> endedFork_;
   kj::Own<kj::PromiseFulfiller<void>> releasedFulfiller_;

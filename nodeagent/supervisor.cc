@@ -27,6 +27,7 @@ namespace {
 constexpr uint64_t kMinMemoryBytes = 16ull << 20;
 constexpr uint64_t kMinDiskBytes = 1ull << 20;
 constexpr uint32_t kMaxTimeoutSeconds = 7 * 24 * 3600;
+constexpr uint32_t kMaxCpuBurstSeconds = 24 * 3600;
 
 kj::String newSandboxId() {
   uint64_t bits;
@@ -157,6 +158,7 @@ void Supervisor::start() {
                       t.getMemoryBytes(),
                       t.getCpuMillis(),
                       t.getCpuSustainedMillis(),
+                      t.getCpuBurstSeconds(),
                       t.getPidsMax(),
                       t.getDiskBytes(),
                       t.getTimeoutSeconds(),
@@ -520,6 +522,11 @@ void Supervisor::fillSpec(api::SandboxSpec::Builder filled, const TemplateInfo& 
     throwApiError(api::ErrorCode::INVALID_ARGUMENT,
                   "sustained CPU cannot be above the burst CPU (cpuMillis)");
   }
+  if (filled.getCpuBurstSeconds() == 0) filled.setCpuBurstSeconds(tmpl.cpuBurstSeconds);
+  if (filled.getCpuBurstSeconds() > kMaxCpuBurstSeconds) {
+    throwApiError(api::ErrorCode::INVALID_ARGUMENT,
+                  kj::str("cpuBurstSeconds must be at most ", kMaxCpuBurstSeconds));
+  }
   if (filled.getPidsMax() == 0) filled.setPidsMax(tmpl.pidsMax);
   if (filled.getDiskBytes() == 0) filled.setDiskBytes(tmpl.diskBytes);
   if (filled.getTimeoutSeconds() == 0) filled.setTimeoutSeconds(tmpl.timeoutSeconds);
@@ -544,7 +551,8 @@ isolator::CgroupLimits Supervisor::cgroupLimitsOf(api::SandboxSpec::Reader spec)
   isolator::CgroupLimits limits;
   limits.memoryBytes = spec.getMemoryBytes();
   limits.pidsMax = spec.getPidsMax();
-  // Burst is the hard cap (CFS quota). Sustained is the sandbox's weight
+  // The burst is the quota a sandbox starts with (CpuCredit lowers it to the
+  // sustained share while it has no credit). Sustained is also its weight
   // within its tenant: what it keeps when its tenant's sandboxes compete.
   // Tenants compete by their own weights one level up.
   limits.cpuMillis = spec.getCpuMillis();
@@ -1159,6 +1167,7 @@ kj::Promise<void> Supervisor::launchPoolSandbox(WarmPool& pool) {
   spec.setMemoryBytes(tmpl.memoryBytes);
   spec.setCpuMillis(tmpl.cpuMillis);
   spec.setCpuSustainedMillis(kj::min(tmpl.cpuSustainedMillis, tmpl.cpuMillis));
+  spec.setCpuBurstSeconds(tmpl.cpuBurstSeconds);
   spec.setPidsMax(tmpl.pidsMax);
   spec.setDiskBytes(tmpl.diskBytes);
   return launch(kj::mv(record), tmpl, "agent", "pool-create",

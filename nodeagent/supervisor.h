@@ -146,6 +146,7 @@ class Supervisor {
     uint64_t memoryBytes;
     uint32_t cpuMillis;
     uint32_t cpuSustainedMillis;
+    uint32_t cpuBurstSeconds;
     uint32_t pidsMax;
     uint64_t diskBytes;
     uint32_t timeoutSeconds;

@@ -149,7 +149,11 @@ struct Template {
   timeoutSeconds @6 :UInt32 = 300;
   cpuSustainedMillis @7 :UInt32 = 250;  # with cpuMillis as the burst (code runtime: 1 / 0.25)
   warmPool @8 :UInt32 = 0;
-  egressMbps @9 :UInt32 = 100;          # egress bandwidth cap of a networked sandbox
   # Idle pre-built sandboxes kept for this template, refilled in the
   # background. A create whose disk size is the template's claims one.
+  egressMbps @9 :UInt32 = 100;          # egress bandwidth cap of a networked sandbox
+  cpuBurstSeconds @10 :UInt32 = 30;
+  # How long a sandbox that has saved up its full bucket of CPU credit may
+  # run at cpuMillis before it drops to cpuSustainedMillis (0: it never
+  # bursts above the sustained share).
 }

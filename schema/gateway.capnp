@@ -54,8 +54,11 @@ struct SandboxSpec {
   env @8 :List(KeyValue);     # default environment of every exec
   metadata @9 :List(KeyValue);
   cpuSustainedMillis @10 :UInt32;
-  # The share the sandbox may use for long; it runs at up to cpuMillis while
-  # it has saved up unused sustained share (CFS burst). Not above cpuMillis.
+  # The share the sandbox may use for long. Its quota is cpuMillis while it
+  # has credit, the sustained share once the credit is spent, and cpuMillis
+  # again once it has saved a tenth of its bucket. Credit accrues at this
+  # rate less what the sandbox uses, up to what lasts cpuBurstSeconds at the
+  # full burst. Not above cpuMillis.
   onTimeout @11 :TimeoutAction;  # what expiry does; setTimeout re-arms it
   cpuCapMillis @12 :UInt64;   # circuit breaker: CPU time (metered, ms) the sandbox may
                               # use in all; 0 = no cap
@@ -72,6 +75,8 @@ struct SandboxSpec {
   egressMbps @16 :UInt32;     # egress bandwidth cap; 0 = the template's
   egressByteCap @17 :UInt64;  # circuit breaker: bytes the sandbox may send in
                               # all; beyond it every packet out is dropped. 0 = none
+  cpuBurstSeconds @18 :UInt32;  # how long a full bucket of credit lasts at the
+                              # burst (see cpuSustainedMillis); 0 = the template's
 }
 
 struct NetworkSettings {
@@ -134,6 +139,10 @@ struct Usage {
   cpuMeteredNs @9 :UInt64;    # on-CPU time measured in the kernel by the eBPF
                               # sched_switch meter (0 where it cannot run)
   egressBytes @10 :UInt64;    # bytes the sandbox sent off the host (0 without a network)
+  cpuQuotaMillis @11 :UInt32; # its CPU quota now: spec.cpuMillis while it has credit,
+                              # else spec.cpuSustainedMillis
+  cpuCreditNs @12 :Int64;     # CPU time it has saved up above the sustained share
+                              # (negative: a burst's overshoot being repaid)
 }
 
 struct NodeInfo {

@@ -37,12 +37,12 @@ const kj::StringPtr kValueFlags[] = {
     "--exec-timeout", "--cpus-sustained", "--on-timeout",  "--cpu-cap",    "--on-cpu-cap",
     "--request-cap",  "--allow",          "--egress-mbps", "--egress-cap", "--mode",
     "--after",        "--limit",          "--public-key",  "--add",        "--use",
-    "--remove"};
+    "--remove",       "--burst-seconds"};
 
 const char kUsage[] =
     "usage: sbx [--connect unix:PATH|tcp:HOST:PORT] COMMAND ...\n"
     "  create --template T [--tenant T] [--memory 512M] [--cpus 1] [--cpus-sustained 0.25]\n"
-    "         [--pids N] [--disk 1G]\n"
+    "         [--burst-seconds N] [--pids N] [--disk 1G]\n"
     "         [--timeout SECONDS] [--on-timeout kill|pause]\n"
     "         [--network off|restricted|open] [--allow CIDR[:PORT]|HOST|*.DOMAIN]...\n"
     "         [--egress-mbps N] [--egress-cap BYTES]\n"
@@ -139,6 +139,9 @@ void fillSpec(const Args& args, api::SandboxSpec::Builder spec) {
   }
   KJ_IF_MAYBE (v, args.value("--cpus")) {
     spec.setCpuMillis(parseCpuMillis(*v));
+  }
+  KJ_IF_MAYBE (v, args.value("--burst-seconds")) {
+    spec.setCpuBurstSeconds(parseUint(*v, "--burst-seconds"));
   }
   KJ_IF_MAYBE (v, args.value("--pids")) {
     spec.setPidsMax(parseUint(*v, "--pids"));

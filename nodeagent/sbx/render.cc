@@ -128,15 +128,19 @@ kj::String renderInfoJson(api::SandboxInfo::Reader info) {
 }
 
 kj::String renderUsageText(api::Usage::Reader u) {
-  return kj::str("cpu user:     ", formatSeconds(u.getCpuUserNs()), "\n",
-                 "cpu system:   ", formatSeconds(u.getCpuSystemNs()), "\n",
-                 "wall running: ", formatSeconds(u.getWallRunningNs()), "\n",
-                 "wall paused:  ", formatSeconds(u.getWallPausedNs()), "\n",
-                 "memory now:   ", formatBytes(u.getMemoryCurrentBytes()), "\n",
-                 "memory peak:  ", formatBytes(u.getMemoryPeakBytes()), "\n",
-                 "processes:    ", u.getPidsCurrent(), "\n", "execs:        ", u.getExecs(), "\n",
-                 "rpc requests: ", u.getRpcRequests(), "\n",
-                 "egress:       ", formatBytes(u.getEgressBytes()), "\n");
+  return kj::str(
+      "cpu user:     ", formatSeconds(u.getCpuUserNs()), "\n",
+      "cpu system:   ", formatSeconds(u.getCpuSystemNs()), "\n",
+      "wall running: ", formatSeconds(u.getWallRunningNs()), "\n",
+      "wall paused:  ", formatSeconds(u.getWallPausedNs()), "\n",
+      "memory now:   ", formatBytes(u.getMemoryCurrentBytes()), "\n",
+      "memory peak:  ", formatBytes(u.getMemoryPeakBytes()), "\n",
+      "processes:    ", u.getPidsCurrent(), "\n", "execs:        ", u.getExecs(), "\n",
+      "rpc requests: ", u.getRpcRequests(), "\n", "egress:       ", formatBytes(u.getEgressBytes()),
+      "\n", "cpu quota:    ", u.getCpuQuotaMillis() / 1000.0, " cpus now, ",
+      u.getCpuCreditNs() < 0 ? "-" : "",
+      formatSeconds(uint64_t(u.getCpuCreditNs() < 0 ? -u.getCpuCreditNs() : u.getCpuCreditNs())),
+      " of burst credit\n");
 }
 
 kj::String renderUsageJson(api::Usage::Reader usage) {
