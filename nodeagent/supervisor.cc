@@ -549,7 +549,10 @@ void Supervisor::fillSpec(api::SandboxSpec::Builder filled, const TemplateInfo& 
 
 isolator::CgroupLimits Supervisor::cgroupLimitsOf(api::SandboxSpec::Reader spec) {
   isolator::CgroupLimits limits;
-  limits.memoryBytes = spec.getMemoryBytes();
+  // The writable layer is a tmpfs, and the kernel charges its pages to the
+  // sandbox's memory cgroup: the limit covers both, so that filling the disk
+  // gives ENOSPC at its size instead of an OOM kill at the memory's.
+  limits.memoryBytes = spec.getMemoryBytes() + spec.getDiskBytes();
   limits.pidsMax = spec.getPidsMax();
   // The burst is the quota a sandbox starts with (CpuCredit lowers it to the
   // sustained share while it has no credit). Sustained is also its weight

@@ -62,9 +62,11 @@ kj::StringPtr stateName(cluster::MemberState s) {
   return "unknown";
 }
 
-// What one sandbox of `spec` holds of a node's capacity.
+// What one sandbox of `spec` holds of a node's capacity. Its disk is RAM too
+// (a tmpfs, within its memory limit).
 cluster::Resources needOf(api::SandboxSpec::Reader spec) {
-  return cluster::Resources{spec.getCpuSustainedMillis(), spec.getMemoryBytes(), 1};
+  return cluster::Resources{spec.getCpuSustainedMillis(),
+                            spec.getMemoryBytes() + spec.getDiskBytes(), 1};
 }
 
 cluster::Resources capacityOf(config::Config::Reader config) {

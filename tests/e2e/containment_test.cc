@@ -203,12 +203,35 @@ TEST_F(ContainmentTest, FillingTheDiskGivesEnospcInsideOnly) {
   agent_->sbx({"kill", id});
 }
 
+// A disk bigger than the memory (as the default template's is): its tmpfs
+// pages count against the sandbox's memory, yet filling it ends in ENOSPC,
+// not in an OOM kill, and the memory is the processes' again once the files
+// go.
+TEST_F(ContainmentTest, ADiskLargerThanTheMemoryFillsToEnospcNotToAnOomKill) {
+  std::string id = create("disk", {"--memory", "32M", "--disk", "96M"});
+  auto r = agent_->sbx({"exec", id, "--", "sh", "-c",
+                        "dd if=/dev/zero of=/tmp/fill bs=1M count=200 2>&1; echo rc=$?"});
+  EXPECT_EQ(r.exitCode, 0) << r.out << r.err;  // sh lives on: nothing was OOM-killed
+  EXPECT_NE(r.out.find("No space left on device"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rc=1"), std::string::npos) << r.out;
+  auto ps = agent_->sbx({"ps", id});
+  EXPECT_EQ(ps.out.find("oom"), std::string::npos) << ps.out;
+  EXPECT_EQ(agent_
+                ->sbx({"exec", id, "--", "python3", "-c",
+                       "import os; os.remove('/tmp/fill'); x = bytearray(16 << 20); print('ok')"})
+                .out,
+            "ok\n");
+  agent_->sbx({"kill", id});
+}
+
 TEST_F(ContainmentTest, MemoryBombIsKilledInsideItsSandboxOnly) {
   std::string neighbour = create("mem", {});
-  std::string id = create("mem", {"--memory", "64M"});
+  std::string id = create("mem", {"--memory", "64M", "--disk", "16M"});
   auto r = agent_->sbx(
       {"exec", id, "--", "python3", "-c", "x = []\nwhile True: x.append(bytearray(1 << 20))"});
   EXPECT_EQ(r.exitCode, 128 + 9);
+  auto ps = agent_->sbx({"ps", id});
+  EXPECT_NE(ps.out.find("oom"), std::string::npos) << "the exit reason is oom\n" << ps.out;
   auto info = agent_->sbx({"info", id, "--json"});
   EXPECT_NE(info.out.find("\"state\": \"running\""), std::string::npos) << info.out;
   EXPECT_EQ(agent_->sbx({"exec", id, "--", "echo", "alive"}).out, "alive\n");

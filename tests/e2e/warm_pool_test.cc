@@ -180,8 +180,10 @@ TEST_F(WarmPoolTest, CreateClaimsAPoolSandboxWithTheTenantsLimits) {
   EXPECT_EQ(pool().claims, claims + 1);
   EXPECT_NE(createDetail(created.id).find("warm=1"), std::string::npos);
 
-  // It is the tenant's now: its cgroup, its memory limit, every process in it.
-  EXPECT_EQ(memoryLimit("warm", created.id), 256ull << 20);
+  // It is the tenant's now: its cgroup, its memory limit (with its disk, a
+  // tmpfs), every process in it.
+  auto claimed = created.sandbox.infoRequest().send().wait(io_.waitScope).getInfo();
+  EXPECT_EQ(memoryLimit("warm", created.id), (256ull << 20) + claimed.getSpec().getDiskBytes());
   EXPECT_TRUE(waitGone(agent().cgroupDir("unified", "_pool", created.id)));
   auto info = created.sandbox.infoRequest().send().wait(io_.waitScope).getInfo();
   EXPECT_EQ(info.getSpec().getTenant(), "warm");
