@@ -3,8 +3,11 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include <fstream>
 #include <sstream>
@@ -14,6 +17,7 @@
 #include <kj/function.h>
 
 #include "nodeagent/api_error.h"
+#include "support/privileged.h"
 
 namespace nodeagent {
 namespace {
@@ -89,11 +93,32 @@ TEST_F(SandboxFsTest, SymlinksResolveInsideTheRoot) {
   EXPECT_EQ(readVia("/good"), "SANDBOX\n");
 }
 
+// A real procfs inside the root: its /proc/self/root is the reader's own
+// root, the host's, one magic link away. Followed, both reads below would
+// return the host file. Today's kernels refuse magic links under
+// RESOLVE_IN_ROOT already; RESOLVE_NO_MAGICLINKS keeps it so (openat2(2)).
 TEST_F(SandboxFsTest, MagicLinksAreRefused) {
-  ASSERT_EQ(symlink("/proc/self/root/etc/hostname", (root_ + "/magic").c_str()), 0);
-  mkdir((root_ + "/proc").c_str(), 0755);
-  // Even a real /proc bind inside the root would not help: magic links are off.
-  EXPECT_NE(codeOf([&]() { readVia("/magic"); }), api::ErrorCode::INTERNAL);
+  NODEAGENT_REQUIRE_ROOT();
+  std::string proc = root_ + "/proc";
+  ASSERT_EQ(mkdir(proc.c_str(), 0755), 0);
+  ASSERT_EQ(mount("proc", proc.c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr), 0)
+      << strerror(errno);
+  KJ_DEFER(umount2(proc.c_str(), MNT_DETACH));
+  std::string hostFile = "/proc/self/root" + base_ + "/outside";
+  ASSERT_EQ(symlink(hostFile.c_str(), (root_ + "/magic").c_str()), 0);
+  EXPECT_EQ(codeOf([&]() { readVia("/magic"); }), api::ErrorCode::INVALID_PATH);
+  EXPECT_EQ(codeOf([&]() { readVia(hostFile); }), api::ErrorCode::INVALID_PATH);
+  // An upload onto the link replaces the link, never what it points at.
+  {
+    auto upload = fs_->beginUpload("/magic", 0644);
+    ASSERT_EQ(write(upload->fd(), "x", 1), 1);
+    upload->commit();
+  }
+  struct stat st;
+  ASSERT_EQ(lstat((root_ + "/magic").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  std::ifstream host(base_ + "/outside");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(host), {}), "HOST\n");
 }
 
 TEST_F(SandboxFsTest, FifosAndDirectoriesAreNotRead) {
