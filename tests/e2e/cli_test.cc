@@ -1,4 +1,5 @@
 // End to end through the real agent and the real sbx CLI (needs root).
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -284,6 +285,102 @@ TEST_F(CliTest, PathsNeverEscapeTheSandbox) {
   agent().sbx({"exec", id, "--", "mkfifo", "/tmp/fifo"});
   r = agent().sbx({"cp", id + ":/tmp/fifo", out});
   EXPECT_NE(r.err.find("invalidPath"), std::string::npos) << r.err;
+  agent().sbx({"kill", id});
+}
+
+// A hard link the tenant would plant to a host file: the kernel refuses one
+// to a file the sandbox's root does not own (protected_hardlinks) or on
+// another mount; one the host allows would name the sandbox's own copy (its
+// layer copies the file up first). Either way an upload onto the name
+// replaces the link, and the host's file stays as it was.
+TEST_F(CliTest, PlantedHardLinksNeverReachTheHostsFiles) {
+  std::string id = agent().create();
+  std::string hostTrue = readFile("/usr/bin/true");
+  ASSERT_FALSE(hostTrue.empty());
+  auto r = agent().sbx({"exec", id, "--", "ln", "/usr/bin/true", "/usr/local/link"});
+  if (r.exitCode != 0) {
+    EXPECT_NE(r.err.find("Operation not permitted"), std::string::npos) << r.err;
+  }
+  r = agent().sbx({"exec", id, "--", "ln", "/usr/bin/true", "/tmp/link"});
+  EXPECT_NE(r.exitCode, 0);
+  EXPECT_TRUE(r.err.find("Invalid cross-device link") != std::string::npos ||
+              r.err.find("Operation not permitted") != std::string::npos)
+      << r.err;
+  // A hard link to its own file is the tenant's business.
+  r = agent().sbx({"exec", id, "--", "sh", "-c",
+                   "echo mine > /tmp/own && ln /tmp/own /tmp/own-link && stat -c %h /tmp/own"});
+  ASSERT_EQ(r.out, "2\n") << r.err;
+
+  std::string payload = agent().dir() + "/hardlink-payload";
+  { std::ofstream(payload) << "replaced\n"; }
+  r = agent().sbx({"cp", payload, id + ":/tmp/own-link"});
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  EXPECT_EQ(agent().sbx({"exec", id, "--", "cat", "/tmp/own-link"}).out, "replaced\n");
+  // The agent writes as the tenant: not where the tenant may not.
+  r = agent().sbx({"cp", payload, id + ":/usr/bin/true"});
+  EXPECT_NE(r.err.find("invalidPath"), std::string::npos) << r.err;
+  // The upload replaced the name; the other name keeps the old file.
+  EXPECT_EQ(agent().sbx({"exec", id, "--", "cat", "/tmp/own"}).out, "mine\n");
+  EXPECT_EQ(agent().sbx({"exec", id, "--", "/usr/bin/true"}).exitCode, 0);
+  EXPECT_EQ(readFile("/usr/bin/true"), hostTrue);
+  agent().sbx({"kill", id});
+}
+
+// The tenant swaps a directory for a symlink to a host directory, over and
+// over, while files are uploaded into it: every upload lands inside the
+// sandbox or fails cleanly, and nothing appears on the host.
+TEST_F(CliTest, APathSwapDuringUploadsNeverReachesTheHost) {
+  std::string id = agent().create();
+  std::string hostDir = agent().dir() + "/swap-target";
+  ASSERT_EQ(mkdir(hostDir.c_str(), 0777), 0);
+  auto r = agent().sbx({"exec", id, "-d", "--", "sh", "-c",
+                        "mkdir -p /tmp/swap/d && cd /tmp/swap && while [ ! -e /tmp/stop ]; do "
+                        "mv d real; ln -s " +
+                            hostDir + " d; rm d; mv real d; done; touch /tmp/stopped"});
+  ASSERT_EQ(r.exitCode, 0) << r.err;
+  std::string payload = agent().dir() + "/swap-payload";
+  { std::ofstream(payload) << "payload\n"; }
+  int landed = 0, refused = 0;
+  for (int i = 0; i < 60; ++i) {
+    r = agent().sbx({"cp", payload, id + ":/tmp/swap/d/f" + std::to_string(i)});
+    if (r.exitCode == 0) {
+      ++landed;
+    } else {
+      ++refused;
+      EXPECT_TRUE(r.err.find("notFound") != std::string::npos ||
+                  r.err.find("invalidPath") != std::string::npos)
+          << r.err;
+    }
+  }
+  // The swap raced the uploads both ways (a quarter of the time d is a link).
+  EXPECT_GT(landed, 0);
+  EXPECT_GT(refused, 0);
+  DIR* dir = opendir(hostDir.c_str());
+  ASSERT_NE(dir, nullptr);
+  int onHost = 0;
+  while (dirent* e = readdir(dir)) onHost += e->d_name[0] != '.';
+  closedir(dir);
+  EXPECT_EQ(onHost, 0) << "an upload followed the swap out of the sandbox";
+  // What landed is in the sandbox, and the agent still serves.
+  r = agent().sbx({"exec", id, "--", "sh", "-c",
+                   "touch /tmp/stop; while [ ! -e /tmp/stopped ]; do sleep 0.01; done; "
+                   "cat /tmp/swap/d/f* | wc -l"});
+  EXPECT_EQ(r.out, std::to_string(landed) + "\n") << r.err;
+  agent().sbx({"kill", id});
+}
+
+// The agent's socket is a host path: the sandbox has its own root, and its
+// own network namespace for abstract sockets.
+TEST_F(CliTest, TheAgentsSocketIsOutOfReach) {
+  std::string id = agent().create();
+  auto r = agent().sbx({"exec", id, "--", "python3", "-c",
+                        "import socket, sys\n"
+                        "s = socket.socket(socket.AF_UNIX)\n"
+                        "try:\n"
+                        "  s.connect(sys.argv[1]); print('connected')\n"
+                        "except OSError as e: print(e.errno)\n",
+                        agent().socketPath()});
+  EXPECT_EQ(r.out, std::to_string(ENOENT) + "\n") << r.err;
   agent().sbx({"kill", id});
 }
 
