@@ -1,4 +1,6 @@
 #include "nodeagent/sbx/args.h"
+#include <signal.h>
+#include <string.h>
 
 #include <errno.h>
 
@@ -133,6 +135,20 @@ uint64_t parseUint64(kj::StringPtr text, kj::StringPtr what) {
     usageError(kj::str(what, " must be a whole number, not '", text, "'"));
   }
   return uint64_t(v);
+}
+
+int parseSignal(kj::StringPtr text) {
+  kj::StringPtr name = text.startsWith("SIG") ? text.slice(3) : text;
+  if (name.size() > 0 && name[0] >= '0' && name[0] <= '9') {
+    uint32_t number = parseUint(text, "the signal");
+    if (number >= 1 && number <= uint32_t(SIGRTMAX)) return int(number);
+  } else {
+    for (int number = 1; number < SIGRTMIN; ++number) {
+      const char* abbrev = sigabbrev_np(number);
+      if (abbrev != nullptr && name == abbrev) return number;
+    }
+  }
+  usageError(kj::str("not a signal: '", text, "' (use a number or a name such as TERM)"));
 }
 
 }  // namespace nodeagent::sbx

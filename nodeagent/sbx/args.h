@@ -41,5 +41,7 @@ uint64_t parseBytes(kj::StringPtr text);
 uint32_t parseCpuMillis(kj::StringPtr text);
 uint32_t parseUint(kj::StringPtr text, kj::StringPtr what);
 uint64_t parseUint64(kj::StringPtr text, kj::StringPtr what);
+// "15", "TERM", "SIGTERM" -> 15. Throws on anything that is not a signal.
+int parseSignal(kj::StringPtr text);
 
 }  // namespace nodeagent::sbx

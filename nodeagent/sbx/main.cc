@@ -3,10 +3,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 
 #include <capnp/compat/json.h>
+
 #include <kj/debug.h>
 #include <kj/encoding.h>
 #include <kj/vector.h>
@@ -37,7 +39,7 @@ const kj::StringPtr kValueFlags[] = {
     "--exec-timeout", "--cpus-sustained", "--on-timeout",  "--cpu-cap",    "--on-cpu-cap",
     "--request-cap",  "--allow",          "--egress-mbps", "--egress-cap", "--mode",
     "--after",        "--limit",          "--public-key",  "--add",        "--use",
-    "--remove",       "--burst-seconds"};
+    "--remove",       "--burst-seconds",  "--stdout-from", "--stderr-from"};
 
 const char kUsage[] =
     "usage: sbx [--connect unix:PATH|tcp:HOST:PORT] COMMAND ...\n"
@@ -54,8 +56,13 @@ const char kUsage[] =
     "  ls [--tenant T] [--json]       info ID [--json]       usage ID [--json]\n"
     "  cp LOCAL ID:PATH               cp ID:PATH LOCAL       kill ID\n"
     "  pause ID                       resume ID\n"
-    "  ps ID [--json]                 attach ID PID          (replays its last output, follows)\n"
-    "  drain [--off]                  (refuse new sandboxes, for rolling upgrades)\n"
+    "  ps ID [--json]                 signal ID PID SIGNAL   (a number or a name: TERM)\n"
+    "  attach ID PID [--stdout-from BYTE] [--stderr-from BYTE]\n"
+    "                                 (replays its last output, or from those offsets, follows)\n"
+    "  timeout ID SECONDS             (a new lifetime from now; --on-timeout still applies)\n"
+    "  drain [--off] [--wait [--timeout S]]\n"
+    "                                 (refuse new sandboxes, for rolling upgrades; --wait:\n"
+    "                                  until the live ones have finished)\n"
     "  tenant-weight TENANT WEIGHT    (CPU weight against other tenants, 1-10000, default 100)\n"
     "  net ID [--json]                (network policy, addresses, egress counters)\n"
     "  net ID [--mode M] [--allow E]... [--clear-allow] [--egress-mbps N] [--egress-cap B]\n"
@@ -219,8 +226,25 @@ kj::Promise<void> forwardStdin(loop::UringEventPort& port, api::Process::Client 
       });
 }
 
+// A shell's convention: the code, or 128 + the signal; a timeout is 124, as
+// for timeout(1). Why a process that did not simply exit ended goes to
+// stderr, since its code alone does not tell OOM, timeout and kill apart.
 int exitCodeOf(api::ExitStatus::Reader status) {
-  if (status.getReason() == api::ExitReason::EXITED) return status.getCode();
+  switch (status.getReason()) {
+    case api::ExitReason::EXITED:
+      return status.getCode();
+    case api::ExitReason::SIGNALED:
+      break;
+    case api::ExitReason::OOM:
+      fputs("sbx: the process ran out of memory and was killed (oom)\n", stderr);
+      break;
+    case api::ExitReason::TIMEOUT:
+      fputs("sbx: the process ran past its exec timeout and was killed (timeout)\n", stderr);
+      return 124;
+    case api::ExitReason::KILLED:
+      fputs("sbx: the sandbox ended under the process (killed)\n", stderr);
+      break;
+  }
   return 128 + status.getSignal();
 }
 
@@ -401,6 +425,28 @@ int cmdKill(Session& s, const Args& args) {
   return 0;
 }
 
+// A new lifetime from now (the sandbox's onTimeout applies at its end).
+int cmdTimeout(Session& s, const Args& args) {
+  kj::StringPtr id = requireId(args);
+  if (args.positional().size() != 2) usageError(kj::str("timeout takes ID SECONDS"));
+  auto request = openSandbox(s, id).setTimeoutRequest();
+  request.setSeconds(parseUint(args.positional()[1], "SECONDS"));
+  request.send().wait(s.io.waitScope);
+  return 0;
+}
+
+// Sends a signal (a number, or a name such as TERM or SIGTERM) to a process.
+int cmdSignal(Session& s, const Args& args) {
+  kj::StringPtr id = requireId(args);
+  if (args.positional().size() != 3) usageError(kj::str("signal takes ID PID SIGNAL"));
+  auto request = openSandbox(s, id).processRequest();
+  request.setPid(parseUint(args.positional()[1], "PID"));
+  auto signal = request.send().getProcess().signalRequest();
+  signal.setSignal(parseSignal(args.positional()[2]));
+  signal.send().wait(s.io.waitScope);
+  return 0;
+}
+
 int cmdPause(Session& s, const Args& args) {
   openSandbox(s, requireId(args)).pauseRequest().send().wait(s.io.waitScope);
   return 0;
@@ -429,8 +475,24 @@ int cmdAttach(Session& s, const Args& args) {
   auto process = request.send().getProcess();
   auto attach = process.attachRequest();
   attach.setOutput(kj::heap<TerminalOutput>(s.io.port));
+  uint64_t stdoutFrom = 0, stderrFrom = 0;
+  KJ_IF_MAYBE (v, args.value("--stdout-from")) {
+    stdoutFrom = parseUint64(*v, "--stdout-from");
+  }
+  KJ_IF_MAYBE (v, args.value("--stderr-from")) {
+    stderrFrom = parseUint64(*v, "--stderr-from");
+  }
+  attach.setStdoutOffset(stdoutFrom);
+  attach.setStderrOffset(stderrFrom);
   // Once attach returns the sink has caught up, and wait() covers the rest.
-  attach.send().wait(s.io.waitScope);
+  auto started = attach.send().wait(s.io.waitScope);
+  if (started.getStdoutOffset() > stdoutFrom || started.getStderrOffset() > stderrFrom) {
+    fprintf(stderr,
+            "sbx: older output is gone (the agent keeps the last 1 MiB of each stream); "
+            "replayed stdout from byte %llu, stderr from byte %llu\n",
+            static_cast<unsigned long long>(started.getStdoutOffset()),
+            static_cast<unsigned long long>(started.getStderrOffset()));
+  }
   auto response = process.waitRequest().send().wait(s.io.waitScope);
   return exitCodeOf(response.getStatus());
 }
@@ -491,11 +553,44 @@ int cmdCp(Session& s, const Args& args) {
   usageError(kj::str("one side of cp must be ID:PATH"));
 }
 
+// Draining refuses new sandboxes. With --wait, returns once the live ones
+// have all finished (0), or after --timeout seconds with some still live (1):
+// stopping the agent then hands them to the next one, which adopts them.
 int cmdDrain(Session& s, const Args& args) {
+  bool draining = !args.has("--off");
+  if (!draining && args.has("--wait")) usageError(kj::str("--wait goes with a drain, not --off"));
   auto request = s.node.drainRequest();
-  request.setDraining(!args.has("--off"));
+  request.setDraining(draining);
   request.send().wait(s.io.waitScope);
-  return 0;
+  if (!args.has("--wait")) return 0;
+  bool bounded = false;
+  uint32_t timeoutSeconds = 0;
+  KJ_IF_MAYBE (v, args.value("--timeout")) {
+    bounded = true;
+    timeoutSeconds = parseUint(*v, "--timeout");
+  }
+  auto start = std::chrono::steady_clock::now();
+  int64_t reported = -1;
+  for (;;) {
+    uint32_t live = s.node.infoRequest().send().wait(s.io.waitScope).getInfo().getSandboxes();
+    if (live == 0) {
+      fputs("drained: no sandbox left\n", stderr);
+      return 0;
+    }
+    if (int64_t(live) != reported) {
+      fprintf(stderr, "draining: %u sandboxes still live\n", live);
+      reported = live;
+    }
+    if (bounded &&
+        std::chrono::steady_clock::now() - start >= std::chrono::seconds(timeoutSeconds)) {
+      fprintf(stderr,
+              "sbx: %u sandboxes still live after %u s; stopping the agent now hands them to "
+              "the next agent, which adopts them\n",
+              live, timeoutSeconds);
+      return 1;
+    }
+    s.io.port.timer().afterDelay(200 * kj::MILLISECONDS).wait(s.io.waitScope);
+  }
 }
 
 int cmdTenantRequestCap(Session& s, const Args& args) {
@@ -689,25 +784,14 @@ int dispatch(int argc, char** argv) {
     kj::StringPtr name;
     Handler handler;
   };
-  const Entry table[] = {{"create", cmdCreate},
-                         {"exec", cmdExec},
-                         {"run", cmdRun},
-                         {"ls", cmdLs},
-                         {"info", cmdInfo},
-                         {"usage", cmdUsage},
-                         {"kill", cmdKill},
-                         {"cp", cmdCp},
-                         {"tenant-weight", cmdTenantWeight},
-                         {"drain", cmdDrain},
-                         {"pause", cmdPause},
-                         {"resume", cmdResume},
-                         {"ps", cmdPs},
-                         {"attach", cmdAttach},
-                         {"net", cmdNet},
-                         {"events", cmdEvents},
-                         {"node", cmdNode},
-                         {"place", cmdPlace},
-                         {"tenant-request-cap", cmdTenantRequestCap}};
+  const Entry table[] = {
+      {"create", cmdCreate}, {"exec", cmdExec},     {"run", cmdRun},
+      {"ls", cmdLs},         {"info", cmdInfo},     {"usage", cmdUsage},
+      {"kill", cmdKill},     {"cp", cmdCp},         {"tenant-weight", cmdTenantWeight},
+      {"drain", cmdDrain},   {"pause", cmdPause},   {"resume", cmdResume},
+      {"ps", cmdPs},         {"attach", cmdAttach}, {"timeout", cmdTimeout},
+      {"signal", cmdSignal}, {"net", cmdNet},       {"events", cmdEvents},
+      {"node", cmdNode},     {"place", cmdPlace},   {"tenant-request-cap", cmdTenantRequestCap}};
   for (auto& e : table) {
     if (e.name == name) {
       auto session = connect(args);

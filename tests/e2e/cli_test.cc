@@ -8,6 +8,7 @@
 #include <memory>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "e2e/agent_harness.h"
 #include "nodeagent/store.h"
@@ -391,10 +392,26 @@ TEST_F(CliTest, DrainingRefusesCreatesAndKeepsServing) {
   EXPECT_NE(refused.exitCode, 0);
   EXPECT_NE(refused.err.find("unavailable"), std::string::npos) << refused.err;
   EXPECT_EQ(agent().sbx({"exec", id, "--", "echo", "still"}).out, "still\n");
+  EXPECT_NE(agent().sbx({"node", "--json"}).out.find("\"draining\": true"), std::string::npos);
+  // Waiting for the live ones to finish: given up after the timeout while
+  // one runs, done once it has ended.
+  auto waited = agent().sbx({"drain", "--wait", "--timeout", "1"});
+  EXPECT_EQ(waited.exitCode, 1);
+  EXPECT_NE(waited.err.find("still live after 1 s"), std::string::npos) << waited.err;
+  std::thread finisher([&]() {
+    usleep(500000);
+    runCommand({binDir() + "/sbx", "--connect", agent().target(), "kill", id});
+  });
+  auto start = std::chrono::steady_clock::now();
+  waited = agent().sbx({"drain", "--wait", "--timeout", "30"});
+  finisher.join();
+  EXPECT_EQ(waited.exitCode, 0) << waited.err;
+  EXPECT_NE(waited.err.find("drained"), std::string::npos) << waited.err;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
   ASSERT_EQ(agent().sbx({"drain", "--off"}).exitCode, 0);
+  EXPECT_NE(agent().sbx({"node", "--json"}).out.find("\"draining\": false"), std::string::npos);
   std::string again = agent().create();
   EXPECT_FALSE(again.empty());
-  agent().sbx({"kill", id});
   agent().sbx({"kill", again});
 }
 

@@ -408,6 +408,127 @@ TEST_F(LifecycleTest, OutOfMemoryIsAnExitReason) {
   agent().sbx({"kill", id});
 }
 
+// `sbx timeout`: a running sandbox's lifetime, shortened (it ends with reason
+// timeout, as on-timeout kill says) or extended (it outlives its first one).
+TEST_F(LifecycleTest, TheTimeoutChangesWhileRunning) {
+  std::string shortened = agent().create({"--timeout", "600"});
+  std::string extended = agent().create({"--timeout", "2"});
+  ASSERT_EQ(agent().sbx({"timeout", shortened, "1"}).exitCode, 0);
+  ASSERT_EQ(agent().sbx({"timeout", extended, "600"}).exitCode, 0);
+  bool ended = false;
+  for (int i = 0; i < 60 && !ended; ++i) {
+    sleepMs(100);
+    ended = state(open(shortened)) == api::SandboxState::STOPPED;
+  }
+  EXPECT_TRUE(ended) << agent().sbx({"info", shortened}).out;
+  auto info = agent().sbx({"info", shortened, "--json"}).out;
+  EXPECT_NE(info.find("\"endReason\": \"timeout\""), std::string::npos) << info;
+  sleepMs(2500);  // past the first lifetime of the extended one
+  EXPECT_EQ(state(open(extended)), api::SandboxState::RUNNING);
+  EXPECT_EQ(agent().sbx({"exec", extended, "--", "echo", "alive"}).out, "alive\n");
+  auto bad = agent().sbx({"timeout", extended, "soon"});
+  EXPECT_NE(bad.exitCode, 0);
+  EXPECT_NE(bad.err.find("usage"), std::string::npos) << bad.err;
+  agent().sbx({"kill", extended});
+}
+
+// An exec's timeout belongs to the process, not to whoever streams its
+// output: a client that goes away early leaves it to run until its timeout,
+// and then it ends with reason timeout (124 from sbx, which says so).
+TEST_F(LifecycleTest, AnExecTimeoutIsTheProcesssNotItsStreams) {
+  std::string id = agent().create();
+  auto r = agent().sbx({"exec", id, "--exec-timeout", "1", "--", "sleep", "30"});
+  EXPECT_EQ(r.exitCode, 124);
+  EXPECT_NE(r.err.find("(timeout)"), std::string::npos) << r.err;
+
+  // The client is gone after 0.3 s, its stream with it.
+  auto gone =
+      runCommand({"/usr/bin/timeout", "0.3", binDir() + "/sbx", "--connect", agent().target(),
+                  "exec", id, "--exec-timeout", "2", "--", "sh", "-c", "echo started; sleep 30"});
+  EXPECT_EQ(gone.out, "started\n");
+  auto stillRunning = agent().sbx({"ps", id, "--json"}).out;
+  std::regex sleeper(
+      "\"argv\": \\[\"sh\", \"-c\", \"echo started; sleep 30\"\\],[^{}]*\"running\": true");
+  EXPECT_TRUE(std::regex_search(stillRunning, sleeper)) << stillRunning;
+  bool timedOut = false;
+  std::regex ended(
+      "\"argv\": \\[\"sh\", \"-c\", \"echo started; sleep 30\"\\],[^{}]*"
+      "\"running\": false,\\s*\"status\": \\{\"reason\": \"timeout\"");
+  for (int i = 0; i < 40 && !timedOut; ++i) {
+    sleepMs(100);
+    timedOut = std::regex_search(agent().sbx({"ps", id, "--json"}).out, ended);
+  }
+  EXPECT_TRUE(timedOut) << agent().sbx({"ps", id, "--json"}).out;
+  agent().sbx({"kill", id});
+}
+
+// `sbx signal` delivers any signal; a process that catches it decides how it
+// ends, and its status says so.
+TEST_F(LifecycleTest, SignalsReachTheProcess) {
+  std::string id = agent().create();
+  auto r = agent().sbx(
+      {"exec", id, "-d", "--", "sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"});
+  ASSERT_EQ(r.exitCode, 0) << r.err;
+  std::string pid = trim(r.out);
+  sleepMs(200);  // the trap is set
+  ASSERT_EQ(agent().sbx({"signal", id, pid, "TERM"}).exitCode, 0);
+  r = agent().sbx({"exec", id, "-d", "--", "sleep", "30"});
+  std::string sleeper = trim(r.out);
+  ASSERT_EQ(agent().sbx({"signal", id, sleeper, "9"}).exitCode, 0);
+  auto endedAs = [&](const std::string& pid, const std::string& status) {
+    std::regex ended("\\{\\s*\"pid\": " + pid + ",[^{}]*\"running\": false,\\s*\"status\": \\{" +
+                     status);
+    for (int i = 0; i < 40; ++i) {
+      if (std::regex_search(agent().sbx({"ps", id, "--json"}).out, ended)) return true;
+      sleepMs(50);
+    }
+    return false;
+  };
+  EXPECT_TRUE(endedAs(pid, "\"reason\": \"exited\", \"code\": 7"))
+      << agent().sbx({"ps", id, "--json"}).out;
+  EXPECT_TRUE(endedAs(sleeper, "\"reason\": \"signaled\",[^{}]*\"signal\": 9"))
+      << agent().sbx({"ps", id, "--json"}).out;
+  auto bad = agent().sbx({"signal", id, sleeper, "NOSUCH"});
+  EXPECT_NE(bad.err.find("not a signal"), std::string::npos) << bad.err;
+  auto gone = agent().sbx({"signal", id, "99999", "TERM"});
+  EXPECT_NE(gone.exitCode, 0);
+  EXPECT_NE(gone.err.find("notFound"), std::string::npos) << gone.err;
+  agent().sbx({"kill", id});
+}
+
+// Reattaching from a byte offset replays from there; an offset older than
+// what the agent keeps (1 MiB a stream) starts at the oldest byte it has,
+// and sbx says where.
+TEST_F(LifecycleTest, AttachReplaysFromAnOffset) {
+  std::string id = agent().create();
+  auto r = agent().sbx({"exec", id, "-d", "--", "sh", "-c", "printf 0123456789; sleep 30"});
+  std::string pid = trim(r.out);
+  auto fromFour = runCommand({"/usr/bin/timeout", "0.5", binDir() + "/sbx", "--connect",
+                              agent().target(), "attach", id, pid, "--stdout-from", "4"});
+  EXPECT_EQ(fromFour.out, "456789");
+  EXPECT_EQ(fromFour.err.find("gone"), std::string::npos) << fromFour.err;
+
+  // 1.5 MiB of output: the first half MiB is gone.
+  r = agent().sbx(
+      {"exec", id, "-d", "--", "sh", "-c", "head -c 1572864 /dev/zero | tr '\\0' a; sleep 30"});
+  pid = trim(r.out);
+  std::regex all("\"pid\": " + pid + ",[^{}]*\"stdoutBytes\": \"1572864\"");
+  bool written = false;
+  for (int i = 0; i < 100 && !written; ++i) {
+    sleepMs(50);
+    written = std::regex_search(agent().sbx({"ps", id, "--json"}).out, all);
+  }
+  ASSERT_TRUE(written) << agent().sbx({"ps", id, "--json"}).out;
+  auto old = runCommand({"/usr/bin/timeout", "1", binDir() + "/sbx", "--connect", agent().target(),
+                         "attach", id, pid, "--stdout-from", "0"});
+  EXPECT_EQ(old.out.size(), size_t(1) << 20);
+  EXPECT_NE(old.err.find("replayed stdout from byte 524288"), std::string::npos) << old.err;
+  auto past = runCommand({"/usr/bin/timeout", "0.5", binDir() + "/sbx", "--connect",
+                          agent().target(), "attach", id, pid, "--stdout-from", "1572800"});
+  EXPECT_EQ(past.out, std::string(64, 'a'));
+  agent().sbx({"kill", id});
+}
+
 TEST_F(LifecycleTest, PsListsBackgroundAndEndedProcesses) {
   std::string id = agent().create();
   auto r = agent().sbx({"exec", id, "-d", "--", "sleep", "1000"});

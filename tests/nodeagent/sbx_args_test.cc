@@ -1,5 +1,7 @@
 #include "nodeagent/sbx/args.h"
 
+#include <signal.h>
+
 #include <gtest/gtest.h>
 #include <kj/debug.h>
 #include <kj/exception.h>
@@ -55,6 +57,16 @@ TEST(SbxArgs, Cpus) {
   EXPECT_EQ(parseUint("300", "t"), 300u);
   EXPECT_TRUE(kj::runCatchingExceptions([&]() { parseUint("-3", "t"); }) != nullptr);
   EXPECT_TRUE(kj::runCatchingExceptions([&]() { parseUint("99999999999", "t"); }) != nullptr);
+}
+
+TEST(SbxArgs, Signals) {
+  EXPECT_EQ(parseSignal("15"), SIGTERM);
+  EXPECT_EQ(parseSignal("TERM"), SIGTERM);
+  EXPECT_EQ(parseSignal("SIGKILL"), SIGKILL);
+  EXPECT_EQ(parseSignal("USR1"), SIGUSR1);
+  for (const char* bad : {"", "0", "65", "-9", "TERMINATE", "sigterm", "SIG", "9x"}) {
+    EXPECT_THROW(parseSignal(bad), kj::Exception) << bad;
+  }
 }
 
 TEST(SbxArgs, UsageLedgerCursor) {
