@@ -11,11 +11,11 @@
 namespace nodeagent::isolator::init {
 namespace {
 
-// runc's masked paths below /proc (/proc/interrupts stays: /proc/stat, which programs
-// need, tells as much).
+// runc's masked paths below /proc, and /proc/interrupts as Docker's default masks it
+// now (per-CPU interrupt counts of the host's devices).
 constexpr const char* kMasked[] = {
-    "acpi",       "asound",      "kcore",       "keys", "latency_stats",
-    "timer_list", "timer_stats", "sched_debug", "scsi",
+    "acpi",          "asound",     "interrupts",  "kcore",       "keys",
+    "latency_stats", "timer_list", "timer_stats", "sched_debug", "scsi",
 };
 
 constexpr const char* kReadOnly[] = {"bus", "fs", "irq", "sys", "sysrq-trigger"};

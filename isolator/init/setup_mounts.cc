@@ -125,7 +125,7 @@ void setupDev(const std::string& dev) {
   }
   checkSyscall(symlink("pts/ptmx", (dev + "/ptmx").c_str()), "symlink", dev + "/ptmx");
   makeDir(dev + "/shm", 01777);
-  doMount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV,
+  doMount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
           "size=" + std::to_string(kShmBytes) + ",mode=1777");
   for (auto [name, target] : {std::pair{"fd", "/proc/self/fd"},
                               {"stdin", "/proc/self/fd/0"},

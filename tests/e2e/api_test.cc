@@ -5,6 +5,7 @@
 
 #include <map>
 #include <set>
+#include <sstream>
 
 #include <kj/debug.h>
 
@@ -105,20 +106,29 @@ TEST_F(ApiTest, ConcurrentCreatesEachGetTheirOwnUidRange) {
     auto sent = req.send();
     created.push_back(sent.getSandbox());
     auto exec = sent.getSandbox().execRequest();
-    auto argv = exec.initRequest().initArgv(2);
+    auto argv = exec.initRequest().initArgv(3);
     argv.set(0, "cat");
     argv.set(1, "/proc/self/uid_map");
+    argv.set(2, "/proc/self/gid_map");
     exec.setOutput(kj::heap<Collector>(&uidMaps[size_t(i)], &errs[size_t(i)]));
     all.add(exec.send().getProcess().waitRequest().send().then(
         [](auto&& r) { EXPECT_EQ(r.getStatus().getCode(), 0); }));
   }
   kj::joinPromises(all.releaseAsArray()).wait(io.waitScope);
-  std::set<std::string> ranges;
-  for (auto& map : uidMaps) {
-    EXPECT_FALSE(map.empty());
-    ranges.insert(map);
+  // Each map's host side: "inside outside count" per line, the uid map's
+  // lines then the gid map's.
+  std::set<std::string> uids, gids;
+  for (auto& maps : uidMaps) {
+    std::istringstream in(maps);
+    std::string uidInside, uidOutside, uidCount, gidInside, gidOutside, gidCount;
+    in >> uidInside >> uidOutside >> uidCount >> gidInside >> gidOutside >> gidCount;
+    EXPECT_FALSE(gidOutside.empty()) << maps;
+    EXPECT_EQ(uidOutside, gidOutside) << "uid and gid ranges are the sandbox's alike\n" << maps;
+    uids.insert(uidOutside);
+    gids.insert(gidOutside);
   }
-  EXPECT_EQ(ranges.size(), size_t(kCreates)) << "two sandboxes share a uid range";
+  EXPECT_EQ(uids.size(), size_t(kCreates)) << "two sandboxes share a uid range";
+  EXPECT_EQ(gids.size(), size_t(kCreates)) << "two sandboxes share a gid range";
   for (auto& sandbox : created) sandbox.killRequest().send().wait(io.waitScope);
 }
 

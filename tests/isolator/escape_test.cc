@@ -533,7 +533,8 @@ TEST(Escape, ProcIsMaskedAndReadOnly) {
   NODEAGENT_REQUIRE_ROOT();
   TestSandbox sandbox;
   auto outcomes = probe(sandbox, R"(
-for name in ('kcore', 'keys', 'timer_list', 'sched_debug', 'latency_stats', 'timer_stats'):
+for name in ('kcore', 'keys', 'timer_list', 'sched_debug', 'latency_stats', 'timer_stats',
+             'interrupts'):
     path = '/proc/' + name
     if not os.path.exists(path):
         report(name, 'absent')
@@ -573,13 +574,14 @@ report('writable_sysctls', ','.join(writable) or 'none')
 report('proc_rw', 'ro' if os.statvfs('/proc').f_flag & os.ST_RDONLY else 'rw')
 report('sys_readable', open('/proc/sys/kernel/ostype').read().strip())
 )");
-  for (const char* name :
-       {"kcore", "keys", "timer_list", "sched_debug", "latency_stats", "timer_stats"}) {
+  for (const char* name : {"kcore", "keys", "timer_list", "sched_debug", "latency_stats",
+                           "timer_stats", "interrupts"}) {
     EXPECT_TRUE(outcomes[name] == "masked" || outcomes[name] == "absent")
         << name << ": " << outcomes[name];
   }
   EXPECT_EQ(outcomes["keys"], "masked");        // present on every kernel with CONFIG_KEYS
   EXPECT_EQ(outcomes["timer_list"], "masked");  // and with timers
+  EXPECT_EQ(outcomes["interrupts"], "masked");  // and with interrupts
   for (const char* name : {"acpi", "scsi", "asound"}) {
     std::string n = name;
     EXPECT_TRUE(outcomes[n] == "empty" || outcomes[n] == "absent") << n << ": " << outcomes[n];

@@ -323,6 +323,20 @@ TEST(Sandbox, FilesystemIsTheSkeletonAndUsr) {
             "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero ");
   EXPECT_EQ(sh(sandbox, "head -c 4 /dev/zero | od -An -tx1"), " 00 00 00 00\n");
   sh(sandbox, "echo x > /dev/null && echo x > /dev/shm/y && test -c /dev/urandom");
+  // A pty from /dev/ptmx, in a devpts instance of its own: numbered from 0,
+  // none of the host's ptys in it.
+  EXPECT_EQ(sh(sandbox,
+               "python3 -c \"import os; m, s = os.openpty(); print(os.ttyname(s)); "
+               "print(sorted(os.listdir('/dev/pts')))\""),
+            "/dev/pts/0\n['0', 'ptmx']\n");
+  struct stat hostPts;
+  ASSERT_EQ(stat("/dev/pts", &hostPts), 0);
+  EXPECT_NE(sh(sandbox, "stat -c %d /dev/pts"), std::to_string(hostPts.st_dev) + "\n");
+  // /dev/shm holds data, not programs (noexec, as Docker mounts it).
+  RunResult shmExec =
+      sandbox.client().run({"/bin/sh", "-c", "cp /bin/true /dev/shm/t && /dev/shm/t"});
+  EXPECT_NE(exitCode(shmExec.waitStatus), 0);
+  EXPECT_NE(shmExec.err.find("Permission denied"), std::string::npos) << shmExec.err;
   // Nothing mounted inside leaks out; the host's work dir stays an empty mount point.
   DIR* dir = opendir(sandbox.spec().workDir.c_str());
   ASSERT_NE(dir, nullptr);
