@@ -307,6 +307,9 @@ void validateConfig(config::Config::Reader config) {
         t.getDiskBytes() == 0 || t.getTimeoutSeconds() == 0) {
       errors.add(kj::str("templates[", i, "] (", name, "): limits must be > 0"));
     }
+    if (t.getCpuBurstSeconds() > 86400) {
+      errors.add(kj::str("templates[", i, "] (", name, "): cpuBurstSeconds must be at most 86400"));
+    }
     warmTotal += t.getWarmPool();
   }
   if (warmTotal > config.getMaxSandboxes()) {

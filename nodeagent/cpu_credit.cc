@@ -29,6 +29,7 @@ void CpuCredit::account(uint64_t usedNs, uint64_t elapsedNs) {
 }
 
 int64_t CpuCredit::nextCheckNs() const {
+  if (!changes()) return kMaxCheckNs;
   int64_t ns;
   if (!atSustained_) {
     // Spent at (burst - sustained) at most.

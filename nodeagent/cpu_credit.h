@@ -36,6 +36,10 @@ class CpuCredit {
   int64_t creditNs() const { return creditNs_; }
   int64_t capacityNs() const { return capacityNs_; }
 
+  // False without a bucket (cpuBurstSeconds 0): the quota is the sustained
+  // share for good, and nothing is worth checking.
+  bool changes() const { return applies() && capacityNs_ > 0; }
+
   // When the next account() can change the quota at the soonest: at the burst
   // rate the credit runs out no sooner, idle it refills no sooner. Clamped to
   // [kMinCheckNs, kMaxCheckNs].

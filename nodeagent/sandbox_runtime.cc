@@ -546,20 +546,22 @@ void SandboxRuntime::armCpuCredit(CpuCredit::Start start) {
   auto spec = record().getSpec();
   CpuCredit credit(spec.getCpuMillis(), spec.getCpuSustainedMillis(), spec.getCpuBurstSeconds(),
                    start);
+  cpuCreditTask_ = nullptr;
   if (!credit.applies()) {
     cpuCredit_ = nullptr;
-    cpuCreditTask_ = nullptr;
     return;
   }
   cpuCredit_ = credit;
-  cpuCreditUsedNs_ = cpuUsedNs();
   cpuCreditCheckedMonoNs_ = monotonicNowNs();
   // The cgroup may hold the other quota (an adopted sandbox's last one).
-  KJ_IF_MAYBE (e,
-               kj::runCatchingExceptions([&]() { cgroup_->setCpuQuota(credit.quotaMillis()); })) {
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                 cpuCreditUsedNs_ = cpuUsedNs();
+                 cgroup_->setCpuQuota(credit.quotaMillis());
+               })) {
     log::warn("sandbox.cpu_quota_failed",
               {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
   }
+  if (!credit.changes()) return;  // no bucket: the sustained share for good
   cpuCreditTask_ = port_.timer()
                        .afterDelay(credit.nextCheckNs() * kj::NANOSECONDS)
                        .then([this]() { return watchCpuCredit(); })
@@ -572,7 +574,13 @@ void SandboxRuntime::armCpuCredit(CpuCredit::Start start) {
 kj::Promise<void> SandboxRuntime::watchCpuCredit() {
   if (ended_ || pendingReason_.size() > 0) return kj::READY_NOW;
   CpuCredit& credit = KJ_ASSERT_NONNULL(cpuCredit_);
-  uint64_t used = cpuUsedNs();
+  uint64_t used = 0;
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { used = cpuUsedNs(); })) {
+    // Again later, rather than leave the quota where it is for good.
+    log::warn("sandbox.cpu_credit_failed",
+              {{"id", id_.cStr()}, {"error", e->getDescription().cStr()}});
+    return port_.timer().afterDelay(1 * kj::SECONDS).then([this]() { return watchCpuCredit(); });
+  }
   int64_t now = monotonicNowNs();
   bool wasAtSustained = credit.atSustained();
   credit.account(used - kj::min(used, cpuCreditUsedNs_),

@@ -26,6 +26,7 @@ namespace {
 
 constexpr uint64_t kMinMemoryBytes = 16ull << 20;
 constexpr uint64_t kMinDiskBytes = 1ull << 20;
+constexpr uint64_t kMaxBytes = 1ull << 50;
 constexpr uint32_t kMaxTimeoutSeconds = 7 * 24 * 3600;
 constexpr uint32_t kMaxCpuBurstSeconds = 24 * 3600;
 
@@ -363,7 +364,23 @@ void Supervisor::sweepOrphanCgroups() {
   auto& tree = *KJ_ASSERT_NONNULL(cgroupTree_);
   for (auto& [tenant, id] : tree.listSandboxes()) {
     KJ_IF_MAYBE (stored, store_.getSandbox(id.c_str())) {
-      if ((*stored)->get().getState() != api::SandboxState::STOPPED) continue;
+      auto rec = (*stored)->get();
+      if (rec.getState() != api::SandboxState::STOPPED) {
+        // A claimed sandbox's old pool cgroup, if the agent stopped before it
+        // went (a claim moves every task out first).
+        if (tenant == kPoolTenant && rec.getSpec().getTenant() != kPoolTenant) {
+          KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                         if (tree.removeSandboxRemains(tenant.c_str(), id.c_str())) return;
+                         auto cgroup =
+                             isolator::SandboxCgroup::adopt(tree, tenant.c_str(), id.c_str());
+                         if (!cgroup->populated()) cgroup->remove();
+                       })) {
+            log::warn("sandbox.orphan_sweep_failed",
+                      {{"id", id.c_str()}, {"error", e->getDescription().cStr()}});
+          }
+        }
+        continue;
+      }
     }
     log::warn("sandbox.orphan_swept", {{"id", id.c_str()}, {"tenant", tenant.c_str()}});
     try {
@@ -532,6 +549,10 @@ void Supervisor::fillSpec(api::SandboxSpec::Builder filled, const TemplateInfo& 
   if (filled.getTimeoutSeconds() == 0) filled.setTimeoutSeconds(tmpl.timeoutSeconds);
   if (filled.getMemoryBytes() < kMinMemoryBytes) {
     throwApiError(api::ErrorCode::INVALID_ARGUMENT, "memory must be at least 16 MiB");
+  }
+  // Far above any host; also keeps memory + disk (the cgroup's limit) from wrapping.
+  if (filled.getMemoryBytes() > kMaxBytes || filled.getDiskBytes() > kMaxBytes) {
+    throwApiError(api::ErrorCode::INVALID_ARGUMENT, "memory and disk must be at most 1 PiB each");
   }
   if (filled.getDiskBytes() < kMinDiskBytes) {
     throwApiError(api::ErrorCode::INVALID_ARGUMENT, "disk must be at least 1 MiB");

@@ -78,6 +78,13 @@ void Supervisor::adopt(state::SandboxRecord::Reader rec) {
   SandboxRuntime::Parts parts;
   parts.record = kj::heap<capnp::MallocMessageBuilder>();
   parts.record->setRoot(rec);
+  // A record from before burst credit (0 there means the template's).
+  auto adoptedSpec = parts.record->getRoot<state::SandboxRecord>().getSpec();
+  if (adoptedSpec.getCpuBurstSeconds() == 0) {
+    for (auto& t : templates_) {
+      if (t.name == adoptedSpec.getTemplate()) adoptedSpec.setCpuBurstSeconds(t.cpuBurstSeconds);
+    }
+  }
   parts.cgroup = kj::mv(cgroup);
   parts.initPid = initPid;
   parts.initPidfd = kj::mv(initPidfd);

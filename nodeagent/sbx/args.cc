@@ -140,7 +140,7 @@ uint64_t parseUint64(kj::StringPtr text, kj::StringPtr what) {
 int parseSignal(kj::StringPtr text) {
   kj::StringPtr name = text.startsWith("SIG") ? text.slice(3) : text;
   if (name.size() > 0 && name[0] >= '0' && name[0] <= '9') {
-    uint32_t number = parseUint(text, "the signal");
+    uint32_t number = parseUint(name, "the signal");
     if (number >= 1 && number <= uint32_t(SIGRTMAX)) return int(number);
   } else {
     for (int number = 1; number < SIGRTMIN; ++number) {

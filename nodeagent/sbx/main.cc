@@ -486,7 +486,9 @@ int cmdAttach(Session& s, const Args& args) {
   attach.setStderrOffset(stderrFrom);
   // Once attach returns the sink has caught up, and wait() covers the rest.
   auto started = attach.send().wait(s.io.waitScope);
-  if (started.getStdoutOffset() > stdoutFrom || started.getStderrOffset() > stderrFrom) {
+  bool askedFrom = args.has("--stdout-from") || args.has("--stderr-from");
+  if (askedFrom &&
+      (started.getStdoutOffset() > stdoutFrom || started.getStderrOffset() > stderrFrom)) {
     fprintf(stderr,
             "sbx: older output is gone (the agent keeps the last 1 MiB of each stream); "
             "replayed stdout from byte %llu, stderr from byte %llu\n",
@@ -559,6 +561,8 @@ int cmdCp(Session& s, const Args& args) {
 int cmdDrain(Session& s, const Args& args) {
   bool draining = !args.has("--off");
   if (!draining && args.has("--wait")) usageError(kj::str("--wait goes with a drain, not --off"));
+  if (args.has("--timeout") && !args.has("--wait"))
+    usageError(kj::str("--timeout goes with --wait"));
   auto request = s.node.drainRequest();
   request.setDraining(draining);
   request.send().wait(s.io.waitScope);

@@ -395,6 +395,8 @@ TEST_F(CliTest, DrainingRefusesCreatesAndKeepsServing) {
   EXPECT_NE(agent().sbx({"node", "--json"}).out.find("\"draining\": true"), std::string::npos);
   // Waiting for the live ones to finish: given up after the timeout while
   // one runs, done once it has ended.
+  auto lone = agent().sbx({"drain", "--timeout", "5"});
+  EXPECT_NE(lone.err.find("--timeout goes with --wait"), std::string::npos) << lone.err;
   auto waited = agent().sbx({"drain", "--wait", "--timeout", "1"});
   EXPECT_EQ(waited.exitCode, 1);
   EXPECT_NE(waited.err.find("still live after 1 s"), std::string::npos) << waited.err;

@@ -10,6 +10,8 @@
 #include <sstream>
 #include <thread>
 
+#include <capnp/message.h>
+
 #include "e2e/agent_harness.h"
 #include "support/privileged.h"
 
@@ -324,6 +326,35 @@ TEST(AgentRestart, ASandboxWhoseInitDiedWhileTheAgentWasDownIsEndedCleanly) {
   EXPECT_TRUE(waitGone(agent.cgroupDir("pids", "e2e", id)));
   auto again = agent.sbx({"run", "--template", "python", "--", "echo", "again"});
   EXPECT_EQ(again.out, "again\n") << again.err;
+}
+
+// A record written before burst credit existed has no bucket size (0, which
+// means the template's): the next agent adopts it with the template's
+// bucket, a tenth full, at the burst, not held at the sustained share.
+TEST(AgentRestart, ASandboxFromBeforeBurstCreditGetsItsTemplatesBucket) {
+  NODEAGENT_REQUIRE_ROOT();
+  AgentProcess agent;
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  std::string id = agent.create();
+  ASSERT_TRUE(waitStored(agent, id, api::SandboxState::RUNNING));
+  agent.killHard();
+  {
+    auto store = Store::open((agent.dir() + "/state").c_str());
+    auto stored = KJ_ASSERT_NONNULL(store->getSandbox(id.c_str()));
+    capnp::MallocMessageBuilder old;
+    old.setRoot(stored->get());
+    old.getRoot<state::SandboxRecord>().getSpec().setCpuBurstSeconds(0);
+    store->putSandbox(old.getRoot<state::SandboxRecord>().asReader());
+  }
+  agent.startAgain();
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  auto usage = agent.sbx({"usage", id, "--json"}).out;
+  EXPECT_EQ(jsonNumber(usage, "cpuQuotaMillis"), 1000u) << usage;
+  // A tenth of 0.75 CPU for 30 s: 2.25 s of credit.
+  uint64_t credit = jsonNumber(usage, "cpuCreditNs");
+  EXPECT_GE(credit, 2200000000u) << usage;
+  EXPECT_LE(credit, 2400000000u) << usage;
+  agent.sbx({"kill", id});
 }
 
 }  // namespace

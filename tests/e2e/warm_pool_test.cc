@@ -368,5 +368,42 @@ TEST(WarmPoolStop, StoppingWhileThePoolFillsLeavesNoPoolSandbox) {
   EXPECT_TRUE(left.empty()) << left.front() << " outlived the agent\n" << agent.log();
 }
 
+// An agent that dies within moments of a claim may leave the claimed
+// sandbox's old pool cgroup behind (empty: the claim moved every task out).
+// The next agent removes it, and the sandbox itself is adopted as usual.
+TEST(WarmPoolRestart, AClaimedSandboxsOldPoolCgroupIsSweptByTheNextAgent) {
+  NODEAGENT_REQUIRE_ROOT();
+  AgentProcess agent({}, true, ",\"templates\": [{\"name\": \"python\", \"warmPool\": 2}]");
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  std::string poolDir = agent.cgroupDir("unified", "_pool", "");
+  auto poolSize = [&]() {
+    int n = 0;
+    if (DIR* dir = opendir(poolDir.c_str())) {
+      while (auto* e = readdir(dir)) n += std::string(e->d_name).rfind("sbx-", 0) == 0;
+      closedir(dir);
+    }
+    return n;
+  };
+  for (int i = 0; i < 400 && poolSize() < 2; ++i) usleep(10000);
+  ASSERT_EQ(poolSize(), 2) << agent.log();
+  std::string id = agent.create();
+  ASSERT_FALSE(id.empty());
+  ASSERT_TRUE(waitStored(agent, id, api::SandboxState::RUNNING));
+  agent.killHard();
+  // What the removal 20 ms after the claim would have taken, had it run.
+  std::vector<std::string> left;
+  for (const char* hierarchy : {"unified", "memory", "pids", "cpu", "cpuacct", "freezer"}) {
+    std::string dir = agent.cgroupDir(hierarchy, "_pool", id);
+    if (access(agent.cgroupDir(hierarchy, "_pool", "").c_str(), F_OK) != 0) continue;
+    if (mkdir(dir.c_str(), 0755) == 0 || errno == EEXIST) left.push_back(dir);
+  }
+  ASSERT_FALSE(left.empty());
+  agent.startAgain();
+  ASSERT_TRUE(agent.waitReady()) << agent.log();
+  for (auto& dir : left) EXPECT_TRUE(waitGone(dir)) << dir << "\n" << agent.log();
+  EXPECT_EQ(agent.sbx({"exec", id, "--", "echo", "adopted"}).out, "adopted\n");
+  agent.sbx({"kill", id});
+}
+
 }  // namespace
 }  // namespace nodeagent::testing

@@ -79,6 +79,9 @@ TEST(CpuCredit, NothingToDoWithoutADifferenceAndNoBurstWithoutABucket) {
   EXPECT_FALSE(unlimited.applies());
   CpuCredit noBucket(1000, 250, 0, CpuCredit::Start::kFull);
   EXPECT_EQ(noBucket.quotaMillis(), 250u);
+  EXPECT_FALSE(noBucket.changes());  // nothing to check, ever
+  EXPECT_EQ(noBucket.nextCheckNs(), CpuCredit::kMaxCheckNs);
+  EXPECT_TRUE(codeRuntime().changes());
   noBucket.account(0, 3600 * kSecond);
   EXPECT_EQ(noBucket.quotaMillis(), 250u);
 }

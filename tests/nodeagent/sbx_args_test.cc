@@ -64,6 +64,7 @@ TEST(SbxArgs, Signals) {
   EXPECT_EQ(parseSignal("TERM"), SIGTERM);
   EXPECT_EQ(parseSignal("SIGKILL"), SIGKILL);
   EXPECT_EQ(parseSignal("USR1"), SIGUSR1);
+  EXPECT_EQ(parseSignal("SIG15"), SIGTERM);
   for (const char* bad : {"", "0", "65", "-9", "TERMINATE", "sigterm", "SIG", "9x"}) {
     EXPECT_THROW(parseSignal(bad), kj::Exception) << bad;
   }
