@@ -39,11 +39,13 @@ class ContainmentTest : public SharedAgentTest<ContainmentTest> {
     return field("cpuUserNs") + field("cpuSystemNs");
   }
 
-  // Starts a CPU hog in the background of each sandbox, for `seconds`.
-  static void hog(const std::vector<std::string>& ids, int seconds) {
+  // Starts a CPU hog in the background of each sandbox, for `seconds`; with
+  // `cpu`, pinned to that CPU (so that hogs compete there on any host).
+  static void hog(const std::vector<std::string>& ids, int seconds, int cpu = -1) {
+    std::string pin = cpu >= 0 ? "taskset -c " + std::to_string(cpu) + " " : "";
     for (auto& id : ids) {
       auto r = agent_->sbx({"exec", id, "--", "sh", "-c",
-                            "timeout " + std::to_string(seconds) +
+                            pin + "timeout " + std::to_string(seconds) +
                                 " sh -c 'while :; do :; done' >/dev/null 2>&1 & echo started"});
       ASSERT_EQ(r.out, "started\n") << r.err;
     }
@@ -127,8 +129,9 @@ TEST_F(ContainmentTest, ABurstBucketBeyondADayIsRefused) {
 }
 
 TEST_F(ContainmentTest, TenantsShareByWeightNotBySandboxCount) {
-  // Tenant "many" runs three hogs, tenant "one" runs one: equal weights give
-  // each tenant half of the machine (each hog may use up to two CPUs).
+  // Tenant "many" runs three hogs, tenant "one" runs one, all on CPU 0 (so
+  // they compete on a host of any size): equal weights give each tenant half
+  // of it.
   std::vector<std::string> many, one;
   for (int i = 0; i < 3; ++i)
     many.push_back(create("many", {"--cpus", "2", "--cpus-sustained", "2"}));
@@ -139,11 +142,12 @@ TEST_F(ContainmentTest, TenantsShareByWeightNotBySandboxCount) {
     return sum;
   };
   double manyBefore = total(many), oneBefore = total(one);
-  hog(many, 3);
-  hog(one, 3);
+  hog(many, 3, 0);
+  hog(one, 3, 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(3200));
   double manyUsed = total(many) - manyBefore, oneUsed = total(one) - oneBefore;
   double share = oneUsed / (manyUsed + oneUsed);
+  EXPECT_LT(manyUsed + oneUsed, 3.9) << "the hogs did not share one CPU";
   EXPECT_GT(share, 0.35) << "one=" << oneUsed << " many=" << manyUsed;
   EXPECT_LT(share, 0.65) << "one=" << oneUsed << " many=" << manyUsed;
 
@@ -152,8 +156,8 @@ TEST_F(ContainmentTest, TenantsShareByWeightNotBySandboxCount) {
   one.push_back(create("one", {"--cpus", "2", "--cpus-sustained", "2"}));
   manyBefore = total(many);
   oneBefore = total(one);
-  hog(many, 3);
-  hog(one, 3);
+  hog(many, 3, 0);
+  hog(one, 3, 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(3200));
   manyUsed = total(many) - manyBefore;
   oneUsed = total(one) - oneBefore;
