@@ -571,6 +571,11 @@ void SandboxRuntime::armCpuCredit(CpuCredit::Start start) {
                        });
 }
 
+void SandboxRuntime::accountCpuCredit(CpuCredit& credit, uint64_t usedNs, int64_t nowMonoNs) {
+  credit.account(usedNs - kj::min(usedNs, cpuCreditUsedNs_),
+                 uint64_t(kj::max(nowMonoNs - cpuCreditCheckedMonoNs_, int64_t(0))));
+}
+
 kj::Promise<void> SandboxRuntime::watchCpuCredit() {
   if (ended_ || pendingReason_.size() > 0) return kj::READY_NOW;
   CpuCredit& credit = KJ_ASSERT_NONNULL(cpuCredit_);
@@ -583,8 +588,7 @@ kj::Promise<void> SandboxRuntime::watchCpuCredit() {
   }
   int64_t now = monotonicNowNs();
   bool wasAtSustained = credit.atSustained();
-  credit.account(used - kj::min(used, cpuCreditUsedNs_),
-                 uint64_t(kj::max(now - cpuCreditCheckedMonoNs_, int64_t(0))));
+  accountCpuCredit(credit, used, now);
   cpuCreditUsedNs_ = kj::max(used, cpuCreditUsedNs_);
   cpuCreditCheckedMonoNs_ = now;
   if (credit.atSustained() != wasAtSustained) {
@@ -873,11 +877,7 @@ void SandboxRuntime::fillUsage(api::Usage::Builder usage) {
     usage.setCpuQuotaMillis(credit->quotaMillis());
     // The balance now, from the last check's: the quota changes only at a check.
     CpuCredit now = *credit;
-    if (!ended_ && pendingReason_.size() == 0) {
-      uint64_t used = cpuUsedNs();
-      now.account(used - kj::min(used, cpuCreditUsedNs_),
-                  uint64_t(kj::max(monotonicNowNs() - cpuCreditCheckedMonoNs_, int64_t(0))));
-    }
+    if (!ended_ && pendingReason_.size() == 0) accountCpuCredit(now, cpuUsedNs(), monotonicNowNs());
     usage.setCpuCreditNs(now.creditNs());
   }
 }

@@ -181,6 +181,9 @@ class SandboxRuntime final : public kj::Refcounted {
   // when it could next change, set when it does.
   void armCpuCredit(CpuCredit::Start start);
   kj::Promise<void> watchCpuCredit();
+  // Feeds `credit` what the sandbox used since the last check (CPU time now
+  // `usedNs`, at `nowMonoNs`).
+  void accountCpuCredit(CpuCredit& credit, uint64_t usedNs, int64_t nowMonoNs);
   // CPU time so far: the eBPF meter's, or the cgroup's where it cannot run.
   uint64_t cpuUsedNs();
   void finish();

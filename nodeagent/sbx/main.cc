@@ -313,6 +313,13 @@ kj::StringPtr requireId(const Args& args, size_t index = 0) {
   return args.positional()[index];
 }
 
+// The process named by the positionals ID PID (pipelined: no round trip yet).
+api::Process::Client openProcess(Session& s, const Args& args) {
+  auto request = openSandbox(s, requireId(args)).processRequest();
+  request.setPid(parseUint(args.positional()[1], "PID"));
+  return request.send().getProcess();
+}
+
 int cmdExec(Session& s, const Args& args) {
   return execIn(s, openSandbox(s, requireId(args)), args);
 }
@@ -437,11 +444,8 @@ int cmdTimeout(Session& s, const Args& args) {
 
 // Sends a signal (a number, or a name such as TERM or SIGTERM) to a process.
 int cmdSignal(Session& s, const Args& args) {
-  kj::StringPtr id = requireId(args);
   if (args.positional().size() != 3) usageError(kj::str("signal takes ID PID SIGNAL"));
-  auto request = openSandbox(s, id).processRequest();
-  request.setPid(parseUint(args.positional()[1], "PID"));
-  auto signal = request.send().getProcess().signalRequest();
+  auto signal = openProcess(s, args).signalRequest();
   signal.setSignal(parseSignal(args.positional()[2]));
   signal.send().wait(s.io.waitScope);
   return 0;
@@ -468,11 +472,8 @@ int cmdPs(Session& s, const Args& args) {
 // Replays what the agent kept of a process's output, follows it to the end
 // and exits with its code.
 int cmdAttach(Session& s, const Args& args) {
-  kj::StringPtr id = requireId(args);
   if (args.positional().size() != 2) usageError(kj::str("attach takes ID PID"));
-  auto request = openSandbox(s, id).processRequest();
-  request.setPid(parseUint(args.positional()[1], "PID"));
-  auto process = request.send().getProcess();
+  auto process = openProcess(s, args);
   auto attach = process.attachRequest();
   attach.setOutput(kj::heap<TerminalOutput>(s.io.port));
   uint64_t stdoutFrom = 0, stderrFrom = 0;

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <fstream>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -132,6 +133,15 @@ inline CommandResult runCommand(const std::vector<std::string>& argv, const std:
 // One agent process for a test suite.
 // Whether `path` disappears within `timeoutMs`. A killed sandbox's cgroups and
 // mounts are released just after the kill is answered.
+// The whole file, or what could be read of it ("" if nothing). A read error
+// (a /proc file of a task that died meanwhile: ESRCH) ends it, never throws.
+inline std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
 inline bool waitGone(const std::string& path, int timeoutMs = 2000) {
   for (int waited = 0; access(path.c_str(), F_OK) == 0; waited += 5) {
     if (waited >= timeoutMs) return false;

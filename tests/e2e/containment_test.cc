@@ -12,11 +12,6 @@
 namespace nodeagent::testing {
 namespace {
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 class ContainmentTest : public SharedAgentTest<ContainmentTest> {
  protected:
   static std::string create(const std::string& tenant, std::vector<std::string> extra) {

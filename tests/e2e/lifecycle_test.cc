@@ -220,8 +220,7 @@ TEST_F(LifecycleTest, AfterKillAnswersNoTaskRunsTenantCode) {
   ASSERT_GE(tasks.size(), 3u);  // init, the two shells (and the forker's child)
   // User CPU ticks (field 14 of /proc/PID/stat), or -1 once the task is gone.
   auto userTicks = [](pid_t pid) -> long long {
-    std::ifstream file("/proc/" + std::to_string(pid) + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    std::string stat = readFile("/proc/" + std::to_string(pid) + "/stat");
     size_t close = stat.rfind(')');
     if (close == std::string::npos) return -1;
     std::istringstream fields(stat.substr(close + 2));

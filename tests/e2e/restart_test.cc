@@ -35,13 +35,6 @@ std::vector<pid_t> cgroupPids(AgentProcess& agent, const std::string& tenant,
   return pids;
 }
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // The sandbox's init: the member of its cgroup whose command is nodeagent-init.
 pid_t initPid(AgentProcess& agent, const std::string& id) {
   for (pid_t p : cgroupPids(agent, "e2e", id)) {

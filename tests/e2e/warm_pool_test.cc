@@ -24,13 +24,6 @@ namespace {
 
 constexpr uint32_t kPoolSize = 2;
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 std::vector<std::string> linesOf(const std::string& text) {
   std::vector<std::string> out;
   std::stringstream ss(text);
